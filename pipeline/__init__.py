@@ -1,0 +1,3 @@
+"""Face-mask, gender and age classification suite: prepare → train → predict → vote."""
+
+__version__ = "0.1.0"

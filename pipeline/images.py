@@ -1,0 +1,69 @@
+"""Decode encoded images once into resident uint8 tensors at the training resolution."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+from PIL import Image, ImageOps
+from torchvision.io import ImageReadMode, decode_image
+from torchvision.transforms.v2 import functional as F
+
+from pipeline.errors import DataError
+from pipeline.shards import read_shard
+from pipeline.store import Store
+
+
+def check_image(data: bytes, name: str) -> tuple[int, int]:
+    """Fully decode an encoded image to prove it is usable; return its (width, height).
+
+    Raises DataError naming the file for empty, truncated or non-image bytes.
+    """
+    if not data:
+        raise DataError(f"{name}: empty file (0 bytes)")
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            return im.size
+    except Exception as e:  # PIL raises many types (OSError, SyntaxError, ValueError, ...)
+        raise DataError(f"{name}: not a readable image ({type(e).__name__}: {e})") from e
+
+
+def decode_resized(data: bytes, size: Sequence[int]) -> torch.Tensor:
+    """Decode to RGB (EXIF orientation applied) and resize to `size` = (H, W); uint8 3×H×W."""
+    raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    try:
+        img = decode_image(raw, mode=ImageReadMode.RGB, apply_exif_orientation=True)
+    except RuntimeError:
+        # torchvision's decoders miss some variants (e.g. CMYK JPEG); PIL reads them.
+        with Image.open(io.BytesIO(data)) as im:
+            im = ImageOps.exif_transpose(im).convert("RGB")
+            img = F.pil_to_tensor(im)
+    h, w = int(size[0]), int(size[1])
+    if img.shape[-2:] != (h, w):
+        img = F.resize(img, [h, w], antialias=True)
+    return img
+
+
+def load_images(
+    run: Store, image_ids: Sequence[str], shards: Sequence[str], size: Sequence[int], threads: int
+) -> torch.Tensor:
+    """Decode the given images from their shards into one uint8 tensor N×3×H×W (in that order).
+
+    Each shard is read once; decoding runs on `threads` threads (torch releases the GIL).
+    """
+    out = torch.empty((len(image_ids), 3, int(size[0]), int(size[1])), dtype=torch.uint8)
+    rows_by_shard: dict[str, list[int]] = {}
+    for row, shard in enumerate(shards):
+        rows_by_shard.setdefault(shard, []).append(row)
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        for shard, rows in rows_by_shard.items():
+            blobs = read_shard(run, shard)
+
+            def decode_row(row: int, blobs: dict[str, bytes] = blobs) -> None:
+                out[row] = decode_resized(blobs[image_ids[row]], size)
+
+            list(pool.map(decode_row, rows))
+    return out

@@ -1,0 +1,100 @@
+"""`python -m pipeline.launch [--cluster local] [hydra overrides]`: run a whole suite.
+
+The stage graph is prepare → (train, predict) for each model of the suite → vote. The local
+executor runs it in this process, one stage after another; every stage is a no-op when already
+done, so re-launching with `run_id=<id>` finishes a partial run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from omegaconf import DictConfig
+
+from pipeline.cli import setup_logging
+from pipeline.config import load_config, model_specs
+from pipeline.errors import PipelineError
+from pipeline.predict import predict_model
+from pipeline.prepare import prepare
+from pipeline.runs import new_run_id, run_store
+from pipeline.train import train_model
+from pipeline.vote import SUBMISSION_KEY, VOTE_KEY, vote
+
+CLUSTERS = ("local",)
+
+
+def run_local(cfg: DictConfig) -> dict[str, Any]:
+    """Run every stage of the suite for `cfg.run_id` (new when null) on this machine.
+
+    Returns vote.json's content. Stages raise PipelineError subclasses on failure; `latest.json`
+    only moves when the vote succeeds.
+    """
+    if not cfg.get("run_id"):
+        cfg.run_id = new_run_id()
+    model_specs(cfg)  # fail on a suite without models before any work
+    prepare(cfg)
+    for name in model_specs(cfg):
+        train_model(cfg, name)
+        predict_model(cfg, name)
+    return vote(cfg)
+
+
+def summary_lines(cfg: DictConfig, result: dict[str, Any], seconds: float) -> list[str]:
+    """What a user wants to see at the end of a run: where things are and the scores."""
+    run = run_store(cfg)
+    lines = [
+        f"run {cfg.run_id} finished in {seconds:.0f} s",
+        f"  submission: {run.uri_of(SUBMISSION_KEY)}",
+        f"  scores:     {run.uri_of(VOTE_KEY)}",
+        "  val macro F1 / accuracy:",
+    ]
+    for c in result["candidates"]:
+        mark = "*" if c["name"] in result["members"] else " "
+        lines.append(f"   {mark} {c['name']:<20} {c['val_macro_f1']:.4f} / {c['val_accuracy']:.4f}")
+    ens = result["ensemble"]
+    lines.append(
+        f"     {'vote':<20} {ens['val_macro_f1']:.4f} / {ens['val_accuracy']:.4f}"
+        f"   (members marked *)"
+    )
+    if "eval" in result:
+        ev = result["eval"]
+        lines.append(
+            f"  eval (ground truth present): macro F1 {ev['macro_f1']:.4f}, "
+            f"accuracy {ev['accuracy']:.4f}"
+        )
+    return lines
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse the command line, run the suite, print the summary; returns the exit status."""
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.launch",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--cluster",
+        choices=CLUSTERS,
+        default="local",
+        help="where the stages run (default: local, this machine)",
+    )
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. train.epochs=3")
+    args = parser.parse_args(argv)
+    setup_logging()
+    started = time.time()
+    try:
+        cfg = load_config(args.overrides)
+        result = run_local(cfg)
+    except PipelineError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print("\n".join(summary_lines(cfg, result, time.time() - started)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

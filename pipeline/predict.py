@@ -1,0 +1,152 @@
+"""The predict stage: class probabilities for val and eval, written as Parquet per model.
+
+predictions/<model>/val.parquet, eval.parquet: image_id, model, pred, probs (float32 list), label
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from pipeline.config import model_specs, selected_models
+from pipeline.device import autocast, cpu_threads, pick_device, pick_precision
+from pipeline.images import load_images
+from pipeline.models import model_from_checkpoint, task_target
+from pipeline.prepare import read_index
+from pipeline.runs import mark_stage_done, run_store, stage_done
+from pipeline.store import Store, join_key
+
+log = logging.getLogger(__name__)
+
+MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1) * 255
+STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) * 255
+
+
+def normalize(batch: torch.Tensor) -> torch.Tensor:
+    """uint8 N×3×H×W on any device → float, ImageNet-normalised, channels_last."""
+    x = batch.float()
+    x = (x - MEAN.to(x.device)) / STD.to(x.device)
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+@torch.inference_mode()
+def predict_probs(
+    model: nn.Module,
+    images: torch.Tensor,
+    *,
+    device: torch.device,
+    precision: str,
+    batch_size: int,
+    tta_flip: bool,
+) -> np.ndarray:
+    """Softmax probabilities (N×C float32) of uint8 images; with `tta_flip` the mirror image is
+    scored in the same forward pass and the two are averaged."""
+    model.eval()
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = normalize(images[start : start + batch_size].to(device, non_blocking=True))
+        n = len(x)
+        if tta_flip:
+            x = torch.cat([x, x.flip(-1)])
+        with autocast(device, precision):
+            probs = model(x).float().softmax(dim=1)
+        if tta_flip:
+            probs = (probs[:n] + probs[n:]) / 2
+        out.append(probs.cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
+
+
+def checkpoint_key(name: str) -> str:
+    """Key of a model's best checkpoint (a state dict) in the run."""
+    return join_key("models", name, "checkpoint.pt")
+
+
+def prediction_key(name: str, split: str) -> str:
+    """Key of a model's predictions for a split in the run."""
+    return join_key("predictions", name, f"{split}.parquet")
+
+
+def write_predictions(
+    run: Store, key: str, name: str, image_ids: list[str], probs: np.ndarray, labels: np.ndarray
+) -> None:
+    """Write one predictions file atomically."""
+    n_classes = probs.shape[1]
+    table = pa.table(
+        {
+            "image_id": pa.array(image_ids, pa.string()),
+            "model": pa.array([name] * len(image_ids), pa.string()),
+            "pred": pa.array(probs.argmax(axis=1).astype(np.int16)),
+            "probs": pa.FixedSizeListArray.from_arrays(
+                pa.array(probs.astype(np.float32).ravel()), n_classes
+            ),
+            "label": pa.array(np.asarray(labels, dtype=np.int16)),
+        }
+    )
+    sink = io.BytesIO()
+    pq.write_table(table, sink)
+    run.write_bytes(key, sink.getvalue())
+
+
+def predict_model(cfg: DictConfig, name: str) -> dict[str, Any]:
+    """Predict val and eval with model `name`'s best checkpoint; a no-op when already done."""
+    started = time.time()
+    run = run_store(cfg)
+    stage = f"predict-{name}"
+    if stage_done(run, stage):
+        log.info("%s already done: nothing to do", stage)
+        return {}
+    spec = model_specs(cfg)[name]
+    _, num_classes = task_target(str(spec.task))
+    torch.set_num_threads(cpu_threads(cfg))
+    device = pick_device(str(cfg.train.device))
+    precision = pick_precision(str(cfg.train.precision), device)
+    state = torch.load(
+        io.BytesIO(run.read_bytes(checkpoint_key(name))), map_location="cpu", weights_only=True
+    )
+    model = model_from_checkpoint(spec, num_classes, state)
+    model.to(device, memory_format=torch.channels_last)
+
+    index = read_index(run)
+    counts = {}
+    for split in ("val", "eval"):
+        rows = index[index["split"] == split]
+        ids = rows["image_id"].tolist()
+        images = load_images(
+            run, ids, rows["shard"].tolist(), cfg.train.image_size, cpu_threads(cfg)
+        )
+        t0 = time.time()
+        probs = predict_probs(
+            model,
+            images,
+            device=device,
+            precision=precision,
+            batch_size=int(cfg.train.eval_batch_size),
+            tta_flip=bool(cfg.train.tta_flip),
+        )
+        log.info(
+            "%s %s: %d images, %.0f images/s",
+            stage,
+            split,
+            len(ids),
+            len(ids) / max(time.time() - t0, 1e-9),
+        )
+        if len(ids) == 0:
+            probs = np.zeros((0, num_classes), dtype=np.float32)
+        write_predictions(run, prediction_key(name, split), name, ids, probs, rows["label"])
+        counts[split] = len(ids)
+    mark_stage_done(run, stage, {"model": name, "images": counts}, started)
+    return counts
+
+
+def predict(cfg: DictConfig) -> dict[str, dict[str, Any]]:
+    """Run the predict stage for the selected models (`model_name`, or the whole suite)."""
+    return {name: predict_model(cfg, name) for name in selected_models(cfg)}
