@@ -630,8 +630,8 @@ def _finish(img: Image.Image, rng: np.random.Generator) -> Image.Image:
     w, h = img.size
     gain = rng.uniform(0.78, 1.15) * (1.0 + rng.normal(0.0, 0.045, 3))
     bias = rng.normal(0.0, 6.0)
-    lut = [int(min(255, max(0, v * g + bias))) for g in gain for v in range(256)]
-    img = img.point(lut)
+    lut = np.clip(np.arange(256.0)[None, :] * gain[:, None] + bias, 0, 255).astype(np.uint8)
+    img = img.point(lut.ravel().tolist())
     if rng.random() < 0.6:
         lo = int(rng.uniform(150, 235))
         grad = np.array([[lo, 255]] if rng.random() < 0.5 else [[255, lo]], dtype=np.uint8)

@@ -1,0 +1,158 @@
+"""The whole suite end to end on a tiny generated dataset: local folders and a real S3 server."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from omegaconf import DictConfig
+
+from pipeline.errors import StageFailed
+from pipeline.launch import main as launch_main
+from pipeline.launch import run_local
+from pipeline.runs import root_store, run_store
+from pipeline.store import Store, open_store
+from pipeline.train import train_model
+from pipeline.vote import vote
+
+MakeCfg = Callable[..., DictConfig]
+REPO = Path(__file__).resolve().parents[1]
+
+
+def check_run_outputs(run: Store, data_info: pd.DataFrame) -> dict:
+    """Assert the run layout of a finished single-model run and return vote.json."""
+    keys = set(run.list())
+    for key in ("manifest.json", "index.parquet", "bad_inputs.csv", "submission.csv", "vote.json",
+                "models/single/checkpoint.pt", "models/single/metrics.json",
+                "predictions/single/val.parquet", "predictions/single/eval.parquet"):  # fmt: skip
+        assert key in keys, key
+    submission = pd.read_csv(io.BytesIO(run.read_bytes("submission.csv")))
+    assert list(submission.columns) == ["ImageID", "ans"]
+    assert submission["ImageID"].tolist() == data_info["ImageID"].tolist()
+    assert submission["ans"].between(0, 17).all()
+    preds = pd.read_parquet(io.BytesIO(run.read_bytes("predictions/single/eval.parquet")))
+    assert set(preds.columns) >= {"image_id", "model", "pred", "probs"}
+    probs = np.stack(preds["probs"].to_numpy())
+    assert probs.shape == (len(data_info), 18)
+    assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-3)
+    assert (probs.argmax(axis=1) == preds["pred"].to_numpy()).all()
+    result = json.loads(run.read_bytes("vote.json"))
+    assert result["members"] == ["single"]
+    assert result["candidates"][0]["name"] == "single"
+    assert 0.0 <= result["ensemble"]["val_macro_f1"] <= 1.0
+    assert "eval" in result  # the generated data ships ground truth
+    return result
+
+
+@pytest.mark.slow
+def test_launch_local_end_to_end_then_rerun_is_a_no_op(
+    tiny_dataset: Path, make_cfg: MakeCfg, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = make_cfg(tiny_dataset)
+    overrides = [f"data.root={tiny_dataset}", f"store.root={cfg.store.root}",
+                 "train.epochs=1", "train.image_size=[32,24]", "train.num_threads=2"]  # fmt: skip
+    assert launch_main(["--cluster", "local", *overrides]) == 0
+    out = capsys.readouterr().out
+    run_id = out.split()[1]
+    assert "submission: " in out and "val macro F1" in out
+    store = open_store(str(cfg.store.root))
+    assert json.loads(store.read_bytes("latest.json"))["run_id"] == run_id
+    run = store.child(f"runs/{run_id}")
+    info = pd.read_csv(tiny_dataset / "eval" / "info.csv")
+    check_run_outputs(run, info)
+    metrics = json.loads(run.read_bytes("models/single/metrics.json"))
+    assert metrics["epochs_trained"] == 1 and len(metrics["val"]["confusion"]) == 18
+
+    # Re-running the same run redoes nothing: every stage marker stays as it was.
+    markers = {k: run.read_bytes(k) for k in run.list("stages")}
+    assert set(markers) == {f"stages/{s}.json" for s in
+                            ("prepare", "train-single", "predict-single", "vote")}  # fmt: skip
+    assert launch_main([*overrides, f"run_id={run_id}"]) == 0
+    assert {k: run.read_bytes(k) for k in run.list("stages")} == markers
+
+
+@pytest.mark.slow
+@pytest.mark.s3
+def test_launch_with_data_and_store_on_s3(
+    tiny_dataset: Path, make_cfg: MakeCfg, s3_root: str
+) -> None:
+    data = open_store(f"{s3_root}/data")
+    data.write_many(
+        (p.relative_to(tiny_dataset).as_posix(), p.read_bytes())
+        for p in sorted(tiny_dataset.rglob("*"))
+        if p.is_file()
+    )
+    cfg = make_cfg(f"{s3_root}/data", store=f"{s3_root}/store")
+    run_local(cfg)
+    run = run_store(cfg)
+    assert run.uri.startswith("s3://")
+    check_run_outputs(run, pd.read_csv(tiny_dataset / "eval" / "info.csv"))
+    assert json.loads(root_store(cfg).read_bytes("latest.json"))["run_id"] == cfg.run_id
+
+
+@pytest.mark.slow
+def test_training_resumes_after_the_last_finished_epoch(
+    tiny_dataset: Path, make_cfg: MakeCfg
+) -> None:
+    cfg = make_cfg(tiny_dataset, "run_id=resume", "train.epochs=1")
+    run_local(cfg)
+    run = run_store(cfg)
+    first = json.loads(run.read_bytes("models/single/metrics.json"))["history"]
+    # as if the job had been stopped after epoch 1 of 2: drop the completion marker, ask for 2
+    run.delete("stages/train-single.json")
+    cfg.train.epochs = 2
+    history = train_model(cfg, "single")["history"]
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert history[0] == first[0]  # epoch 1 was not trained again
+
+
+@pytest.mark.slow
+def test_vote_refuses_a_short_submission(dataset_copy: Path, make_cfg: MakeCfg) -> None:
+    info = pd.read_csv(dataset_copy / "eval" / "info.csv")
+    (dataset_copy / "eval" / "images" / info["ImageID"][0]).unlink()
+    cfg = make_cfg(dataset_copy, "run_id=short")
+    with pytest.raises(StageFailed, match=r"would lack 1 of \d+ rows of eval/info.csv"):
+        run_local(cfg)
+    store = root_store(cfg)
+    assert not store.exists("latest.json")
+    assert not run_store(cfg).exists("submission.csv")
+    with pytest.raises(StageFailed):
+        vote(cfg)
+
+
+def run_job(module: str, *overrides: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, "-m", module, *overrides],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_job_entry_points_run_the_stages_in_turn(tiny_dataset: Path, tmp_path: Path) -> None:
+    common = [f"data.root={tiny_dataset}", f"store.root={tmp_path / 'store'}", "run_id=jobs",
+              "train.epochs=1", "train.image_size=[32,24]", "train.num_threads=2"]  # fmt: skip
+    for stage in ("prepare", "train", "predict", "vote"):
+        done = run_job(f"jobs.{stage}", *common)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert "run_id=jobs" in done.stdout
+    assert (tmp_path / "store" / "runs" / "jobs" / "submission.csv").is_file()
+
+
+def test_job_errors_are_one_clear_line(tmp_path: Path) -> None:
+    done = run_job("jobs.train", f"store.root={tmp_path}")
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1].startswith("error: run_id is required")
+    done = run_job("jobs.prepare", f"data.root={tmp_path / 'nowhere'}", f"store.root={tmp_path}")
+    assert done.returncode == 1
+    assert "train/train.csv not found" in done.stderr
+    done = run_job("jobs.prepare", "train.epochz=3")
+    assert done.returncode == 1 and "train.epochz" in done.stderr
