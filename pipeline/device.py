@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 
 import torch
 from omegaconf import DictConfig
@@ -18,6 +19,23 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 def cpu_threads(cfg: DictConfig) -> int:
     """Threads for torch and decoding: `train.num_threads`, or every core this process may use."""
     return int(cfg.train.get("num_threads") or 0) or len(os.sched_getaffinity(0))
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how a job computes."""
+
+    device: torch.device
+    precision: str
+    threads: int
+
+
+def setup_runtime(cfg: DictConfig) -> Runtime:
+    """Resolve `train.device`, `train.precision` and `train.num_threads`; set torch's threads."""
+    threads = cpu_threads(cfg)
+    torch.set_num_threads(threads)
+    device = pick_device(str(cfg.train.device))
+    return Runtime(device, pick_precision(str(cfg.train.precision), device), threads)
 
 
 def pick_device(name: str) -> torch.device:

@@ -18,11 +18,11 @@ from omegaconf import DictConfig
 from torch import nn
 
 from pipeline.config import model_specs, selected_models
-from pipeline.device import autocast, cpu_threads, pick_device, pick_precision
+from pipeline.device import autocast, setup_runtime
 from pipeline.images import load_images
 from pipeline.models import model_from_checkpoint, task_target
 from pipeline.prepare import read_index
-from pipeline.runs import mark_stage_done, run_store, stage_done
+from pipeline.runs import load_torch, mark_stage_done, run_store, stage_done
 from pipeline.store import Store, join_key
 
 log = logging.getLogger(__name__)
@@ -106,13 +106,9 @@ def predict_model(cfg: DictConfig, name: str) -> dict[str, Any]:
         return {}
     spec = model_specs(cfg)[name]
     _, num_classes = task_target(str(spec.task))
-    torch.set_num_threads(cpu_threads(cfg))
-    device = pick_device(str(cfg.train.device))
-    precision = pick_precision(str(cfg.train.precision), device)
-    state = torch.load(
-        io.BytesIO(run.read_bytes(checkpoint_key(name))), map_location="cpu", weights_only=True
-    )
-    model = model_from_checkpoint(spec, num_classes, state)
+    rt = setup_runtime(cfg)
+    device, precision = rt.device, rt.precision
+    model = model_from_checkpoint(spec, num_classes, load_torch(run, checkpoint_key(name)))
     model.to(device, memory_format=torch.channels_last)
 
     index = read_index(run)
@@ -120,9 +116,7 @@ def predict_model(cfg: DictConfig, name: str) -> dict[str, Any]:
     for split in ("val", "eval"):
         rows = index[index["split"] == split]
         ids = rows["image_id"].tolist()
-        images = load_images(
-            run, ids, rows["shard"].tolist(), cfg.train.image_size, cpu_threads(cfg)
-        )
+        images = load_images(run, ids, rows["shard"].tolist(), cfg.train.image_size, rt.threads)
         t0 = time.time()
         probs = predict_probs(
             model,

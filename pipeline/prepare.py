@@ -203,17 +203,7 @@ def scan_eval(data: Store, bad: BadInputs) -> tuple[pd.DataFrame, int]:
         if name not in listed:
             reason = junk_reason(name) or f"not listed in {EVAL_CSV}"
             bad.add(key, reason)
-    columns = [
-        "image_id",
-        "person_id",
-        "path",
-        "mask",
-        "gender",
-        "age",
-        "age_group",
-        "label",
-        "order",
-    ]
+    columns = [c for c in INDEX_COLUMNS if c not in ("split", "shard")]
     return pd.DataFrame(rows, columns=columns), len(info)
 
 

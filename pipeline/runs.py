@@ -11,6 +11,7 @@ A stage is done when its marker exists; running a done stage again is a no-op.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import secrets
@@ -20,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 import pipeline
@@ -118,3 +120,15 @@ def write_json(store: Store, key: str, obj: Any) -> None:
 def read_json(store: Store, key: str) -> Any:
     """Read a JSON object written by `write_json`."""
     return json.loads(store.read_bytes(key))
+
+
+def save_torch(store: Store, key: str, obj: Any) -> None:
+    """torch.save tensors / state dicts to the store, atomically."""
+    sink = io.BytesIO()
+    torch.save(obj, sink)
+    store.write_bytes(key, sink.getvalue())
+
+
+def load_torch(store: Store, key: str) -> Any:
+    """torch.load from the store with weights_only=True: nothing is unpickled."""
+    return torch.load(io.BytesIO(store.read_bytes(key)), map_location="cpu", weights_only=True)

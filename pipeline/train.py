@@ -10,7 +10,6 @@ flipped and normalised on the training device. Writes into the run:
 
 from __future__ import annotations
 
-import io
 import logging
 import time
 from typing import Any
@@ -21,14 +20,22 @@ from omegaconf import DictConfig
 from torch import nn
 
 from pipeline.config import model_specs, selected_models
-from pipeline.device import autocast, cpu_threads, pick_device, pick_precision
+from pipeline.device import autocast, setup_runtime
 from pipeline.errors import DataError
 from pipeline.images import load_images
 from pipeline.metrics import classification_metrics, macro_f1
 from pipeline.models import build_model, frozen_modules, model_from_checkpoint, task_target
 from pipeline.predict import checkpoint_key, normalize, predict_probs
 from pipeline.prepare import read_index
-from pipeline.runs import mark_stage_done, read_json, run_store, stage_done, write_json
+from pipeline.runs import (
+    load_torch,
+    mark_stage_done,
+    read_json,
+    run_store,
+    save_torch,
+    stage_done,
+    write_json,
+)
 from pipeline.store import Store, join_key
 
 log = logging.getLogger(__name__)
@@ -79,18 +86,6 @@ def model_key(name: str, filename: str) -> str:
     return join_key("models", name, filename)
 
 
-def save_torch(run: Store, key: str, obj: Any) -> None:
-    """torch.save to the store, atomically."""
-    sink = io.BytesIO()
-    torch.save(obj, sink)
-    run.write_bytes(key, sink.getvalue())
-
-
-def load_torch(run: Store, key: str) -> Any:
-    """torch.load from the store with weights_only=True: nothing is unpickled."""
-    return torch.load(io.BytesIO(run.read_bytes(key)), map_location="cpu", weights_only=True)
-
-
 def train_model(cfg: DictConfig, name: str) -> dict[str, Any]:
     """Train model `name` of the suite for `cfg.run_id`; returns its metrics. No-op when done."""
     started = time.time()
@@ -102,10 +97,8 @@ def train_model(cfg: DictConfig, name: str) -> dict[str, Any]:
     spec = model_specs(cfg)[name]
     target, num_classes = task_target(str(spec.task))
     torch.manual_seed(int(cfg.seed))
-    threads = cpu_threads(cfg)
-    torch.set_num_threads(threads)
-    device = pick_device(str(cfg.train.device))
-    precision = pick_precision(str(cfg.train.precision), device)
+    rt = setup_runtime(cfg)
+    device, precision = rt.device, rt.precision
     size = list(cfg.train.image_size)
 
     index = read_index(run)
@@ -115,7 +108,7 @@ def train_model(cfg: DictConfig, name: str) -> dict[str, Any]:
             raise DataError(f"run {cfg.run_id} has {len(rows)} {split} images; need at least 2")
     t0 = time.time()
     images = {
-        s: load_images(run, rows["image_id"].tolist(), rows["shard"].tolist(), size, threads)
+        s: load_images(run, rows["image_id"].tolist(), rows["shard"].tolist(), size, rt.threads)
         for s, rows in parts.items()
     }
     log.info(
@@ -219,8 +212,8 @@ def final_metrics(
     history: list[dict[str, Any]],
 ) -> dict[str, Any]:
     """Val metrics of the best checkpoint (as predict will use it) plus the training history."""
-    device = pick_device(str(cfg.train.device))
-    precision = pick_precision(str(cfg.train.precision), device)
+    rt = setup_runtime(cfg)
+    device, precision = rt.device, rt.precision
     model = model_from_checkpoint(spec, num_classes, load_torch(run, checkpoint_key(name)))
     model.to(device, memory_format=torch.channels_last)
     probs = predict_probs(
