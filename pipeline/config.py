@@ -29,12 +29,41 @@ def load_config(overrides: Sequence[str] = ()) -> DictConfig:
     return cfg
 
 
+#: Train keys that apply to every model of a run (set them with train.<key>=... only).
+RUN_WIDE_TRAIN_KEYS = ("epochs", "image_size", "device", "precision", "num_threads")
+
+
 def model_specs(cfg: DictConfig) -> dict[str, DictConfig]:
-    """Return the suite's models by name, each the `model` group merged with its suite entry."""
+    """Return the suite's models by name, each the `model` group merged with its suite entry.
+
+    An entry may override any key of the model group and, under `train:`, any key of the train
+    group except the run-wide ones (epochs, image_size, ...). The result's `train` is the merged
+    training config of that model. Raises ConfigError for unknown keys.
+    """
     models = cfg.suite.get("models") or {}
     if not models:
         raise ConfigError("the suite lists no models: add entries under suite.models")
-    return {name: OmegaConf.merge(cfg.model, entry or {}) for name, entry in models.items()}
+    specs = {}
+    for name, entry in models.items():
+        entry = OmegaConf.to_container(entry) if entry is not None else {}
+        train_overrides = entry.pop("train", None) or {}
+        unknown = sorted(set(entry) - set(cfg.model))
+        if unknown:
+            raise ConfigError(
+                f"suite model {name!r} has unknown key(s) {unknown}; valid: "
+                f"{sorted(cfg.model)} and train"
+            )
+        bad = sorted(set(train_overrides) - (set(cfg.train) - set(RUN_WIDE_TRAIN_KEYS)))
+        if bad:
+            raise ConfigError(
+                f"suite model {name!r} cannot set train key(s) {bad}: "
+                f"{list(RUN_WIDE_TRAIN_KEYS)} apply to the whole run (train.<key>=...), "
+                f"other valid keys: {sorted(set(cfg.train) - set(RUN_WIDE_TRAIN_KEYS))}"
+            )
+        spec = OmegaConf.merge(cfg.model, entry)
+        spec.train = OmegaConf.merge(cfg.train, train_overrides)
+        specs[str(name)] = spec
+    return specs
 
 
 def selected_models(cfg: DictConfig) -> list[str]:

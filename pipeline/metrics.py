@@ -17,9 +17,21 @@ def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int = NUM_CLAS
     )
 
 
-def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
-    """Macro F1, accuracy, per-task (mask, gender, age) accuracy and F1, 18×18 confusion matrix."""
+def classification_metrics(
+    y_true: np.ndarray, y_pred: np.ndarray, num_classes: int = NUM_CLASSES
+) -> dict[str, Any]:
+    """Macro F1, accuracy and confusion matrix over `num_classes`; for the 18 classes also
+    per-task (mask, gender, age) accuracy and macro F1."""
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    labels = list(range(num_classes))
+    result: dict[str, Any] = {
+        "macro_f1": macro_f1(y_true, y_pred, num_classes),
+        "accuracy": float(np.mean(y_true == y_pred)) if len(y_true) else 0.0,
+        "n": len(y_true),
+        "confusion": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+    }
+    if num_classes != NUM_CLASSES:
+        return result
     tasks = {
         "mask": (lambda y: y // 6, 3),
         "gender": (lambda y: (y // 3) % 2, 2),
@@ -32,10 +44,4 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, 
         }
         for name, (part, n) in tasks.items()
     }
-    return {
-        "macro_f1": macro_f1(y_true, y_pred),
-        "accuracy": float(np.mean(y_true == y_pred)),
-        "n": len(y_true),
-        "tasks": per_task,
-        "confusion": confusion_matrix(y_true, y_pred, labels=list(range(NUM_CLASSES))).tolist(),
-    }
+    return {**result, "tasks": per_task}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import posixpath
 
 import torch
 import torchvision
@@ -11,11 +10,16 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from pipeline.errors import ConfigError, StoreKeyNotFound
-from pipeline.labels import NUM_CLASSES
-from pipeline.store import open_store
+from pipeline.labels import MASK_NAMES, NUM_CLASSES
+from pipeline.store import read_uri
 
 #: task → (index column holding the target, number of classes).
-TASKS: dict[str, tuple[str, int]] = {"all": ("label", NUM_CLASSES)}
+TASKS: dict[str, tuple[str, int]] = {
+    "all": ("label", NUM_CLASSES),
+    "mask": ("mask", 3),
+    "gender": ("gender", 2),
+    "age": ("age_group", 3),
+}
 
 
 def task_target(task: str) -> tuple[str, int]:
@@ -25,6 +29,16 @@ def task_target(task: str) -> tuple[str, int]:
     return TASKS[task]
 
 
+def mask_group_codes(groups: list[str] | None) -> list[int] | None:
+    """Mask codes of `model.mask_groups` names (None: every group); ConfigError if unknown."""
+    if groups is None:
+        return None
+    unknown = [g for g in groups if g not in MASK_NAMES]
+    if unknown or not groups:
+        raise ConfigError(f"mask_groups {list(groups)} must be a non-empty subset of {MASK_NAMES}")
+    return [MASK_NAMES.index(g) for g in groups]
+
+
 def classification_archs() -> list[str]:
     """Names of torchvision's classification models."""
     return sorted(torchvision.models.list_models(module=torchvision.models))
@@ -32,9 +46,8 @@ def classification_archs() -> list[str]:
 
 def read_weights(uri: str) -> dict[str, torch.Tensor]:
     """Load a state dict from a local path or s3:// URI, without unpickling arbitrary objects."""
-    folder, name = posixpath.split(uri.rstrip("/"))
     try:
-        blob = open_store(folder or ".").read_bytes(name)
+        blob = read_uri(uri)
     except StoreKeyNotFound as e:
         raise ConfigError(
             f"model weights {uri} not found: set model.weights to a torchvision state dict "

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,7 @@ from torch import nn
 
 from pipeline.config import model_specs, selected_models
 from pipeline.device import autocast, setup_runtime
+from pipeline.errors import ConfigError
 from pipeline.images import load_images
 from pipeline.models import model_from_checkpoint, task_target
 from pipeline.prepare import read_index
@@ -27,13 +29,30 @@ from pipeline.store import Store, join_key
 
 log = logging.getLogger(__name__)
 
-MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1) * 255
-STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) * 255
+MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 
 
-def normalize(batch: torch.Tensor) -> torch.Tensor:
-    """uint8 N×3×H×W on any device → float, ImageNet-normalised, channels_last."""
-    x = batch.float()
+def crop_center(batch: torch.Tensor, fractions: Sequence[float] | None) -> torch.Tensor:
+    """The centre [height, width] fractions of each image of an N×C×H×W batch (None: all)."""
+    if fractions is None:
+        return batch
+    fh, fw = (float(f) for f in fractions)
+    if not (0 < fh <= 1 and 0 < fw <= 1):
+        raise ConfigError(f"train.center_crop must be two fractions in (0, 1], got {fractions}")
+    h, w = batch.shape[-2:]
+    ch, cw = max(1, round(h * fh)), max(1, round(w * fw))
+    top, left = (h - ch) // 2, (w - cw) // 2
+    return batch[..., top : top + ch, left : left + cw]
+
+
+def to_unit(batch: torch.Tensor, fractions: Sequence[float] | None) -> torch.Tensor:
+    """uint8 N×3×H×W → centre-cropped float in [0, 1] (on the batch's device)."""
+    return crop_center(batch, fractions).float().div_(255)
+
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    """Float images in [0, 1] → ImageNet-normalised, channels_last."""
     x = (x - MEAN.to(x.device)) / STD.to(x.device)
     return x.contiguous(memory_format=torch.channels_last)
 
@@ -47,13 +66,15 @@ def predict_probs(
     precision: str,
     batch_size: int,
     tta_flip: bool,
+    center_crop: Sequence[float] | None = None,
 ) -> np.ndarray:
     """Softmax probabilities (N×C float32) of uint8 images; with `tta_flip` the mirror image is
     scored in the same forward pass and the two are averaged."""
     model.eval()
     out = []
     for start in range(0, len(images), batch_size):
-        x = normalize(images[start : start + batch_size].to(device, non_blocking=True))
+        batch = images[start : start + batch_size].to(device, non_blocking=True)
+        x = normalize(to_unit(batch, center_crop))
         n = len(x)
         if tta_flip:
             x = torch.cat([x, x.flip(-1)])
@@ -124,7 +145,8 @@ def predict_model(cfg: DictConfig, name: str) -> dict[str, Any]:
             device=device,
             precision=precision,
             batch_size=int(cfg.train.eval_batch_size),
-            tta_flip=bool(cfg.train.tta_flip),
+            tta_flip=bool(spec.train.tta_flip),
+            center_crop=spec.train.center_crop,
         )
         log.info(
             "%s %s: %d images, %.0f images/s",

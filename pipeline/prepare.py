@@ -22,11 +22,20 @@ from omegaconf import DictConfig
 from pipeline.device import cpu_threads
 from pipeline.errors import DataError, StageFailed, StoreKeyNotFound
 from pipeline.images import check_image
-from pipeline.labels import NUM_CLASSES, AgeThresholds, decode, encode_array
+from pipeline.labels import (
+    GENDER_CODE,
+    MASK_NAMES,
+    NUM_CLASSES,
+    AgeThresholds,
+    decode,
+    encode_array,
+)
 from pipeline.layout import (
     EVAL_CSV,
     EVAL_IMAGES,
     EVAL_TRUTH,
+    MAX_AGE,
+    MIN_AGE,
     TRAIN_CSV,
     TRAIN_IMAGES,
     check_image_extension,
@@ -37,7 +46,6 @@ from pipeline.layout import (
 from pipeline.runs import (
     mark_stage_done,
     new_run_id,
-    read_json,
     run_store,
     stage_done,
     stage_key,
@@ -45,7 +53,7 @@ from pipeline.runs import (
 )
 from pipeline.shards import write_shards
 from pipeline.split import split_by_person
-from pipeline.store import Store, open_store
+from pipeline.store import Store, open_store, read_uri
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +72,7 @@ INDEX_COLUMNS = [
     "age_group",
     "label",
     "order",
+    "source",
     "shard",
 ]
 
@@ -71,12 +80,17 @@ INDEX_COLUMNS = [
 class BadInputs:
     """Collects (path, reason) for every input that cannot be used."""
 
-    def __init__(self) -> None:
-        self.rows: list[tuple[str, str]] = []
+    def __init__(self, prefix: str = "", rows: list[tuple[str, str]] | None = None) -> None:
+        self.prefix = prefix
+        self.rows: list[tuple[str, str]] = [] if rows is None else rows
 
     def add(self, path: str, reason: str) -> None:
-        log.warning("bad input %s: %s", path, reason)
-        self.rows.append((path, reason))
+        log.warning("bad input %s%s: %s", self.prefix, path, reason)
+        self.rows.append((self.prefix + path, reason))
+
+    def scoped(self, prefix: str) -> BadInputs:
+        """The same list, with paths prefixed (for sources other than data.root)."""
+        return BadInputs(prefix, self.rows)
 
     def to_csv(self) -> bytes:
         return pd.DataFrame(self.rows, columns=["path", "reason"]).to_csv(index=False).encode()
@@ -91,18 +105,77 @@ def read_csv(data: Store, key: str, required: Iterable[str]) -> pd.DataFrame:
             f"{data.uri_of(key)} not found: data.root must hold the competition layout "
             f"({TRAIN_CSV}, {TRAIN_IMAGES}, {EVAL_CSV}, {EVAL_IMAGES}; see README 'Data layout')"
         ) from e
+    return parse_csv(raw, data.uri_of(key), required)
+
+
+def parse_csv(raw: bytes, where: str, required: Iterable[str]) -> pd.DataFrame:
+    """Parse CSV bytes as strings (BOM and CRLF tolerated); DataError naming `where`."""
     try:
         df = pd.read_csv(io.BytesIO(raw), dtype=str, keep_default_na=False, encoding="utf-8-sig")
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise DataError(f"{data.uri_of(key)} is not a readable CSV: {e}") from e
+        raise DataError(f"{where} is not a readable CSV: {e}") from e
     df.columns = [c.strip() for c in df.columns]
     missing = [c for c in required if c not in df.columns]
     if missing:
         raise DataError(
-            f"{data.uri_of(key)} lacks column(s) {missing}; found {list(df.columns)}, "
-            f"need {list(required)}"
+            f"{where} lacks column(s) {missing}; found {list(df.columns)}, need {list(required)}"
         )
     return df
+
+
+LABEL_FIX_FIELDS = ("gender", "age", "mask")
+
+
+def parse_fix_value(field: str, value: str, where: str) -> int:
+    """A label-fix cell as a code (gender 0/1, age in years, mask 0..2); DataError when invalid."""
+    v = value.strip().lower()
+    table = {"gender": GENDER_CODE, "mask": {name: i for i, name in enumerate(MASK_NAMES)}}
+    if field in table:
+        if v in table[field]:
+            return table[field][v]
+        if v.isdigit() and int(v) in table[field].values():
+            return int(v)
+        raise DataError(f"{where}: {field} {value!r} is not one of {list(table[field])}")
+    if v.isdigit() and MIN_AGE <= int(v) <= MAX_AGE:
+        return int(v)
+    raise DataError(f"{where}: age {value!r} is not a whole number in {MIN_AGE}..{MAX_AGE}")
+
+
+def apply_label_fix(
+    train: pd.DataFrame, raw: bytes, uri: str, thresholds: AgeThresholds, bad: BadInputs
+) -> int:
+    """Correct gender / age / mask of training rows from a label-fix CSV, in place.
+
+    The CSV has a `person_id` (or `id`) or an `image_id` column (`<folder>/<photo stem>`) and any
+    of gender, age, mask; empty cells leave a label alone. Rows naming unknown ids go to
+    bad_inputs.csv. Returns how many images changed.
+    """
+    fix = parse_csv(raw, uri, [])
+    if "id" in fix.columns and "person_id" not in fix.columns:
+        fix = fix.rename(columns={"id": "person_id"})
+    keys = [c for c in ("person_id", "image_id") if c in fix.columns]
+    fields = [c for c in LABEL_FIX_FIELDS if c in fix.columns]
+    if len(keys) != 1 or not fields:
+        raise DataError(
+            f"{uri} needs one id column (person_id or image_id) and at least one of "
+            f"{list(LABEL_FIX_FIELDS)}; found {list(fix.columns)}"
+        )
+    key = keys[0]
+    changed = pd.Series(False, index=train.index)
+    for number, row in enumerate(fix.itertuples(index=False), start=2):
+        where = f"{uri} line {number}"
+        target = train[key] == getattr(row, key)
+        if not target.any():
+            bad.add(where, f"label fix names unknown {key} {getattr(row, key)!r}")
+            continue
+        for field in fields:
+            cell = str(getattr(row, field))
+            if cell.strip():
+                train.loc[target, field] = parse_fix_value(field, cell, where)
+                changed |= target
+    train["age_group"] = thresholds.groups(train["age"].to_numpy())
+    train["label"] = encode_array(train["mask"], train["gender"], train["age_group"])
+    return int(changed.sum())
 
 
 def scan_train(data: Store, thresholds: AgeThresholds, bad: BadInputs) -> tuple[pd.DataFrame, int]:
@@ -203,7 +276,7 @@ def scan_eval(data: Store, bad: BadInputs) -> tuple[pd.DataFrame, int]:
         if name not in listed:
             reason = junk_reason(name) or f"not listed in {EVAL_CSV}"
             bad.add(key, reason)
-    columns = [c for c in INDEX_COLUMNS if c not in ("split", "shard")]
+    columns = [c for c in INDEX_COLUMNS if c not in ("split", "source", "shard")]
     return pd.DataFrame(rows, columns=columns), len(info)
 
 
@@ -253,29 +326,52 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
     run = run_store(cfg)
     if stage_done(run, STAGE):
         log.info("prepare already done for run %s: nothing to do", cfg.run_id)
-        return read_json(run, stage_key(STAGE))
+        return run.read_json(stage_key(STAGE))
     write_manifest(cfg)
-    data = open_store(str(cfg.data.root), workers=int(cfg.store.workers))
+    workers = int(cfg.store.workers)
+    sources = [open_store(str(u), workers=workers) for u in [cfg.data.root, *cfg.data.extra_roots]]
     thresholds = AgeThresholds(**cfg.data.age_thresholds)
     bad = BadInputs()
 
-    train, train_files = scan_train(data, thresholds, bad)
+    train, train_files = scan_train(sources[0], thresholds, bad)
     if train.empty:
-        raise DataError(f"no usable training photos under {data.uri_of(TRAIN_IMAGES)}")
-    train["split"] = assign_splits(train, float(cfg.data.val_fraction), int(cfg.seed))
+        raise DataError(f"no usable training photos under {sources[0].uri_of(TRAIN_IMAGES)}")
+    train["source"] = 0
+    for number, extra in enumerate(sources[1:], start=1):
+        rows, files = scan_train(extra, thresholds, bad.scoped(f"{extra.uri}/"))
+        for column in ("image_id", "person_id"):
+            rows[column] = f"extra{number}/" + rows[column]
+        rows["source"] = number
+        train, train_files = pd.concat([train, rows], ignore_index=True), train_files + files
+    fixed = 0
+    if cfg.data.get("label_fix"):
+        fix_uri = str(cfg.data.label_fix)
+        try:
+            raw = read_uri(fix_uri, workers=workers)
+        except StoreKeyNotFound as e:
+            raise DataError(f"data.label_fix file {fix_uri} not found") from e
+        fixed = apply_label_fix(train, raw, fix_uri, thresholds, bad)
+    # Only data.root's people are split; extra sources train only.
+    main = train["source"] == 0
+    train["split"] = "train"
+    train.loc[main, "split"] = assign_splits(
+        train[main], float(cfg.data.val_fraction), int(cfg.seed)
+    )
     train["order"] = -1
-    evals, eval_listed = scan_eval(data, bad)
-    evals["split"] = "eval"
+    evals, eval_listed = scan_eval(sources[0], bad)
+    evals["split"], evals["source"] = "eval", 0
     candidates = pd.concat([train, evals], ignore_index=True)
 
     threads = cpu_threads(cfg)
-    by_path = candidates.set_index("path")
     shard_of: dict[str, str] = {}
-    for split in ("train", "val", "eval"):
-        paths = candidates.loc[candidates["split"] == split, "path"].tolist()
-        usable = checked_images(data, paths, bad, threads)
-        items = ((by_path.at[p, "image_id"], blob) for p, blob in usable)
-        for image_id, key in write_shards(run, split, items, int(cfg.data.shard_mb) << 20):
+    for (split, source), rows in candidates.groupby(["split", "source"], sort=False):
+        image_of = dict(zip(rows["path"], rows["image_id"], strict=True))
+        store = sources[source]
+        scope = bad if source == 0 else bad.scoped(f"{store.uri}/")
+        usable = checked_images(store, list(image_of), scope, threads)
+        items = ((image_of[p], blob) for p, blob in usable)
+        tag = split if source == 0 else f"{split}-extra{source}"
+        for image_id, key in write_shards(run, tag, items, int(cfg.data.shard_mb) << 20):
             shard_of[image_id] = key
     index = candidates[candidates["image_id"].isin(shard_of)].copy()
     index["shard"] = index["image_id"].map(shard_of)
@@ -291,7 +387,9 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
         "images": counts,
         "bad_inputs": len(bad.rows),
         "eval_listed": eval_listed,
-        "data_root": data.uri,
+        "label_fixes": fixed,
+        "data_root": sources[0].uri,
+        "extra_roots": [x.uri for x in sources[1:]],
     }
     mark_stage_done(run, STAGE, summary, started)
     log.info("prepare done for run %s: %s, %d bad inputs", cfg.run_id, counts, len(bad.rows))

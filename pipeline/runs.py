@@ -93,7 +93,7 @@ def mark_stage_done(run: Store, stage: str, info: dict[str, Any], started: float
         "host": os.uname().nodename,
         **info,
     }
-    write_json(run, stage_key(stage), record)
+    run.write_json(stage_key(stage), record)
 
 
 def write_manifest(cfg: DictConfig) -> None:
@@ -109,17 +109,7 @@ def write_manifest(cfg: DictConfig) -> None:
         "config": config,
         "config_sha256": hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest(),
     }
-    write_json(run, "manifest.json", manifest)
-
-
-def write_json(store: Store, key: str, obj: Any) -> None:
-    """Write `obj` as indented JSON, atomically."""
-    store.write_bytes(key, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
-
-
-def read_json(store: Store, key: str) -> Any:
-    """Read a JSON object written by `write_json`."""
-    return json.loads(store.read_bytes(key))
+    run.write_json("manifest.json", manifest)
 
 
 def save_torch(store: Store, key: str, obj: Any) -> None:

@@ -13,6 +13,7 @@ import contextlib
 import io
 import json
 import os
+import posixpath
 import re
 import shutil
 import tempfile
@@ -671,3 +672,11 @@ def open_store(
     if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", uri) and not uri.startswith("file://"):
         raise StoreError(f"unsupported store uri {uri!r}; use a folder path or s3://bucket/prefix")
     return LocalStore(uri, workers=workers)
+
+
+def read_uri(uri: str, *, workers: int = 4) -> bytes:
+    """The bytes of one file named by a full path or s3:// URI (StoreKeyNotFound when missing)."""
+    folder, name = posixpath.split(uri.strip().rstrip("/"))
+    if not name:
+        raise StoreError(f"{uri!r} does not name a file")
+    return open_store(folder or ".", workers=workers).read_bytes(name)

@@ -194,14 +194,17 @@ HAIR_BASES = (
 )
 GREY = np.array([205, 203, 200], dtype=np.float64)
 LIPSTICKS = ((190, 40, 60), (205, 80, 100), (170, 50, 70), (215, 105, 95), (150, 30, 45))
-CLOTHES = (
-    (30, 30, 35),
-    (230, 230, 230),
-    (60, 80, 130),
-    (120, 40, 40),
-    (90, 110, 80),
-    (150, 150, 150),
+# fmt: off
+CLOTHES: tuple[Color, ...] = (
+    (30, 30, 35), (230, 230, 230), (50, 60, 110), (60, 100, 160), (150, 150, 150),
+    (60, 90, 70), (170, 50, 60), (225, 160, 180), (210, 190, 160), (140, 100, 160),
 )
+#: clothes colour probabilities by gender (male, female): overlapping, not decisive.
+CLOTHES_P = (
+    (0.22, 0.15, 0.18, 0.12, 0.14, 0.08, 0.03, 0.01, 0.05, 0.02),
+    (0.16, 0.20, 0.08, 0.06, 0.08, 0.04, 0.10, 0.12, 0.10, 0.06),
+)
+# fmt: on
 
 
 def _col(c: np.ndarray | Sequence[float]) -> Color:
@@ -242,68 +245,91 @@ class Looks:
     glasses: bool
     earrings: bool
     clothes: Color
+    neck_w: float
+    shoulders: float
 
 
-def _apparent_age(age: int, rng: np.random.Generator) -> float:
-    """Age the face looks: the recorded age plus per-person noise; '60' stands for 60 and older."""
+@dataclass(frozen=True)
+class AgeCues:
+    """How old a face looks: wrinkles (from ~28), grey hair (from ~45), youth (fades by ~30)."""
+
+    apparent: float
+    aging: float
+    grey: float
+    youth: float
+
+
+def _age_cues(age: int, fem: bool, rng: np.random.Generator) -> AgeCues:
+    """Noisy age cues; the noise grows with age and '60' stands for 60 and older."""
     extra = rng.exponential(4.0) if age >= 60 else 0.0
-    return float(age + extra + rng.normal(0.0, 4.5))
+    a = float(age + extra + rng.normal(0.0, 2.0 + 0.055 * (age - 18)))
+    aging = float(np.clip((a - 27.0) / 28.0 + rng.normal(0, 0.06), 0.0, 1.3))
+    grey = float(np.clip((a - 44.0) / 18.0 + rng.normal(0, 0.15), 0.0, 1.0))
+    if a > 45 and rng.random() < (0.35 if fem else 0.15):
+        grey *= rng.uniform(0.0, 0.3)  # dyed hair
+    youth = float(1.0 / (1.0 + np.exp((a - 28.0) / 2.5)))
+    return AgeCues(apparent=a, aging=aging, grey=grey, youth=youth)
+
+
+def _hair(fem: bool, ac: AgeCues, rng: np.random.Generator) -> tuple[str, np.ndarray, float]:
+    """Hair style, base colour (young people dye it brown more often) and hairline height."""
+    style_p = (0.1, 0.27, 0.5, 0.13) if fem else (0.83, 0.11, 0.04, 0.02)
+    style = ("short", "medium", "long", "bun")[rng.choice(4, p=style_p)]
+    if rng.random() < 0.45 * ac.youth:
+        hair = HAIR_BASES[rng.choice((2, 3, 4))].copy()
+    else:
+        hair = HAIR_BASES[rng.choice(5, p=(0.4, 0.32, 0.16, 0.1, 0.02))].copy()
+    recede = 0.0 if fem else float(np.clip((ac.apparent - 35) / 30, 0, 1) * rng.uniform(0, 0.28))
+    bangs = rng.random() < (0.3 if fem else 0.1) + 0.25 * ac.youth and recede < 0.05
+    hairline = -0.27 if bangs else -0.42 - recede - rng.uniform(0, 0.04)
+    return style, hair, float(hairline)
 
 
 def _draw_looks(gender: int, age: int, rng: np.random.Generator) -> Looks:
     """Draw a person's appearance; each gender cue is probabilistic, each age cue noisy."""
-    if (
-        rng.random() < 0.015
-    ):  # a few people look like the other gender (label noise of the real set)
+    if rng.random() < 0.015:  # a few look like the other gender (the real set's label noise)
         gender = 1 - gender
     fem = gender == 1
-    a = _apparent_age(age, rng)
-    aging = float(np.clip((a - 28.0) / 34.0 + rng.normal(0, 0.1), 0.0, 1.25))
-    grey = float(np.clip((a - 42.0) / 20.0 + rng.normal(0, 0.15), 0.0, 1.0))
-    if a > 45 and rng.random() < (0.35 if fem else 0.15):
-        grey *= rng.uniform(0.0, 0.3)  # dyed hair
-    skin = _mix(SKIN_LIGHT, SKIN_DARK, rng.beta(2.0, 3.0)) * (1.0 - 0.06 * aging)
-    style_p = (0.1, 0.27, 0.5, 0.13) if fem else (0.83, 0.11, 0.04, 0.02)
-    style = ("short", "medium", "long", "bun")[rng.choice(4, p=style_p)]
-    hair = HAIR_BASES[rng.choice(5, p=(0.35, 0.3, 0.18, 0.12, 0.05))].copy()
-    recede = 0.0 if fem else float(np.clip((a - 35) / 30, 0, 1) * rng.uniform(0, 0.28))
-    bangs = rng.random() < (0.4 if fem else 0.2) and recede < 0.05
-    hairline = -0.27 if bangs else -0.42 - recede - rng.uniform(0, 0.04)
-    brow_w = rng.normal(0.05, 0.01) if not fem else rng.normal(0.032, 0.009)
+    ac = _age_cues(age, fem, rng)
+    skin = _mix(SKIN_LIGHT, SKIN_DARK, rng.beta(2.0, 3.0)) * (1.0 - 0.06 * ac.aging)
+    style, hair, hairline = _hair(fem, ac, rng)
+    brow_w = rng.normal(0.055, 0.01) if not fem else rng.normal(0.03, 0.008)
     lip_natural = _mix(skin, np.array([200.0, 110, 110]), rng.uniform(0.3, 0.5) + 0.1 * fem)
     lipstick = fem and rng.random() < 0.5
-    beard_p = 0.0 if fem else 0.22 + 0.2 * (a > 40)
+    beard_p = 0.0 if fem else 0.22 + 0.2 * (ac.apparent > 40)
     beard = int(rng.integers(1, 4)) if rng.random() < beard_p else 0
-    n_spots = int(rng.poisson(max(0.0, (a - 50.0) / 3.0)))
-    face_w = float(rng.normal(0.95 if fem else 1.0, 0.035))
+    n_spots = int(rng.poisson(max(0.0, (ac.apparent - 50.0) / 3.0)))
+    face_w = float(rng.normal(0.95 if fem else 1.0, 0.035) + 0.03 * min(ac.aging, 1.0))
     hair_rx = float(rng.uniform(0.56, 0.62) if fem else rng.uniform(0.53, 0.57))
-    strands, strand_grey = _draw_strands(rng, grey, hair_rx * face_w, hairline)
+    strands, strand_grey = _draw_strands(rng, ac.grey, hair_rx * face_w, hairline)
     return Looks(
         skin=skin,
         face_w=face_w,
-        taper=float(rng.normal(0.4 if fem else 0.24, 0.07)),
-        sag=float(np.clip((a - 40.0) / 30.0, 0, 1.2) * rng.uniform(0.4, 1.0)),
+        taper=float(rng.normal(0.42 if fem else 0.2, 0.06) - 0.05 * ac.youth),
+        sag=float(np.clip((ac.apparent - 40.0) / 30.0, 0, 1.2) * rng.uniform(0.4, 1.0)),
         eye_dx=float(rng.uniform(0.18, 0.22)),
-        eye_size=float(rng.normal(1.05 if fem else 1.0, 0.08) * (1.0 - 0.1 * aging)),
+        eye_size=float(rng.normal(1.05 if fem else 1.0, 0.08) * (1.0 - 0.1 * ac.aging)),
         brow_w=float(np.clip(brow_w, 0.012, 0.08)),
-        brow_color=_col(_mix(hair, GREY, 0.6 * grey)),
+        brow_color=_col(_mix(hair, GREY, 0.6 * ac.grey)),
         nose_len=float(rng.uniform(0.15, 0.21)),
         lip_color=_col(LIPSTICKS[rng.integers(len(LIPSTICKS))] if lipstick else lip_natural),
         lip_w=float(rng.normal(0.27, 0.025)),
         eye_liner=fem and rng.random() < 0.4,
         hair_style=style,
         hair_color=hair,
-        grey=grey,
-        hairline=float(hairline),
+        grey=ac.grey,
+        hairline=hairline,
         hair_rx=hair_rx,
         strands=strands,
         strand_grey=strand_grey,
         beard=beard,
-        wrinkle=aging,
+        wrinkle=ac.aging,
         spots=np.stack([rng.uniform(-0.35, 0.35, n_spots), rng.uniform(-0.4, 0.25, n_spots)], 1),
         glasses=rng.random() < 0.18,
         earrings=fem and rng.random() < 0.3,
-        clothes=CLOTHES[rng.integers(len(CLOTHES))],
+        clothes=CLOTHES[rng.choice(len(CLOTHES), p=CLOTHES_P[gender])],
+        neck_w=float(rng.normal(0.19 if fem else 0.235, 0.018)),
+        shoulders=float(rng.normal(0.95 if fem else 1.1, 0.07)),
     )
 
 
@@ -373,9 +399,8 @@ def _draw_background(size: tuple[int, int], rng: np.random.Generator) -> Image.I
 
 
 def _draw_head_back(d: ImageDraw.ImageDraw, lk: Looks, p: Pose, hair: Color) -> None:
-    body = np.array(
-        [[-0.25, 0.9], [0.25, 0.9], [1.05, 1.2], [1.35, 3.0], [-1.35, 3.0], [-1.05, 1.2]]
-    )
+    body = np.array([[-0.25, 0.9], [0.25, 0.9], [1.0, 1.2], [1.3, 3.0], [-1.3, 3.0], [-1.0, 1.2]])
+    body[:, 0] *= lk.shoulders
     d.polygon(p.px(body), fill=lk.clothes)
     if lk.hair_style in ("medium", "long"):
         length = 1.55 if lk.hair_style == "long" else 0.62
@@ -390,7 +415,9 @@ def _draw_head_back(d: ImageDraw.ImageDraw, lk: Looks, p: Pose, hair: Color) -> 
     if lk.hair_style == "bun":
         d.polygon(p.px(_ellipse(0.0, -0.8, 0.2, 0.15)), fill=hair)
     skin = _col(lk.skin * 0.9)
-    d.polygon(p.px(np.array([[-0.21, 0.35], [0.21, 0.35], [0.23, 1.0], [-0.23, 1.0]])), fill=skin)
+    nw = lk.neck_w
+    neck = np.array([[-nw, 0.35], [nw, 0.35], [nw + 0.02, 1.0], [-nw - 0.02, 1.0]])
+    d.polygon(p.px(neck), fill=skin)
     for sx in (-1.0, 1.0):
         d.polygon(p.px(_ellipse(sx * 0.49 * lk.face_w, -0.02, 0.065, 0.12, n=14)), fill=skin)
         if lk.earrings:
@@ -438,10 +465,10 @@ def _draw_eyes(d: ImageDraw.ImageDraw, lk: Looks, p: Pose, dark: Color) -> None:
         )
         brow = np.array([[cx - sx * 0.08, -0.19], [cx, -0.215], [cx + sx * 0.1, -0.19]])
         d.line(p.px(brow), fill=lk.brow_color, width=p.width(lk.brow_w))
-        if lk.wrinkle > 0.5:  # eye bags
+        if lk.wrinkle > 0.45:  # eye bags
             bag = _ellipse(cx, cy + 0.035, rx * 0.9, 0.03, 0.2, np.pi - 0.2, 8)
             d.line(p.px(bag), fill=line, width=p.width(0.006 + 0.008 * (lk.wrinkle - 0.5)))
-        if lk.wrinkle > 0.35:  # crow's feet
+        if lk.wrinkle > 0.3:  # crow's feet
             ox = cx + sx * (rx + 0.015)
             for dy in (-0.025, 0.0, 0.025)[: 1 + int(lk.wrinkle * 2.5)]:
                 d.line(
@@ -462,7 +489,7 @@ def _draw_eyes(d: ImageDraw.ImageDraw, lk: Looks, p: Pose, dark: Color) -> None:
 
 
 def _draw_forehead(d: ImageDraw.ImageDraw, lk: Looks, p: Pose) -> None:
-    n = int(np.clip(lk.wrinkle * 3.5, 0, 4))
+    n = int(np.clip(round(lk.wrinkle * 4.0), 0, 4))
     color = _col(lk.skin * (0.84 - 0.08 * min(lk.wrinkle, 1.0)))
     for i in range(n):
         y = -0.27 - 0.045 * i
@@ -490,7 +517,7 @@ def _draw_lower_face(d: ImageDraw.ImageDraw, lk: Looks, p: Pose, hair: Color) ->
     d.polygon(p.px(_ellipse(fx, nl, 0.055, 0.03, 0.0, np.pi, 10)), fill=_col(lk.skin * 0.9))
     for sx in (-1.0, 1.0):
         d.polygon(p.px(_ellipse(fx + sx * 0.035, nl + 0.012, 0.016, 0.01, n=8)), fill=shade)
-    if lk.wrinkle > 0.25:  # nasolabial folds
+    if lk.wrinkle > 0.15:  # nasolabial folds
         for sx in (-1.0, 1.0):
             fold = np.array(
                 [[fx + sx * 0.08, nl], [fx + sx * 0.15, nl + 0.1], [fx + sx * 0.16, 0.43]]

@@ -2,9 +2,10 @@
 macro F1, resumable from the last epoch's state.
 
 Reads the images once per job into resident uint8 tensors at `train.image_size`; batches are
-flipped and normalised on the training device. Writes into the run:
+cropped, augmented and normalised on the training device. Writes into the run:
     models/<name>/checkpoint.pt   state dict of the best epoch (loaded with weights_only=True)
-    models/<name>/last.pt         model, optimizer, epoch, history — a restarted job resumes from it
+    models/<name>/last.pt         model, optimizer, scheduler, epoch, history — a restarted job
+                                  resumes from it
     models/<name>/metrics.json    best epoch's val metrics and the per-epoch history
 """
 
@@ -12,33 +13,74 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from pipeline.augment import BatchAugment
 from pipeline.config import model_specs, selected_models
-from pipeline.device import autocast, setup_runtime
-from pipeline.errors import DataError
+from pipeline.device import Runtime, autocast, setup_runtime
+from pipeline.errors import ConfigError, DataError
 from pipeline.images import load_images
+from pipeline.losses import build_loss
 from pipeline.metrics import classification_metrics, macro_f1
-from pipeline.models import build_model, frozen_modules, model_from_checkpoint, task_target
-from pipeline.predict import checkpoint_key, normalize, predict_probs
+from pipeline.models import (
+    build_model,
+    frozen_modules,
+    mask_group_codes,
+    model_from_checkpoint,
+    task_target,
+)
+from pipeline.predict import checkpoint_key, normalize, predict_probs, to_unit
 from pipeline.prepare import read_index
 from pipeline.runs import (
     load_torch,
     mark_stage_done,
-    read_json,
     run_store,
     save_torch,
     stage_done,
-    write_json,
 )
 from pipeline.store import Store, join_key
+from pipeline.tracking import Tracker, tracked_config
 
 log = logging.getLogger(__name__)
+
+SCHEDULERS = ("none", "cosine", "step")
+
+
+def select_rows(index: pd.DataFrame, spec: DictConfig) -> dict[str, pd.DataFrame]:
+    """The model's training and validation rows.
+
+    `mask_groups` restricts both sides to those mask groups (conditional models); `drop_ages`
+    removes an inclusive age band from training only, so validation still measures it.
+    """
+    parts = {s: index[index["split"] == s] for s in ("train", "val")}
+    codes = mask_group_codes(spec.get("mask_groups"))
+    if codes is not None:
+        parts = {s: rows[rows["mask"].isin(codes)] for s, rows in parts.items()}
+    band = spec.train.get("drop_ages")
+    if band is not None:
+        if len(band) != 2 or int(band[0]) > int(band[1]):
+            raise ConfigError(f"train.drop_ages must be [low, high] with low <= high, got {band}")
+        train = parts["train"]
+        parts["train"] = train[~train["age"].between(int(band[0]), int(band[1]))]
+    return parts
+
+
+def batch_order(
+    targets: torch.Tensor, num_classes: int, balanced: bool, generator: torch.Generator
+) -> torch.Tensor:
+    """Indices of one epoch: a permutation, or class-balanced draws with replacement."""
+    if not balanced:
+        return torch.randperm(len(targets), generator=generator)
+    counts = torch.bincount(targets, minlength=num_classes).clamp(min=1).float()
+    weights = 1.0 / counts[targets]
+    return torch.multinomial(weights, len(targets), replacement=True, generator=generator)
 
 
 def train_one_epoch(
@@ -47,31 +89,31 @@ def train_one_epoch(
     images: torch.Tensor,
     targets: torch.Tensor,
     *,
-    device: torch.device,
-    precision: str,
-    batch_size: int,
-    hflip: bool,
+    rt: Runtime,
+    train_cfg: DictConfig,
+    num_classes: int,
+    augment: BatchAugment,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     generator: torch.Generator,
 ) -> float:
-    """One pass over the resident images in a random order; returns the mean training loss."""
+    """One pass over the resident images; returns the mean training loss."""
     model.train()
     for module in frozen_modules(model):
         module.eval()  # frozen layers keep their batch-norm statistics too
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    loss_fn = nn.CrossEntropyLoss()
-    order = torch.randperm(len(images), generator=generator)
+    scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.precision == "fp16")
+    order = batch_order(targets, num_classes, bool(train_cfg.balanced_sampling), generator)
+    batch_size = int(train_cfg.batch_size)
     total, seen = 0.0, 0
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
         if len(rows) < 2:
             continue  # batch norm cannot train on a single image
-        x = normalize(images[rows].to(device, non_blocking=True))
-        y = targets[rows].to(device, non_blocking=True)
-        if hflip:
-            flip = torch.rand(len(x), device=device, generator=None) < 0.5
-            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
-        with autocast(device, precision):
-            loss = loss_fn(model(x).float(), y)
+        x = to_unit(images[rows].to(rt.device, non_blocking=True), train_cfg.center_crop)
+        y = targets[rows].to(rt.device, non_blocking=True)
+        x, soft = augment(x, y, num_classes, generator)
+        with autocast(rt.device, rt.precision):
+            logits = model(normalize(x))
+        loss = loss_fn(logits.float(), soft)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -79,6 +121,19 @@ def train_one_epoch(
         total += float(loss.detach()) * len(rows)
         seen += len(rows)
     return total / max(seen, 1)
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, name: str, epochs: int
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """The per-epoch learning-rate schedule named by `train.scheduler`."""
+    if name not in SCHEDULERS:
+        raise ConfigError(f"train.scheduler={name!r} is not one of {SCHEDULERS}")
+    if name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs, 1))
+    if name == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(epochs // 3, 1), gamma=0.1)
+    return None
 
 
 def model_key(name: str, filename: str) -> str:
@@ -93,19 +148,28 @@ def train_model(cfg: DictConfig, name: str) -> dict[str, Any]:
     stage = f"train-{name}"
     if stage_done(run, stage):
         log.info("%s already done: nothing to do", stage)
-        return read_json(run, model_key(name, "metrics.json"))
+        return run.read_json(model_key(name, "metrics.json"))
     spec = model_specs(cfg)[name]
+    tcfg = spec.train
     target, num_classes = task_target(str(spec.task))
+    augment = BatchAugment.from_config(tcfg.augment)
+    loss_fn = build_loss(
+        dict(tcfg.loss),
+        num_classes=num_classes,
+        label_smoothing=float(tcfg.label_smoothing),
+        focal_gamma=float(tcfg.focal_gamma),
+    )
     torch.manual_seed(int(cfg.seed))
     rt = setup_runtime(cfg)
-    device, precision = rt.device, rt.precision
     size = list(cfg.train.image_size)
 
-    index = read_index(run)
-    parts = {s: index[index["split"] == s] for s in ("train", "val")}
+    parts = select_rows(read_index(run), spec)
     for split, rows in parts.items():
         if len(rows) < 2:
-            raise DataError(f"run {cfg.run_id} has {len(rows)} {split} images; need at least 2")
+            raise DataError(
+                f"model {name!r} has {len(rows)} {split} images in run {cfg.run_id} "
+                "(after mask_groups / drop_ages); need at least 2"
+            )
     t0 = time.time()
     images = {
         s: load_images(run, rows["image_id"].tolist(), rows["shard"].tolist(), size, rt.threads)
@@ -117,84 +181,109 @@ def train_model(cfg: DictConfig, name: str) -> dict[str, Any]:
         sum(len(v) for v in images.values()),
         size,
         time.time() - t0,
-        device,
-        precision,
+        rt.device,
+        rt.precision,
     )
     targets = torch.tensor(parts["train"][target].to_numpy(), dtype=torch.long)
     val_targets = parts["val"][target].to_numpy()
 
-    model = build_model(spec, num_classes).to(device, memory_format=torch.channels_last)
-    params = [p for p in model.parameters() if p.requires_grad]
+    model = build_model(spec, num_classes).to(rt.device, memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(
-        params, lr=float(cfg.train.lr), weight_decay=float(cfg.train.weight_decay)
+        [p for p in model.parameters() if p.requires_grad],
+        lr=float(tcfg.lr),
+        weight_decay=float(tcfg.weight_decay),
     )
+    epochs = int(cfg.train.epochs)
+    scheduler = make_scheduler(optimizer, str(tcfg.scheduler), epochs)
     generator = torch.Generator().manual_seed(int(cfg.seed))
+    history: list[dict[str, Any]] = []
     state = resume_state(run, name)
     if state:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state.get("scheduler"):
+            scheduler.load_state_dict(state["scheduler"])
         generator.set_state(state["generator"])
+        history = state["history"]
         log.info("%s: resuming after epoch %d", stage, state["epoch"])
-    history: list[dict[str, Any]] = state["history"] if state else []
     best_f1 = max((h["val_macro_f1"] for h in history), default=-1.0)
-    patience = cfg.train.get("early_stopping_patience")
+    patience = tcfg.get("early_stopping_patience")
 
-    for epoch in range(len(history) + 1, int(cfg.train.epochs) + 1):
-        t0 = time.time()
-        loss = train_one_epoch(
-            model,
-            optimizer,
-            images["train"],
-            targets,
-            device=device,
-            precision=precision,
-            batch_size=int(cfg.train.batch_size),
-            hflip=bool(cfg.train.hflip),
-            generator=generator,
+    tracker = Tracker(cfg, name, tracked_config(cfg, spec))
+    try:
+        for epoch in range(len(history) + 1, epochs + 1):
+            t0 = time.time()
+            loss = train_one_epoch(
+                model,
+                optimizer,
+                images["train"],
+                targets,
+                rt=rt,
+                train_cfg=tcfg,
+                num_classes=num_classes,
+                augment=augment,
+                loss_fn=loss_fn,
+                generator=generator,
+            )
+            seconds = time.time() - t0
+            if scheduler is not None:
+                scheduler.step()
+            probs = predict_probs(
+                model,
+                images["val"],
+                device=rt.device,
+                precision=rt.precision,
+                batch_size=int(tcfg.eval_batch_size),
+                tta_flip=False,
+                center_crop=tcfg.center_crop,
+            )
+            preds = probs.argmax(axis=1)
+            f1 = macro_f1(val_targets, preds, num_classes)
+            history.append(
+                {
+                    "epoch": epoch,
+                    "loss": round(loss, 5),
+                    "val_macro_f1": round(f1, 5),
+                    "val_accuracy": round(float(np.mean(preds == val_targets)), 5),
+                    "seconds": round(seconds, 2),
+                    "images_per_s": round(len(targets) / seconds, 1),
+                }
+            )
+            log.info("%s epoch %d/%d: %s", stage, epoch, epochs, history[-1])
+            tracker.log({k: v for k, v in history[-1].items() if k != "epoch"}, step=epoch)
+            if f1 > best_f1:
+                best_f1 = f1
+                save_torch(run, checkpoint_key(name), model.state_dict())
+            save_torch(
+                run,
+                model_key(name, "last.pt"),
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                    "generator": generator.get_state(),
+                    "epoch": epoch,
+                    "history": history,
+                },
+            )
+            best_epoch = max(history, key=lambda h: h["val_macro_f1"])["epoch"]
+            if patience is not None and epoch - best_epoch >= int(patience):
+                log.info("%s: no val improvement for %d epochs, stopping", stage, patience)
+                break
+
+        metrics = final_metrics(
+            cfg, run, name, spec, num_classes, images["val"], val_targets, history
         )
-        seconds = time.time() - t0
-        probs = predict_probs(
-            model,
-            images["val"],
-            device=device,
-            precision=precision,
-            batch_size=int(cfg.train.eval_batch_size),
-            tta_flip=False,
-        )
-        preds = probs.argmax(axis=1)
-        f1 = macro_f1(val_targets, preds, num_classes)
-        history.append(
+        tracker.summary(
             {
-                "epoch": epoch,
-                "loss": round(loss, 5),
-                "val_macro_f1": round(f1, 5),
-                "val_accuracy": round(float(np.mean(preds == val_targets)), 5),
-                "seconds": round(seconds, 2),
-                "images_per_s": round(len(targets) / seconds, 1),
-            }
-        )
-        log.info("%s epoch %d/%d: %s", stage, epoch, cfg.train.epochs, history[-1])
-        if f1 > best_f1:
-            best_f1 = f1
-            save_torch(run, checkpoint_key(name), model.state_dict())
-        save_torch(
-            run,
-            model_key(name, "last.pt"),
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "generator": generator.get_state(),
-                "epoch": epoch,
-                "history": history,
+                "val_macro_f1": metrics["val"]["macro_f1"],
+                "val_accuracy": metrics["val"]["accuracy"],
             },
+            confusion=metrics["val"]["confusion"],
         )
-        best_epoch = max(history, key=lambda h: h["val_macro_f1"])["epoch"]
-        if patience is not None and epoch - best_epoch >= int(patience):
-            log.info("%s: no val improvement for %d epochs, stopping", stage, patience)
-            break
-
-    metrics = final_metrics(cfg, run, name, spec, num_classes, images["val"], val_targets, history)
-    write_json(run, model_key(name, "metrics.json"), metrics)
+    finally:
+        tracker.finish()
+    run.write_json(model_key(name, "metrics.json"), metrics)
     mark_stage_done(
         run, stage, {"model": name, "val_macro_f1": metrics["val"]["macro_f1"]}, started
     )
@@ -213,28 +302,29 @@ def final_metrics(
 ) -> dict[str, Any]:
     """Val metrics of the best checkpoint (as predict will use it) plus the training history."""
     rt = setup_runtime(cfg)
-    device, precision = rt.device, rt.precision
     model = model_from_checkpoint(spec, num_classes, load_torch(run, checkpoint_key(name)))
-    model.to(device, memory_format=torch.channels_last)
+    model.to(rt.device, memory_format=torch.channels_last)
     probs = predict_probs(
         model,
         val_images,
-        device=device,
-        precision=precision,
-        batch_size=int(cfg.train.eval_batch_size),
-        tta_flip=bool(cfg.train.tta_flip),
+        device=rt.device,
+        precision=rt.precision,
+        batch_size=int(spec.train.eval_batch_size),
+        tta_flip=bool(spec.train.tta_flip),
+        center_crop=spec.train.center_crop,
     )
     best = max(history, key=lambda h: h["val_macro_f1"])
     return {
         "model": name,
         "arch": str(spec.arch),
         "task": str(spec.task),
+        "mask_groups": list(spec.mask_groups) if spec.get("mask_groups") else None,
         "image_size": list(cfg.train.image_size),
-        "precision": precision,
-        "device": str(device),
+        "precision": rt.precision,
+        "device": str(rt.device),
         "epochs_trained": len(history),
         "best_epoch": best["epoch"],
-        "val": classification_metrics(val_targets, probs.argmax(axis=1)),
+        "val": classification_metrics(val_targets, probs.argmax(axis=1), num_classes),
         "history": history,
     }
 

@@ -1,7 +1,9 @@
 """The vote stage: hard majority of the top-k candidates into `submission.csv` and `vote.json`.
 
-Candidates are ranked by val macro F1; the ensemble's answer for an image is the class most of the
-chosen members predict, a tie going to the class of the best-ranked member among the tied ones.
+Candidates (pipeline.candidates) are ranked by val macro F1; the ensemble's answer for an image
+is the class most of the chosen members predict, a tie going to the class of the best-ranked
+member among the tied ones. Each candidate's val/eval answers and metrics are kept under
+`candidates/<name>/`.
 The submission has exactly the rows and order of `eval/info.csv`, or the stage fails.
 After everything is written, `<store.root>/latest.json` is moved to this run.
 """
@@ -18,6 +20,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
+from pipeline.candidates import Candidate, candidate_specs, predict_candidate
 from pipeline.config import model_specs
 from pipeline.errors import ConfigError, StageFailed, StoreKeyNotFound
 from pipeline.labels import NUM_CLASSES
@@ -28,14 +31,12 @@ from pipeline.prepare import STAGE as PREPARE_STAGE
 from pipeline.runs import (
     LATEST_KEY,
     mark_stage_done,
-    read_json,
     root_store,
     run_store,
     stage_done,
     stage_key,
-    write_json,
 )
-from pipeline.store import Store
+from pipeline.store import Store, join_key
 
 log = logging.getLogger(__name__)
 
@@ -67,40 +68,71 @@ def hard_vote(ranked_preds: np.ndarray, num_classes: int = NUM_CLASSES) -> np.nd
     return result
 
 
-def read_predictions(run: Store, name: str, split: str) -> pd.DataFrame:
-    """A model's predictions for a split; StageFailed naming the model when missing."""
+def read_probs(run: Store, name: str, split: str, image_ids: pd.Series) -> np.ndarray:
+    """A model's probabilities for a split, in the order of `image_ids`.
+
+    Raises StageFailed naming the model when its predictions are missing or incomplete.
+    """
     key = prediction_key(name, split)
     try:
-        return pd.read_parquet(
-            io.BytesIO(run.read_bytes(key)), columns=["image_id", "pred", "label"]
-        )
+        df = pd.read_parquet(io.BytesIO(run.read_bytes(key)), columns=["image_id", "probs"])
     except StoreKeyNotFound as e:
         raise StageFailed(
             f"model {name!r} has no {split} predictions ({run.uri_of(key)}): its train or predict "
             "job did not complete, so the vote cannot run"
         ) from e
+    position = pd.Series(np.arange(len(df)), index=df["image_id"]).reindex(image_ids)
+    if position.isna().any():
+        raise StageFailed(
+            f"{run.uri_of(key)} lacks {int(position.isna().sum())} of the run's {split} images"
+        )
+    return np.stack(df["probs"].to_numpy())[position.to_numpy(dtype=np.int64)]
 
 
-def rank_candidates(
-    val: dict[str, pd.DataFrame],
-) -> list[dict[str, Any]]:
+def candidate_answers(
+    run: Store,
+    candidates: dict[str, Candidate],
+    tasks: dict[str, str],
+    split: str,
+    image_ids: pd.Series,
+) -> dict[str, np.ndarray]:
+    """18-class predictions of every candidate for a split, each model's file read once."""
+    needed = dict.fromkeys(m for c in candidates.values() for m in c.models())
+    probs = {m: read_probs(run, m, split, image_ids) for m in needed}
+    return {name: predict_candidate(c, probs, tasks) for name, c in candidates.items()}
+
+
+def rank_candidates(val_answers: dict[str, np.ndarray], truth: np.ndarray) -> list[dict[str, Any]]:
     """Score each candidate on val and sort best first (macro F1, then accuracy, then name)."""
     scored = []
-    for name, df in val.items():
-        m = classification_metrics(df["label"].to_numpy(), df["pred"].to_numpy())
-        scored.append({"name": name, "val_macro_f1": m["macro_f1"], "val_accuracy": m["accuracy"]})
+    for name, pred in val_answers.items():
+        m = classification_metrics(truth, pred)
+        scored.append(
+            {
+                "name": name,
+                "val_macro_f1": m["macro_f1"],
+                "val_accuracy": m["accuracy"],
+                "val_tasks": m["tasks"],
+            }
+        )
     return sorted(scored, key=lambda c: (-c["val_macro_f1"], -c["val_accuracy"], c["name"]))
 
 
-def aligned(frames: list[pd.DataFrame], image_ids: pd.Series, what: str) -> np.ndarray:
-    """Stack members' predictions in the order of `image_ids`; StageFailed if any is missing."""
-    out = []
-    for df in frames:
-        pred = df.set_index("image_id")["pred"].reindex(image_ids)
-        if pred.isna().any():
-            raise StageFailed(f"{what}: predictions missing for {int(pred.isna().sum())} images")
-        out.append(pred.to_numpy())
-    return np.stack(out)
+def write_candidate_outputs(
+    run: Store,
+    name: str,
+    split_ids: dict[str, pd.Series],
+    answers: dict[str, np.ndarray],
+    metrics: dict[str, Any],
+) -> None:
+    """candidates/<name>/{val,eval}.parquet (image_id, pred) and metrics.json."""
+    for split, ids in split_ids.items():
+        sink = io.BytesIO()
+        pd.DataFrame({"image_id": ids.to_numpy(), "pred": answers[split]}).to_parquet(
+            sink, index=False
+        )
+        run.write_bytes(join_key("candidates", name, f"{split}.parquet"), sink.getvalue())
+    run.write_json(join_key("candidates", name, "metrics.json"), metrics)
 
 
 def vote(cfg: DictConfig) -> dict[str, Any]:
@@ -109,21 +141,32 @@ def vote(cfg: DictConfig) -> dict[str, Any]:
     run = run_store(cfg)
     if stage_done(run, STAGE):
         log.info("vote already done for run %s: nothing to do", cfg.run_id)
-        return read_json(run, VOTE_KEY)
+        return run.read_json(VOTE_KEY)
     top_k = int(cfg.suite.vote.top_k)
     if top_k < 1:
         raise ConfigError(f"suite.vote.top_k must be at least 1, got {top_k}")
-    names = list(model_specs(cfg))
-    val = {name: read_predictions(run, name, "val") for name in names}
-    ranking = rank_candidates(val)
-    members = [c["name"] for c in ranking[:top_k]]
+    candidates = candidate_specs(cfg)
+    tasks = {n: str(s.task) for n, s in model_specs(cfg).items()}
 
     index = read_index(run)
     val_rows = index[index["split"] == "val"]
-    ensemble_val = hard_vote(aligned([val[m] for m in members], val_rows["image_id"], "val"))
-    val_metrics = classification_metrics(val_rows["label"].to_numpy(), ensemble_val)
+    eval_rows = eval_rows_in_order(run, index)
+    ids = {"val": val_rows["image_id"], "eval": eval_rows["image_id"]}
+    answers = {s: candidate_answers(run, candidates, tasks, s, ids[s]) for s in ids}
+    val_truth = val_rows["label"].to_numpy()
+    ranking = rank_candidates(answers["val"], val_truth)
+    members = [c["name"] for c in ranking[:top_k]]
+    for name in candidates:
+        write_candidate_outputs(
+            run,
+            name,
+            ids,
+            {s: answers[s][name] for s in ids},
+            classification_metrics(val_truth, answers["val"][name]),
+        )
 
-    submission = eval_submission(run, index, members)
+    ensemble = {s: hard_vote(np.stack([answers[s][m] for m in members])) for s in ids}
+    val_metrics = classification_metrics(val_truth, ensemble["val"])
     result: dict[str, Any] = {
         "run_id": cfg.run_id,
         "top_k": top_k,
@@ -135,14 +178,14 @@ def vote(cfg: DictConfig) -> dict[str, Any]:
             "val": val_metrics,
         },
     }
-    truth = submission["truth"]
-    if (truth >= 0).all() and len(truth):
-        result["eval"] = classification_metrics(truth.to_numpy(), submission["ans"].to_numpy())
-    run.write_bytes(SUBMISSION_KEY, submission[["ImageID", "ans"]].to_csv(index=False).encode())
-    write_json(run, VOTE_KEY, result)
+    eval_truth = eval_rows["label"].to_numpy()
+    if len(eval_truth) and (eval_truth >= 0).all():
+        result["eval"] = classification_metrics(eval_truth, ensemble["eval"])
+    submission = pd.DataFrame({"ImageID": ids["eval"].to_numpy(), "ans": ensemble["eval"]})
+    run.write_bytes(SUBMISSION_KEY, submission.to_csv(index=False).encode())
+    run.write_json(VOTE_KEY, result)
     mark_stage_done(run, STAGE, {"members": members}, started)
-    write_json(
-        root_store(cfg),
+    root_store(cfg).write_json(
         LATEST_KEY,
         {"run_id": cfg.run_id, "finished": datetime.now(UTC).isoformat(timespec="seconds")},
     )
@@ -150,18 +193,16 @@ def vote(cfg: DictConfig) -> dict[str, Any]:
     return result
 
 
-def eval_submission(run: Store, index: pd.DataFrame, members: list[str]) -> pd.DataFrame:
-    """The voted answer for every row of eval/info.csv, in its order (ImageID, ans, truth).
+def eval_rows_in_order(run: Store, index: pd.DataFrame) -> pd.DataFrame:
+    """The eval rows in the order of eval/info.csv.
 
     Raises StageFailed when some rows of info.csv have no usable image: never a short submission.
     """
-    listed = int(read_json(run, stage_key(PREPARE_STAGE))["eval_listed"])
+    listed = int(run.read_json(stage_key(PREPARE_STAGE))["eval_listed"])
     rows = index[index["split"] == "eval"].sort_values("order")
     if len(rows) != listed:
         raise StageFailed(
             f"the submission would lack {listed - len(rows)} of {listed} rows of eval/info.csv: "
             f"those images are missing or unusable, see {run.uri_of(BAD_INPUTS_KEY)}"
         )
-    ids = rows["image_id"].reset_index(drop=True)
-    answers = hard_vote(aligned([read_predictions(run, m, "eval") for m in members], ids, "eval"))
-    return pd.DataFrame({"ImageID": ids, "ans": answers, "truth": rows["label"].to_numpy()})
+    return rows.reset_index(drop=True)

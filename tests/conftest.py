@@ -22,6 +22,7 @@ TINY_OVERRIDES = [
     "train.batch_size=32",
     "train.num_threads=2",
     "store.workers=4",
+    "tracking.mode=disabled",
 ]
 
 

@@ -58,7 +58,8 @@ def test_launch_local_end_to_end_then_rerun_is_a_no_op(
 ) -> None:
     cfg = make_cfg(tiny_dataset)
     overrides = [f"data.root={tiny_dataset}", f"store.root={cfg.store.root}",
-                 "train.epochs=1", "train.image_size=[32,24]", "train.num_threads=2"]  # fmt: skip
+                 "train.epochs=1", "train.image_size=[32,24]", "train.num_threads=2",
+                 "tracking.mode=disabled"]  # fmt: skip
     assert launch_main(["--cluster", "local", *overrides]) == 0
     out = capsys.readouterr().out
     run_id = out.split()[1]
@@ -139,7 +140,8 @@ def run_job(module: str, *overrides: str) -> subprocess.CompletedProcess[str]:
 @pytest.mark.slow
 def test_job_entry_points_run_the_stages_in_turn(tiny_dataset: Path, tmp_path: Path) -> None:
     common = [f"data.root={tiny_dataset}", f"store.root={tmp_path / 'store'}", "run_id=jobs",
-              "train.epochs=1", "train.image_size=[32,24]", "train.num_threads=2"]  # fmt: skip
+              "train.epochs=1", "train.image_size=[32,24]", "train.num_threads=2",
+                 "tracking.mode=disabled"]  # fmt: skip
     for stage in ("prepare", "train", "predict", "vote"):
         done = run_job(f"jobs.{stage}", *common)
         assert done.returncode == 0, done.stderr[-2000:]
