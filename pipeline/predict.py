@@ -5,6 +5,8 @@ predictions/<model>/val.parquet, eval.parquet: image_id, model, pred, probs (flo
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import io
 import logging
 import time
@@ -19,8 +21,8 @@ from omegaconf import DictConfig
 from torch import nn
 
 from pipeline.config import model_specs, selected_models
-from pipeline.device import autocast, setup_runtime
-from pipeline.errors import ConfigError
+from pipeline.device import Runtime, autocast, setup_runtime
+from pipeline.errors import ConfigError, StageFailed
 from pipeline.images import load_images
 from pipeline.models import model_from_checkpoint, task_target
 from pipeline.prepare import read_index
@@ -57,6 +59,49 @@ def normalize(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last)
 
 
+def input_shape(image_size: Sequence[int], center_crop: Sequence[float] | None) -> tuple[int, int]:
+    """The (H, W) a model sees: `train.image_size` after the optional centre crop."""
+    probe = torch.empty(1, 1, int(image_size[0]), int(image_size[1]))
+    return tuple(crop_center(probe, center_crop).shape[-2:])
+
+
+def probe_precision(
+    model: nn.Module, shape: tuple[int, int], rt: Runtime, *, reps: int = 3, tolerance: float = 0.05
+) -> Runtime:
+    """Keep CPU bf16 only where it computes correctly for this input shape, else use fp32.
+
+    oneDNN's CPU bf16 kernels (torch 2.14) return NaN or wrong values (10-20% off, or 1e36) for
+    some small feature-map sizes, e.g. inputs of 38x25, 32x16 or 19x13, while 64x48 or 128x96
+    agree with fp32 to <1%. A few forward passes against fp32 and one backward pass find out.
+    """
+    if rt.device.type != "cpu" or rt.precision != "bf16":
+        return rt
+    probe = copy.deepcopy(model).eval()  # must not touch the model's statistics or gradients
+    generator = torch.Generator().manual_seed(0)
+    sound = True
+    for _ in range(reps):
+        x = torch.randn(16, 3, *shape, generator=generator).contiguous(
+            memory_format=torch.channels_last
+        )
+        with torch.no_grad():
+            ref = probe(x).float()
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                low = probe(x).float()
+        error = (low - ref).abs().max() / ref.abs().max().clamp_min(1e-6)
+        sound = sound and bool(torch.isfinite(low).all()) and float(error) <= tolerance
+    if sound:
+        probe.train()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            probe(x).float().sum().backward()
+        sound = all(
+            bool(torch.isfinite(p.grad).all()) for p in probe.parameters() if p.grad is not None
+        )
+    if sound:
+        return rt
+    log.warning("bf16 is unreliable on this CPU for %s inputs: using fp32 instead", shape)
+    return dataclasses.replace(rt, precision="fp32")
+
+
 @torch.inference_mode()
 def predict_probs(
     model: nn.Module,
@@ -82,6 +127,11 @@ def predict_probs(
             probs = model(x).float().softmax(dim=1)
         if tta_flip:
             probs = (probs[:n] + probs[n:]) / 2
+        if not torch.isfinite(probs).all():
+            raise StageFailed(
+                f"non-finite predictions with precision {precision} for inputs of "
+                f"{tuple(x.shape[-2:])}: set train.precision=fp32"
+            )
         out.append(probs.cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
 
@@ -128,9 +178,11 @@ def predict_model(cfg: DictConfig, name: str) -> dict[str, Any]:
     spec = model_specs(cfg)[name]
     _, num_classes = task_target(str(spec.task))
     rt = setup_runtime(cfg)
-    device, precision = rt.device, rt.precision
     model = model_from_checkpoint(spec, num_classes, load_torch(run, checkpoint_key(name)))
-    model.to(device, memory_format=torch.channels_last)
+    model.to(rt.device, memory_format=torch.channels_last).eval()
+    if cfg.train.precision == "auto":
+        shape = input_shape(cfg.train.image_size, spec.train.center_crop)
+        rt = probe_precision(model, shape, rt)
 
     index = read_index(run)
     counts = {}
@@ -142,8 +194,8 @@ def predict_model(cfg: DictConfig, name: str) -> dict[str, Any]:
         probs = predict_probs(
             model,
             images,
-            device=device,
-            precision=precision,
+            device=rt.device,
+            precision=rt.precision,
             batch_size=int(cfg.train.eval_batch_size),
             tta_flip=bool(spec.train.tta_flip),
             center_crop=spec.train.center_crop,

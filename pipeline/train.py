@@ -25,7 +25,7 @@ from torch import nn
 from pipeline.augment import BatchAugment
 from pipeline.config import model_specs, selected_models
 from pipeline.device import Runtime, autocast, setup_runtime
-from pipeline.errors import ConfigError, DataError
+from pipeline.errors import ConfigError, DataError, StageFailed
 from pipeline.images import load_images
 from pipeline.losses import build_loss
 from pipeline.metrics import classification_metrics, macro_f1
@@ -36,7 +36,14 @@ from pipeline.models import (
     model_from_checkpoint,
     task_target,
 )
-from pipeline.predict import checkpoint_key, normalize, predict_probs, to_unit
+from pipeline.predict import (
+    checkpoint_key,
+    input_shape,
+    normalize,
+    predict_probs,
+    probe_precision,
+    to_unit,
+)
 from pipeline.prepare import read_index
 from pipeline.runs import (
     load_torch,
@@ -114,6 +121,11 @@ def train_one_epoch(
         with autocast(rt.device, rt.precision):
             logits = model(normalize(x))
         loss = loss_fn(logits.float(), soft)
+        if not torch.isfinite(loss):
+            raise StageFailed(
+                f"training loss became {float(loss)} at batch {start // batch_size + 1} "
+                f"(precision {rt.precision}): try train.precision=fp32 or a lower train.lr"
+            )
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -193,6 +205,8 @@ def train_model(cfg: DictConfig, name: str) -> dict[str, Any]:
         lr=float(tcfg.lr),
         weight_decay=float(tcfg.weight_decay),
     )
+    if cfg.train.precision == "auto":
+        rt = probe_precision(model, input_shape(size, tcfg.center_crop), rt)
     epochs = int(cfg.train.epochs)
     scheduler = make_scheduler(optimizer, str(tcfg.scheduler), epochs)
     generator = torch.Generator().manual_seed(int(cfg.seed))
@@ -272,7 +286,7 @@ def train_model(cfg: DictConfig, name: str) -> dict[str, Any]:
                 break
 
         metrics = final_metrics(
-            cfg, run, name, spec, num_classes, images["val"], val_targets, history
+            cfg, rt, run, name, spec, num_classes, images["val"], val_targets, history
         )
         tracker.summary(
             {
@@ -292,6 +306,7 @@ def train_model(cfg: DictConfig, name: str) -> dict[str, Any]:
 
 def final_metrics(
     cfg: DictConfig,
+    rt: Runtime,
     run: Store,
     name: str,
     spec: DictConfig,
@@ -301,7 +316,6 @@ def final_metrics(
     history: list[dict[str, Any]],
 ) -> dict[str, Any]:
     """Val metrics of the best checkpoint (as predict will use it) plus the training history."""
-    rt = setup_runtime(cfg)
     model = model_from_checkpoint(spec, num_classes, load_torch(run, checkpoint_key(name)))
     model.to(rt.device, memory_format=torch.channels_last)
     probs = predict_probs(

@@ -158,3 +158,48 @@ def test_job_errors_are_one_clear_line(tmp_path: Path) -> None:
     assert "train/train.csv not found" in done.stderr
     done = run_job("jobs.prepare", "train.epochz=3")
     assert done.returncode == 1 and "train.epochz" in done.stderr
+
+
+SEED_MODELS = {"single": 18, "mask": 3, "gender": 2, "age": 3, "age_masked": 3, "age_unmasked": 3}
+
+
+@pytest.mark.slow
+def test_seed_suite_trains_every_model_and_votes_the_top_five(
+    tiny_dataset: Path, make_cfg: MakeCfg
+) -> None:
+    cfg = make_cfg(tiny_dataset, "suite=seed", "run_id=seed", "train.augment.cutmix_vertical=0.5")
+    result = run_local(cfg)
+    run = run_store(cfg)
+    info = pd.read_csv(tiny_dataset / "eval" / "info.csv")
+    for model, classes in SEED_MODELS.items():
+        for split in ("val", "eval"):
+            preds = pd.read_parquet(
+                io.BytesIO(run.read_bytes(f"predictions/{model}/{split}.parquet"))
+            )
+            assert np.stack(preds["probs"].to_numpy()).shape[1] == classes
+        metrics = json.loads(run.read_bytes(f"models/{model}/metrics.json"))
+        assert len(metrics["val"]["confusion"]) == classes
+    names = [c["name"] for c in result["candidates"]]
+    assert sorted(names) == sorted(
+        ["single", "per_task", "conditional", "single_conditional_age", "per_task_single_age"]
+    )
+    scores = [c["val_macro_f1"] for c in result["candidates"]]
+    assert scores == sorted(scores, reverse=True)
+    assert result["members"] == names[:5]
+    for name in names:
+        candidate = json.loads(run.read_bytes(f"candidates/{name}/metrics.json"))
+        assert len(candidate["confusion"]) == 18 and "tasks" in candidate
+    submission = pd.read_csv(io.BytesIO(run.read_bytes("submission.csv")))
+    assert submission["ImageID"].tolist() == info["ImageID"].tolist()
+
+
+@pytest.mark.slow
+def test_training_is_tracked_offline_without_an_api_key(
+    tiny_dataset: Path, make_cfg: MakeCfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    cfg = make_cfg(tiny_dataset, "tracking.mode=auto", f"tracking.dir={tmp_path / 'wb'}")
+    run_local(cfg)
+    runs = list((tmp_path / "wb" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 1 and runs[0].stat().st_size > 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -123,3 +124,68 @@ def test_too_many_bad_photos_fail_with_a_summary(dataset_copy: Path, make_cfg: M
             photo.write_bytes(b"")
     with pytest.raises(StageFailed, match=r"21 of \d+ training photos are unusable"):
         prepare(make_cfg(dataset_copy, "data.max_bad_fraction=0.05"))
+
+
+def test_label_fix_corrects_people_and_images_and_reports_unknown_ids(
+    dataset_copy: Path, make_cfg: MakeCfg, tmp_path: Path
+) -> None:
+    folders = person_folders(dataset_copy)
+    person = parse_folder_name(folders[0].name)
+    other = folders[1].name
+    fix = tmp_path / "fix.csv"
+    new_gender = "male" if person.gender == 1 else "female"
+    fix.write_text(  # BOM and CRLF as spreadsheet exports write them
+        "\ufeffperson_id,gender,age\r\n"
+        + f"{person.person_id},{new_gender},61\r\n"
+        + "999999,male,20\r\n"
+    )
+    image_fix = tmp_path / "image_fix.csv"
+    image_fix.write_text(f"image_id,mask\n{other}/mask1,not_worn\n")
+    cfg = make_cfg(dataset_copy, f"data.label_fix={fix}")
+    summary = prepare(cfg)
+    index, bad = read_outputs(cfg)
+    rows = index[index["person_id"] == person.person_id]
+    assert len(rows) == 7 and summary["label_fixes"] == 7
+    assert (rows["gender"] == 1 - person.gender).all() and (rows["age"] == 61).all()
+    assert (rows["age_group"] == 2).all()
+    assert (rows["label"] == rows["mask"] * 6 + rows["gender"] * 3 + 2).all()
+    assert bad["reason"].str.contains("unknown person_id '999999'").any()
+
+    cfg = make_cfg(dataset_copy, f"data.label_fix={image_fix}", "run_id=images")
+    prepare(cfg)
+    index, _ = read_outputs(cfg)
+    fixed = index.set_index("image_id").loc[f"{other}/mask1"]
+    assert fixed["mask"] == 2 and fixed["label"] // 6 == 2
+
+
+def test_label_fix_with_bad_values_or_columns(
+    tiny_dataset: Path, make_cfg: MakeCfg, tmp_path: Path
+) -> None:
+    person = parse_folder_name(person_folders(tiny_dataset)[0].name)
+    fix = tmp_path / "fix.csv"
+    fix.write_text(f"person_id,gender\n{person.person_id},robot\n")
+    with pytest.raises(DataError, match=r"fix.csv line 2: gender 'robot' is not one of"):
+        prepare(make_cfg(tiny_dataset, f"data.label_fix={fix}"))
+    fix.write_text("name,gender\nx,male\n")
+    with pytest.raises(DataError, match="needs one id column"):
+        prepare(make_cfg(tiny_dataset, f"data.label_fix={fix}", "run_id=r2"))
+    with pytest.raises(DataError, match="not found"):
+        prepare(make_cfg(tiny_dataset, f"data.label_fix={tmp_path / 'nope.csv'}", "run_id=r3"))
+
+
+def test_extra_sources_train_only(tiny_dataset: Path, make_cfg: MakeCfg, tmp_path: Path) -> None:
+    extra = tmp_path / "extra"
+    shutil.copytree(tiny_dataset / "train", extra / "train")
+    cfg = make_cfg(tiny_dataset, f"data.extra_roots=[{extra}]")
+    summary = prepare(cfg)
+    index, _ = read_outputs(cfg)
+    from_extra = index[index["source"] == 1]
+    assert len(from_extra) == 7 * len(person_folders(tiny_dataset))
+    assert (from_extra["split"] == "train").all()
+    assert from_extra["image_id"].str.startswith("extra1/").all()
+    assert from_extra["person_id"].str.startswith("extra1/").all()
+    assert summary["extra_roots"] == [str(extra)]
+    # images are packed from the extra root, byte for byte
+    run = run_store(cfg)
+    row = from_extra.iloc[0]
+    assert read_shard(run, row["shard"])[row["image_id"]] == (extra / row["path"]).read_bytes()

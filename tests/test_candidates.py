@@ -1,0 +1,85 @@
+"""Candidates: 18-class answers from single, per-task and conditional combinations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.candidates import Candidate, parse_candidate, predict_candidate, task_probs
+from pipeline.errors import ConfigError
+from pipeline.labels import encode
+
+TASKS = {"single": "all", "mask": "mask", "gender": "gender", "age": "age", "age_m": "age",
+         "age_n": "age"}  # fmt: skip
+
+
+def one_hot(classes: list[int], n: int) -> np.ndarray:
+    return np.eye(n, dtype=np.float32)[classes]
+
+
+def test_marginals_of_an_18_class_model() -> None:
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(18), size=5)
+    mask, gender, age = (task_probs(probs, "all", t) for t in ("mask", "gender", "age"))
+    for part, n in ((mask, 3), (gender, 2), (age, 3)):
+        assert part.shape == (5, n) and np.allclose(part.sum(axis=1), 1.0)
+    # P(mask = not worn) is the sum of classes 12..17
+    assert np.allclose(mask[:, 2], probs[:, 12:].sum(axis=1))
+    assert np.allclose(gender[:, 1], probs[:, [3, 4, 5, 9, 10, 11, 15, 16, 17]].sum(axis=1))
+
+
+def test_per_task_combination_is_class_arithmetic() -> None:
+    c = parse_candidate("b", {"mask": "mask", "gender": "gender", "age": "age"}, TASKS)
+    probs = {
+        "mask": one_hot([0, 1, 2], 3),
+        "gender": one_hot([1, 0, 1], 2),
+        "age": one_hot([2, 1, 0], 3),
+    }
+    assert predict_candidate(c, probs, TASKS).tolist() == [
+        encode(0, 1, 2), encode(1, 0, 1), encode(2, 1, 0)
+    ]  # fmt: skip
+
+
+def test_conditional_routing_uses_the_predicted_mask() -> None:
+    c = parse_candidate(
+        "c",
+        {"mask": "mask", "gender": "gender",
+         "age_by_mask": {"wear": "age_m", "incorrect": "age_m", "not_worn": "age_n"}},
+        TASKS,
+    )  # fmt: skip
+    masks = [0, 1, 2, 2, 0]
+    probs = {
+        "mask": one_hot(masks, 3),
+        "gender": one_hot([0] * 5, 2),
+        "age_m": one_hot([1] * 5, 3),  # the masked-face age model always says 30-59
+        "age_n": one_hot([2] * 5, 3),  # the bare-face age model always says >=60
+    }
+    answers = predict_candidate(c, probs, TASKS)
+    assert [a % 3 for a in answers] == [1, 1, 2, 2, 1]
+    assert [a // 6 for a in answers] == masks
+
+
+def test_single_model_candidate_takes_the_argmax() -> None:
+    c = parse_candidate("a", {"all": "single"}, TASKS)
+    assert c == Candidate("a", all="single")
+    assert predict_candidate(c, {"single": one_hot([17, 4], 18)}, TASKS).tolist() == [17, 4]
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"mask": "mask", "age": "age"}, "needs `all`, or `mask`, `gender`"),
+        ({"all": "nope"}, "not in suite.models"),
+        ({"all": "mask"}, "predicts 'mask', not 'all'"),
+        ({"mask": "gender", "gender": "gender", "age": "age"}, "predicts 'gender', not 'mask'"),
+        (
+            {"mask": "mask", "gender": "gender", "age_by_mask": {"wear": "age_m"}},
+            "exactly the keys",
+        ),
+        ({"all": "single", "mask": "mask"}, "stands alone"),
+        ({"everything": "single"}, "unknown key"),
+    ],
+)
+def test_bad_candidates_say_what_is_wrong(entry: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_candidate("x", entry, TASKS)
