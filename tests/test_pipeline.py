@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 from pipeline.errors import StageFailed
 from pipeline.launch import main as launch_main
 from pipeline.launch import run_local
+from pipeline.results import main as results_main
 from pipeline.runs import root_store, run_store
 from pipeline.store import Store, open_store
 from pipeline.train import train_model
@@ -165,7 +166,7 @@ SEED_MODELS = {"single": 18, "mask": 3, "gender": 2, "age": 3, "age_masked": 3, 
 
 @pytest.mark.slow
 def test_seed_suite_trains_every_model_and_votes_the_top_five(
-    tiny_dataset: Path, make_cfg: MakeCfg
+    tiny_dataset: Path, make_cfg: MakeCfg, tmp_path: Path
 ) -> None:
     cfg = make_cfg(tiny_dataset, "suite=seed", "run_id=seed", "train.augment.cutmix_vertical=0.5")
     result = run_local(cfg)
@@ -191,6 +192,15 @@ def test_seed_suite_trains_every_model_and_votes_the_top_five(
         assert len(candidate["confusion"]) == 18 and "tasks" in candidate
     submission = pd.read_csv(io.BytesIO(run.read_bytes("submission.csv")))
     assert submission["ImageID"].tolist() == info["ImageID"].tolist()
+
+    table = tmp_path / "results.md"
+    assert results_main(["--run", "seed", "--out", str(table), f"store.root={cfg.store.root}"]) == 0
+    text = table.read_text()
+    for name in [*SEED_MODELS, *names]:
+        assert f"| {name}" in text
+    assert (
+        f"| vote | top-5 hard vote | 18 classes | {result['ensemble']['val_macro_f1']:.4f}" in text
+    )
 
 
 @pytest.mark.slow

@@ -1,0 +1,94 @@
+"""`python -m pipeline.results [--run latest|RUN_ID] [--out FILE] [store.root=...]`
+
+A Markdown table of a finished run: val macro F1 and accuracy of every model (in its own task's
+classes), every candidate (18 classes), the vote, and the eval scores when ground truth exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pipeline.cli import setup_logging
+from pipeline.config import load_config
+from pipeline.errors import PipelineError, StoreKeyNotFound
+from pipeline.runs import LATEST_KEY, root_store
+from pipeline.store import Store, join_key
+from pipeline.vote import VOTE_KEY
+
+
+def results_table(run: Store) -> str:
+    """Markdown table of a run whose vote finished (StoreKeyNotFound when it did not)."""
+    vote = run.read_json(VOTE_KEY)
+    lines = [
+        f"Run `{vote['run_id']}`.",
+        "",
+        "| kind | name | task | val macro F1 | val accuracy |",
+        "|---|---|---|---:|---:|",
+    ]
+    models = sorted({k.split("/")[1] for k in run.list("models") if k.endswith("metrics.json")})
+    for name in models:
+        m = run.read_json(join_key("models", name, "metrics.json"))
+        task = m["task"] + (f" ({'+'.join(m['mask_groups'])})" if m.get("mask_groups") else "")
+        lines.append(row("model", name, task, m["val"]))
+    for c in vote["candidates"]:
+        member = " (voted)" if c["name"] in vote["members"] else ""
+        scores = {"macro_f1": c["val_macro_f1"], "accuracy": c["val_accuracy"]}
+        lines.append(row("candidate", c["name"] + member, "18 classes", scores))
+    ens = vote["ensemble"]
+    lines.append(
+        row(
+            "vote",
+            f"top-{vote['top_k']} hard vote",
+            "18 classes",
+            {"macro_f1": ens["val_macro_f1"], "accuracy": ens["val_accuracy"]},
+        )
+    )
+    if "eval" in vote:
+        ev = vote["eval"]
+        lines += [
+            "",
+            f"Eval (generated ground truth): macro F1 **{ev['macro_f1']:.4f}**, "
+            f"accuracy **{ev['accuracy']:.4f}**.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def row(kind: str, name: str, task: str, scores: dict[str, Any]) -> str:
+    """One table row."""
+    return f"| {kind} | {name} | {task} | {scores['macro_f1']:.4f} | {scores['accuracy']:.4f} |"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Print (or write) the results table of a run."""
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.results",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--run", default="latest", help="run id, or latest (default)")
+    parser.add_argument("--out", type=Path, help="write the table to this file too")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. store.root=...")
+    args = parser.parse_args(argv)
+    setup_logging()
+    try:
+        store = root_store(load_config(args.overrides))
+        run_id = store.read_json(LATEST_KEY)["run_id"] if args.run == "latest" else args.run
+        table = results_table(store.child(join_key("runs", run_id)))
+    except StoreKeyNotFound as e:
+        print(f"error: {e} (has that run's vote finished?)", file=sys.stderr)
+        return 1
+    except PipelineError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(table, end="")
+    if args.out:
+        args.out.write_text(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
