@@ -232,7 +232,7 @@ class Looks:
     lip_color: Color
     lip_w: float
     eye_liner: bool
-    hair_style: str  # short / medium / long / bun
+    hair_style: str  # short / medium / long / bun / perm
     hair_color: np.ndarray
     grey: float
     hairline: float
@@ -251,7 +251,7 @@ class Looks:
 
 @dataclass(frozen=True)
 class AgeCues:
-    """How old a face looks: wrinkles (from ~28), grey hair (from ~45), youth (fades by ~30)."""
+    """How old a face looks: wrinkles (from ~27), grey hair (from ~45), youth (fades by ~30)."""
 
     apparent: float
     aging: float
@@ -263,7 +263,7 @@ def _age_cues(age: int, fem: bool, rng: np.random.Generator) -> AgeCues:
     """Noisy age cues; the noise grows with age and '60' stands for 60 and older."""
     extra = rng.exponential(4.0) if age >= 60 else 0.0
     a = float(age + extra + rng.normal(0.0, 2.0 + 0.055 * (age - 18)))
-    aging = float(np.clip((a - 27.0) / 28.0 + rng.normal(0, 0.06), 0.0, 1.3))
+    aging = float(np.clip((a - 26.0) / 22.0 + rng.normal(0, 0.06), 0.0, 1.3))
     grey = float(np.clip((a - 44.0) / 18.0 + rng.normal(0, 0.15), 0.0, 1.0))
     if a > 45 and rng.random() < (0.35 if fem else 0.15):
         grey *= rng.uniform(0.0, 0.3)  # dyed hair
@@ -275,12 +275,14 @@ def _hair(fem: bool, ac: AgeCues, rng: np.random.Generator) -> tuple[str, np.nda
     """Hair style, base colour (young people dye it brown more often) and hairline height."""
     style_p = (0.1, 0.27, 0.5, 0.13) if fem else (0.83, 0.11, 0.04, 0.02)
     style = ("short", "medium", "long", "bun")[rng.choice(4, p=style_p)]
+    if fem and rng.random() < 0.5 / (1.0 + np.exp(-(ac.apparent - 46.0) / 4.0)):
+        style = "perm"  # the short permed hair of many middle-aged women
     if rng.random() < 0.45 * ac.youth:
         hair = HAIR_BASES[rng.choice((2, 3, 4))].copy()
     else:
         hair = HAIR_BASES[rng.choice(5, p=(0.4, 0.32, 0.16, 0.1, 0.02))].copy()
     recede = 0.0 if fem else float(np.clip((ac.apparent - 35) / 30, 0, 1) * rng.uniform(0, 0.28))
-    bangs = rng.random() < (0.3 if fem else 0.1) + 0.25 * ac.youth and recede < 0.05
+    bangs = rng.random() < (0.3 if fem else 0.1) + 0.3 * ac.youth and recede < 0.05
     hairline = -0.27 if bangs else -0.42 - recede - rng.uniform(0, 0.04)
     return style, hair, float(hairline)
 
@@ -291,7 +293,7 @@ def _draw_looks(gender: int, age: int, rng: np.random.Generator) -> Looks:
         gender = 1 - gender
     fem = gender == 1
     ac = _age_cues(age, fem, rng)
-    skin = _mix(SKIN_LIGHT, SKIN_DARK, rng.beta(2.0, 3.0)) * (1.0 - 0.06 * ac.aging)
+    skin = _mix(SKIN_LIGHT, SKIN_DARK, rng.beta(2.0, 3.0)) * (1.0 - 0.08 * min(ac.aging, 1.0))
     style, hair, hairline = _hair(fem, ac, rng)
     brow_w = rng.normal(0.055, 0.01) if not fem else rng.normal(0.03, 0.008)
     lip_natural = _mix(skin, np.array([200.0, 110, 110]), rng.uniform(0.3, 0.5) + 0.1 * fem)
@@ -299,7 +301,7 @@ def _draw_looks(gender: int, age: int, rng: np.random.Generator) -> Looks:
     beard_p = 0.0 if fem else 0.22 + 0.2 * (ac.apparent > 40)
     beard = int(rng.integers(1, 4)) if rng.random() < beard_p else 0
     n_spots = int(rng.poisson(max(0.0, (ac.apparent - 50.0) / 3.0)))
-    face_w = float(rng.normal(0.95 if fem else 1.0, 0.035) + 0.03 * min(ac.aging, 1.0))
+    face_w = float(rng.normal(0.95 if fem else 1.0, 0.035) + 0.05 * min(ac.aging, 1.0))
     hair_rx = float(rng.uniform(0.56, 0.62) if fem else rng.uniform(0.53, 0.57))
     strands, strand_grey = _draw_strands(rng, ac.grey, hair_rx * face_w, hairline)
     return Looks(
@@ -428,8 +430,11 @@ def _draw_head_back(d: ImageDraw.ImageDraw, lk: Looks, p: Pose, hair: Color) -> 
 
 def _draw_hair_top(d: ImageDraw.ImageDraw, lk: Looks, p: Pose, hair: Color) -> None:
     rx, hl = lk.hair_rx * lk.face_w, lk.hairline
-    side = 0.05 if lk.hair_style == "short" else -0.05
+    side = 0.05 if lk.hair_style in ("short", "perm") else -0.05
     arc = _ellipse(0.0, -0.1, rx, 0.68, np.pi, 2 * np.pi, 24)
+    if lk.hair_style == "perm":  # fuller, curly outline
+        bumps = 1.1 + 0.05 * np.abs(np.sin(np.linspace(0.0, 9 * np.pi, len(arc))))
+        arc = np.stack([arc[:, 0] * bumps, -0.1 + (arc[:, 1] + 0.1) * bumps], axis=1)
     line = np.array(
         [
             [rx - 0.02, side],
@@ -454,7 +459,10 @@ def _draw_eyes(d: ImageDraw.ImageDraw, lk: Looks, p: Pose, dark: Color) -> None:
     line = _col(lk.skin * 0.65)
     for sx in (-1.0, 1.0):
         cx, cy = fx + sx * lk.eye_dx, -0.06
-        rx, ry = 0.075 * lk.eye_size, 0.034 * lk.eye_size
+        rx, ry = 0.075 * lk.eye_size, 0.036 * lk.eye_size * (1.0 - 0.3 * min(lk.wrinkle, 1.0))
+        if lk.wrinkle > 0.1:  # darker, tired skin under the eyes
+            shade = _ellipse(cx, cy + 0.03, rx * 1.1, 0.045, 0.0, np.pi, 10)
+            d.polygon(p.px(shade), fill=_col(lk.skin * (1.0 - 0.12 * min(lk.wrinkle, 1.0))))
         d.polygon(p.px(_ellipse(cx, cy, rx, ry, n=16)), fill=(238, 236, 230))
         d.polygon(p.px(_ellipse(cx, cy, 0.033, 0.033, n=12)), fill=(40, 28, 22))
         lid = _ellipse(cx, cy, rx, ry, np.pi, 2 * np.pi, 9)
@@ -489,8 +497,8 @@ def _draw_eyes(d: ImageDraw.ImageDraw, lk: Looks, p: Pose, dark: Color) -> None:
 
 
 def _draw_forehead(d: ImageDraw.ImageDraw, lk: Looks, p: Pose) -> None:
-    n = int(np.clip(round(lk.wrinkle * 4.0), 0, 4))
-    color = _col(lk.skin * (0.84 - 0.08 * min(lk.wrinkle, 1.0)))
+    n = int(np.clip(round(lk.wrinkle * 5.0), 0, 4))
+    color = _col(lk.skin * (0.8 - 0.1 * min(lk.wrinkle, 1.0)))
     for i in range(n):
         y = -0.27 - 0.045 * i
         if y - 0.02 < lk.hairline:
@@ -498,8 +506,12 @@ def _draw_forehead(d: ImageDraw.ImageDraw, lk: Looks, p: Pose) -> None:
         d.line(
             p.px(_ellipse(0.0, y + 0.15, 0.22, 0.15, 1.25 * np.pi, 1.75 * np.pi, 8)),
             fill=color,
-            width=p.width(0.007 + 0.004 * lk.wrinkle),
+            width=p.width(0.008 + 0.01 * lk.wrinkle),
         )
+    if lk.wrinkle > 0.35:  # frown lines between the brows
+        for sx in (-1.0, 1.0):
+            frown = np.array([[sx * 0.035, -0.2], [sx * 0.028, -0.12]])
+            d.line(p.px(frown), fill=color, width=p.width(0.008 + 0.006 * lk.wrinkle))
     for x, y in lk.spots:
         if y > lk.hairline + 0.03:
             d.polygon(p.px(_ellipse(x, y, 0.012, 0.012, n=6)), fill=_col(lk.skin * 0.75))
@@ -517,15 +529,15 @@ def _draw_lower_face(d: ImageDraw.ImageDraw, lk: Looks, p: Pose, hair: Color) ->
     d.polygon(p.px(_ellipse(fx, nl, 0.055, 0.03, 0.0, np.pi, 10)), fill=_col(lk.skin * 0.9))
     for sx in (-1.0, 1.0):
         d.polygon(p.px(_ellipse(fx + sx * 0.035, nl + 0.012, 0.016, 0.01, n=8)), fill=shade)
-    if lk.wrinkle > 0.15:  # nasolabial folds
+    if lk.wrinkle > 0.1:  # nasolabial folds
         for sx in (-1.0, 1.0):
             fold = np.array(
                 [[fx + sx * 0.08, nl], [fx + sx * 0.15, nl + 0.1], [fx + sx * 0.16, 0.43]]
             )
             d.line(
                 p.px(fold),
-                fill=_col(lk.skin * (0.9 - 0.1 * lk.wrinkle)),
-                width=p.width(0.006 + 0.006 * lk.wrinkle),
+                fill=_col(lk.skin * (0.88 - 0.12 * lk.wrinkle)),
+                width=p.width(0.008 + 0.012 * lk.wrinkle),
             )
     if lk.beard & 1:  # stubble
         stub = np.vstack(
