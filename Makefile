@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 DEMO_DATA       ?= data/generated
 DEMO_PEOPLE     ?= 400
 DEMO_EVAL       ?= 100
-DEMO_OVERRIDES  ?=
+DEMO_OVERRIDES  ?= train.image_size=[64,48] train.epochs=10
 
 .PHONY: install demo test lint format clean results
 
