@@ -39,7 +39,7 @@ clean:
 
 # The results table in README: suite=seed on a full-size generated dataset (2,700 + 1,800 people).
 RESULTS_DATA      ?= data/full
-RESULTS_OVERRIDES ?= train.image_size=[64,48] train.epochs=6
+RESULTS_OVERRIDES ?= train.image_size=[64,48] train.epochs=4 tracking.mode=disabled
 results: $(STAMP)
 	test -f $(RESULTS_DATA)/train/train.csv || $(BIN)/python -m pipeline.synth $(RESULTS_DATA) --seed 1
 	$(BIN)/python -m pipeline.launch suite=seed data.root=$(RESULTS_DATA) store.root=outputs/results $(RESULTS_OVERRIDES)
