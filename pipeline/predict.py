@@ -136,6 +136,21 @@ def predict_probs(
     return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
 
 
+def predict_for_spec(
+    model: nn.Module, images: torch.Tensor, rt: Runtime, spec: DictConfig
+) -> np.ndarray:
+    """`predict_probs` with a model's own settings: batch size, test-time flip, centre crop."""
+    return predict_probs(
+        model,
+        images,
+        device=rt.device,
+        precision=rt.precision,
+        batch_size=int(spec.train.eval_batch_size),
+        tta_flip=bool(spec.train.tta_flip),
+        center_crop=spec.train.center_crop,
+    )
+
+
 def checkpoint_key(name: str) -> str:
     """Key of a model's best checkpoint (a state dict) in the run."""
     return join_key("models", name, "checkpoint.pt")
@@ -191,15 +206,7 @@ def predict_model(cfg: DictConfig, name: str) -> dict[str, Any]:
         ids = rows["image_id"].tolist()
         images = load_images(run, ids, rows["shard"].tolist(), cfg.train.image_size, rt.threads)
         t0 = time.time()
-        probs = predict_probs(
-            model,
-            images,
-            device=rt.device,
-            precision=rt.precision,
-            batch_size=int(cfg.train.eval_batch_size),
-            tta_flip=bool(spec.train.tta_flip),
-            center_crop=spec.train.center_crop,
-        )
+        probs = predict_for_spec(model, images, rt, spec)
         log.info(
             "%s %s: %d images, %.0f images/s",
             stage,

@@ -40,6 +40,7 @@ from pipeline.predict import (
     checkpoint_key,
     input_shape,
     normalize,
+    predict_for_spec,
     predict_probs,
     probe_precision,
     to_unit,
@@ -318,15 +319,7 @@ def final_metrics(
     """Val metrics of the best checkpoint (as predict will use it) plus the training history."""
     model = model_from_checkpoint(spec, num_classes, load_torch(run, checkpoint_key(name)))
     model.to(rt.device, memory_format=torch.channels_last)
-    probs = predict_probs(
-        model,
-        val_images,
-        device=rt.device,
-        precision=rt.precision,
-        batch_size=int(spec.train.eval_batch_size),
-        tta_flip=bool(spec.train.tta_flip),
-        center_crop=spec.train.center_crop,
-    )
+    probs = predict_for_spec(model, val_images, rt, spec)
     best = max(history, key=lambda h: h["val_macro_f1"])
     return {
         "model": name,
