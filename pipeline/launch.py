@@ -1,8 +1,10 @@
-"""`python -m pipeline.launch [--cluster local] [hydra overrides]`: run a whole suite.
+"""`python -m pipeline.launch [--cluster local|slurm|k8s] [options] [hydra overrides]`: run a suite.
 
-The stage graph is prepare → (train, predict) for each model of the suite → vote. The local
-executor runs it in this process, one stage after another; every stage is a no-op when already
-done, so re-launching with `run_id=<id>` finishes a partial run.
+The stage graph is prepare → (train, predict) for each model of the suite → vote.
+- local: runs it in this process, one stage after another;
+- slurm: submits it with submitit (pipeline/slurm.py) and returns, or follows it with --wait;
+- k8s:   creates Kubernetes Jobs with the official client (pipeline/k8s.py); --dry-run prints them.
+Every stage is a no-op when already done, so `--resume RUN_ID` finishes a partial run.
 """
 
 from __future__ import annotations
@@ -17,14 +19,14 @@ from omegaconf import DictConfig
 
 from pipeline.cli import setup_logging
 from pipeline.config import load_config, model_specs
-from pipeline.errors import PipelineError
+from pipeline.errors import ConfigError, PipelineError
 from pipeline.predict import predict_model
 from pipeline.prepare import prepare
 from pipeline.runs import new_run_id, run_store
 from pipeline.train import train_model
 from pipeline.vote import SUBMISSION_KEY, VOTE_KEY, vote
 
-CLUSTERS = ("local",)
+CLUSTERS = ("local", "slurm", "k8s")
 
 
 def run_local(cfg: DictConfig) -> dict[str, Any]:
@@ -70,7 +72,7 @@ def summary_lines(cfg: DictConfig, result: dict[str, Any], seconds: float) -> li
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse the command line, run the suite, print the summary; returns the exit status."""
+    """Parse the command line, run or submit the suite; returns the exit status."""
     parser = argparse.ArgumentParser(
         prog="python -m pipeline.launch",
         description=__doc__,
@@ -82,12 +84,43 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="local",
         help="where the stages run (default: local, this machine)",
     )
+    parser.add_argument(
+        "--resume",
+        metavar="RUN_ID",
+        help="finish run RUN_ID: stages already done are not redone",
+    )
+    parser.add_argument(
+        "--wait",
+        action="store_true",
+        help="slurm: follow the run to its end and exit non-zero if it failed",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="k8s: print the Jobs' manifests (YAML) instead of creating them",
+    )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. train.epochs=3")
     args = parser.parse_args(argv)
     setup_logging()
     started = time.time()
     try:
+        if args.dry_run and args.cluster != "k8s":
+            raise ConfigError("--dry-run applies to --cluster k8s only")
+        if args.wait and args.cluster == "local":
+            raise ConfigError("--wait applies to --cluster slurm (a local run always waits)")
         cfg = load_config(args.overrides)
+        if args.resume:
+            cfg.run_id = args.resume
+        if not cfg.get("run_id"):
+            cfg.run_id = new_run_id()
+        if args.cluster == "slurm":
+            from pipeline.slurm import launch_slurm
+
+            return launch_slurm(cfg, wait=args.wait)
+        if args.cluster == "k8s":
+            from pipeline.k8s import launch_k8s
+
+            return launch_k8s(cfg, dry_run=args.dry_run)
         result = run_local(cfg)
     except PipelineError as e:
         print(f"error: {e}", file=sys.stderr)
