@@ -9,7 +9,7 @@ DEMO_PEOPLE     ?= 400
 DEMO_EVAL       ?= 100
 DEMO_OVERRIDES  ?= train.image_size=[64,48] train.epochs=10
 
-.PHONY: install demo test lint format clean results
+.PHONY: install demo test lint format clean results lint-deploy browser bench
 
 install: $(STAMP)
 
@@ -27,8 +27,13 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint
+test: lint lint-deploy browser
 	$(BIN)/python -m pytest
+
+# Headless Chromium for the report test (Debian's package; needs root on a machine without it).
+browser:
+	command -v chromium >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 
 format: $(STAMP)
 	$(BIN)/ruff format .
@@ -44,3 +49,48 @@ results: $(STAMP)
 	test -f $(RESULTS_DATA)/train/train.csv || $(BIN)/python -m pipeline.synth $(RESULTS_DATA) --seed 1
 	$(BIN)/python -m pipeline.launch suite=seed data.root=$(RESULTS_DATA) store.root=outputs/results $(RESULTS_OVERRIDES)
 	$(BIN)/python -m pipeline.results store.root=outputs/results --out outputs/results/results.md
+
+# Training and prediction throughput, ours vs the seed-style baseline, in one run (README "Speed").
+BENCH_ARGS ?=
+bench: $(STAMP)
+	$(BIN)/python -m bench.throughput $(BENCH_ARGS)
+
+# Deployment checks (Dockerfile, k8s/, the Jobs that --cluster k8s creates): hadolint, schema
+# validation against Kubernetes $(K8S_VERSION) and checkov. checkov pins older boto3, packaging and
+# networkx than the suite uses, so it lives in a venv of its own ($(TOOLS)).
+TOOLS       := .venv-tools
+TOOLS_STAMP := $(TOOLS)/.installed
+K8S_VERSION ?= 1.33.0
+RENDERED    := build/k8s-rendered
+
+$(TOOLS_STAMP):
+	test -x $(TOOLS)/bin/python || $(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet --progress-bar off 'checkov>=3.2,<4'
+	touch $(TOOLS_STAMP)
+
+lint-deploy: $(STAMP) $(TOOLS_STAMP)
+	$(BIN)/hadolint Dockerfile
+	rm -rf $(RENDERED) && mkdir -p $(RENDERED)
+	$(BIN)/python -m pipeline.launch --cluster k8s --dry-run suite=seed run_id=20260101T000000Z-000000 \
+	  > $(RENDERED)/jobs.yaml
+	$(BIN)/kubernetes-validate --strict --quiet -k $(K8S_VERSION) k8s/*.yaml k8s/*/*.yaml $(RENDERED)/*.yaml
+	$(TOOLS)/bin/checkov --quiet --compact --skip-download -f Dockerfile
+	$(TOOLS)/bin/checkov --quiet --compact --skip-download -d k8s
+	$(TOOLS)/bin/checkov --quiet --compact --skip-download --framework kubernetes -d $(RENDERED)
+
+# Dependency audit: known vulnerabilities (PyPI advisory data) of every package installed in the
+# venv. Needs the PyPI JSON API (or `AUDIT_FLAGS=-s osv` for api.osv.dev); --strict makes it fail
+# when a package cannot be checked rather than report a clean result it did not verify.
+AUDIT_FLAGS ?=
+.PHONY: audit
+audit: $(STAMP)
+	$(BIN)/pip-audit --strict --skip-editable --progress-spinner off $(AUDIT_FLAGS)
+
+# A one-node Slurm cluster on this machine for `python -m pipeline.launch --cluster slurm` and its
+# tests (needs root; installs Debian's slurm-wlm and munge with apt-get when missing). README "Slurm".
+.PHONY: slurm-up slurm-down
+slurm-up:
+	bash slurm/local/up.sh
+
+slurm-down:
+	bash slurm/local/down.sh

@@ -15,11 +15,18 @@ from pipeline.errors import PipelineError
 log = logging.getLogger("pipeline")
 
 
+#: Libraries whose DEBUG lines carry request headers (credentials, session tokens).
+QUIET_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3")
+
+
 def setup_logging(level: int = logging.INFO) -> None:
-    """Timestamped log lines on stderr (idempotent)."""
+    """Timestamped log lines on stderr (idempotent). The S3 and HTTP libraries never log below
+    INFO, even when `level` is DEBUG: their debug output includes signed request headers."""
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(max(level, logging.INFO))
 
 
 def run_job(stage: Callable[[DictConfig], Any], argv: Sequence[str] | None = None) -> int:
@@ -27,11 +34,33 @@ def run_job(stage: Callable[[DictConfig], Any], argv: Sequence[str] | None = Non
     status: 0 on success, 1 with a one-line error for input, config or environment problems."""
     setup_logging()
     overrides = list(sys.argv[1:] if argv is None else argv)
+    cfg = None
     try:
         cfg = load_config(overrides)
         stage(cfg)
         print(f"{stage.__name__} done: run_id={cfg.run_id}")
     except PipelineError as e:
         print(f"error: {e}", file=sys.stderr)
+        if cfg is not None:
+            record_failure(cfg, stage.__name__, e)
         return 1
     return 0
+
+
+def record_failure(cfg: DictConfig, job: str, error: Exception) -> None:
+    """Record a failed stage in the run (jobs/<stage>.json) so `pipeline.runs status` can say
+    why. The stage is `job`, or `job-<model_name>` for a train/predict job of one model. Best
+    effort: a store that cannot be written only adds a warning to the original error."""
+    from pipeline.runs import mark_stage_failed, run_store, stage_done
+
+    if not cfg.get("run_id"):
+        return
+    model = cfg.get("model_name")
+    stage = job
+    try:
+        if model and job == "train_and_predict":  # a Kubernetes model pod: first stage not done
+            job = "predict" if stage_done(run_store(cfg), f"train-{model}") else "train"
+        stage = f"{job}-{model}" if model and job in ("train", "predict") else job
+        mark_stage_failed(run_store(cfg), stage, f"{type(error).__name__}: {error}")
+    except PipelineError as e:
+        log.warning("could not record the failure of %s in the run: %s", stage, e)

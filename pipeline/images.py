@@ -31,16 +31,45 @@ def check_image(data: bytes, name: str) -> tuple[int, int]:
         raise DataError(f"{name}: not a readable image ({type(e).__name__}: {e})") from e
 
 
+JPEG_MAGIC = b"\xff\xd8"
+#: EXIF orientations that swap width and height.
+TRANSPOSED = (5, 6, 7, 8)
+
+
+def decode_reduced_jpeg(data: bytes, size: Sequence[int]) -> torch.Tensor | None:
+    """A JPEG decoded at a reduced scale (1/2, 1/4, 1/8: libjpeg skips the fine DCT terms), still
+    at least `size` = (H, W) after EXIF rotation; None when no reduction applies.
+
+    At 128×96 from the real 512×384 photos this decodes a quarter of the pixels, 1.3-1.6× faster
+    than a full decode; the final antialiased resize then matches a full decode to ~1/255.
+    """
+    if not data.startswith(JPEG_MAGIC):
+        return None
+    h, w = int(size[0]), int(size[1])
+    with Image.open(io.BytesIO(data)) as im:
+        transposed = im.getexif().get(0x0112, 1) in TRANSPOSED
+        want = (h, w) if transposed else (w, h)  # PIL sizes are (width, height), before rotation
+        if im.width < 2 * want[0] or im.height < 2 * want[1]:
+            return None
+        im.draft("RGB", want)
+        return F.pil_to_tensor(ImageOps.exif_transpose(im).convert("RGB"))
+
+
 def decode_resized(data: bytes, size: Sequence[int]) -> torch.Tensor:
     """Decode to RGB (EXIF orientation applied) and resize to `size` = (H, W); uint8 3×H×W."""
-    raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
     try:
-        img = decode_image(raw, mode=ImageReadMode.RGB, apply_exif_orientation=True)
-    except RuntimeError:
-        # torchvision's decoders miss some variants (e.g. CMYK JPEG); PIL reads them.
-        with Image.open(io.BytesIO(data)) as im:
-            im = ImageOps.exif_transpose(im).convert("RGB")
-            img = F.pil_to_tensor(im)
+        img = decode_reduced_jpeg(data, size)
+    except Exception:  # an odd JPEG that PIL's draft mode cannot read: the decoders below can
+        img = None
+    if img is None:
+        raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        try:
+            img = decode_image(raw, mode=ImageReadMode.RGB, apply_exif_orientation=True)
+        except RuntimeError:
+            # torchvision's decoders miss some variants (e.g. CMYK JPEG); PIL reads them.
+            with Image.open(io.BytesIO(data)) as im:
+                im = ImageOps.exif_transpose(im).convert("RGB")
+                img = F.pil_to_tensor(im)
     h, w = int(size[0]), int(size[1])
     if img.shape[-2:] != (h, w):
         img = F.resize(img, [h, w], antialias=True)

@@ -5,6 +5,8 @@ The stage graph is prepare → (train, predict) for each model of the suite → 
 - slurm: submits it with submitit (pipeline/slurm.py) and returns, or follows it with --wait;
 - k8s:   creates Kubernetes Jobs with the official client (pipeline/k8s.py); --dry-run prints them.
 Every stage is a no-op when already done, so `--resume RUN_ID` finishes a partial run.
+A new run first compares the data fingerprint (pipeline/fingerprint.py) with the latest successful
+run's: unchanged inputs and configuration mean the launch is skipped (`--force` runs anyway).
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ from omegaconf import DictConfig
 from pipeline.cli import setup_logging
 from pipeline.config import load_config, model_specs
 from pipeline.errors import ConfigError, PipelineError
+from pipeline.fingerprint import FINGERPRINT_KEY, data_fingerprint
+from pipeline.history import read_latest
 from pipeline.predict import predict_model
 from pipeline.prepare import prepare
-from pipeline.runs import new_run_id, run_store
+from pipeline.runs import new_run_id, root_store, run_store
 from pipeline.train import train_model
 from pipeline.vote import SUBMISSION_KEY, VOTE_KEY, vote
 
@@ -43,6 +47,11 @@ def run_local(cfg: DictConfig) -> dict[str, Any]:
         train_model(cfg, name)
         predict_model(cfg, name)
     return vote(cfg)
+
+
+def unchanged_since(latest: dict[str, Any] | None, fingerprint: dict[str, Any]) -> bool:
+    """Whether the latest successful run learnt from exactly these inputs and configuration."""
+    return bool(latest) and (latest.get("fingerprint") or {}).get("sha256") == fingerprint["sha256"]
 
 
 def summary_lines(cfg: DictConfig, result: dict[str, Any], seconds: float) -> list[str]:
@@ -99,6 +108,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="k8s: print the Jobs' manifests (YAML) instead of creating them",
     )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="run even when data and configuration are unchanged since the latest run",
+    )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. train.epochs=3")
     args = parser.parse_args(argv)
     setup_logging()
@@ -111,6 +125,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = load_config(args.overrides)
         if args.resume:
             cfg.run_id = args.resume
+        if not cfg.get("run_id") and not args.dry_run:
+            fingerprint = data_fingerprint(cfg)
+            latest = read_latest(root_store(cfg))
+            if not args.force and unchanged_since(latest, fingerprint):
+                print(
+                    f"skipped: data and configuration unchanged since run {latest['run_id']} "
+                    f"(fingerprint {fingerprint['sha256'][:12]}, {fingerprint['files']} input "
+                    "files); latest.json left as it is. Use --force to retrain anyway."
+                )
+                return 0
+            cfg.run_id = new_run_id()
+            run_store(cfg).write_json(FINGERPRINT_KEY, fingerprint)
         if not cfg.get("run_id"):
             cfg.run_id = new_run_id()
         if args.cluster == "slurm":
@@ -120,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.cluster == "k8s":
             from pipeline.k8s import launch_k8s
 
-            return launch_k8s(cfg, dry_run=args.dry_run)
+            return launch_k8s(cfg, dry_run=args.dry_run, overrides=args.overrides)
         result = run_local(cfg)
     except PipelineError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -19,13 +19,20 @@ import pyarrow.parquet as pq
 import torch
 from omegaconf import DictConfig
 from torch import nn
+from torch.fx.experimental.optimization import fuse
 
 from pipeline.config import model_specs, selected_models
 from pipeline.device import Runtime, autocast, setup_runtime
-from pipeline.errors import ConfigError, StageFailed
-from pipeline.images import load_images
+from pipeline.errors import ConfigError, StageFailed, StoreError
 from pipeline.models import model_from_checkpoint, task_target
 from pipeline.prepare import read_index
+from pipeline.resident import (
+    ResidentImages,
+    as_resident,
+    image_bytes,
+    load_resident,
+    plan_placement,
+)
 from pipeline.runs import load_torch, mark_stage_done, run_store, stage_done
 from pipeline.store import Store, join_key
 
@@ -102,10 +109,25 @@ def probe_precision(
     return dataclasses.replace(rt, precision="fp32")
 
 
+def for_inference(model: nn.Module) -> nn.Module:
+    """An eval-mode copy of `model` with each batch norm folded into the convolution before it
+    (torch.fx): the same function, ~1.4x faster on a CPU. Models torch.fx cannot trace are
+    returned unchanged, in eval mode."""
+    model.eval()
+    try:
+        fused = fuse(copy.deepcopy(model))
+    except Exception as e:  # fx tracing fails on data-dependent control flow
+        log.info(
+            "batch norm not folded (%s: %s); predicting with the model as is", type(e).__name__, e
+        )
+        return model
+    return fused.to(memory_format=torch.channels_last).eval()
+
+
 @torch.inference_mode()
 def predict_probs(
     model: nn.Module,
-    images: torch.Tensor,
+    images: torch.Tensor | ResidentImages,
     *,
     device: torch.device,
     precision: str,
@@ -117,8 +139,7 @@ def predict_probs(
     scored in the same forward pass and the two are averaged."""
     model.eval()
     out = []
-    for start in range(0, len(images), batch_size):
-        batch = images[start : start + batch_size].to(device, non_blocking=True)
+    for batch in as_resident(images, device).slices(batch_size):
         x = normalize(to_unit(batch, center_crop))
         n = len(x)
         if tta_flip:
@@ -127,17 +148,21 @@ def predict_probs(
             probs = model(x).float().softmax(dim=1)
         if tta_flip:
             probs = (probs[:n] + probs[n:]) / 2
-        if not torch.isfinite(probs).all():
-            raise StageFailed(
-                f"non-finite predictions with precision {precision} for inputs of "
-                f"{tuple(x.shape[-2:])}: set train.precision=fp32"
-            )
-        out.append(probs.cpu())
-    return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
+        out.append(probs)
+    if not out:
+        return np.zeros((0, 0), dtype=np.float32)
+    # Checked and copied once at the end: a CUDA device never waits for the host between batches.
+    probs = torch.cat(out)
+    if not torch.isfinite(probs).all():
+        raise StageFailed(
+            f"non-finite predictions with precision {precision} for inputs of "
+            f"{tuple(x.shape[-2:])}: set train.precision=fp32"
+        )
+    return probs.cpu().numpy()
 
 
 def predict_for_spec(
-    model: nn.Module, images: torch.Tensor, rt: Runtime, spec: DictConfig
+    model: nn.Module, images: torch.Tensor | ResidentImages, rt: Runtime, spec: DictConfig
 ) -> np.ndarray:
     """`predict_probs` with a model's own settings: batch size, test-time flip, centre crop."""
     return predict_probs(
@@ -154,6 +179,27 @@ def predict_for_spec(
 def checkpoint_key(name: str) -> str:
     """Key of a model's best checkpoint (a state dict) in the run."""
     return join_key("models", name, "checkpoint.pt")
+
+
+def load_checkpoint(run: Store, name: str) -> dict[str, torch.Tensor]:
+    """Model `name`'s best state dict (weights_only: nothing is unpickled).
+
+    Raises StageFailed saying how to retrain when the file is corrupt or holds anything but
+    tensors; storage errors (StoreError) pass through unchanged.
+    """
+    key = checkpoint_key(name)
+    try:
+        return load_torch(run, key)
+    except StoreError:
+        raise
+    except Exception as e:  # torch.load raises many types for corrupt or unsafe files
+        reason = (str(e).strip().splitlines() or [""])[0][:200]
+        raise StageFailed(
+            f"{run.uri_of(key)} cannot be loaded ({type(e).__name__}: {reason}); it is corrupt "
+            f"or not a plain state dict. Retrain model {name}: delete "
+            f"{run.uri_of(join_key('stages', f'train-{name}.json'))} and rerun this run_id "
+            "(the train stage then detects the bad checkpoint and trains from scratch)"
+        ) from e
 
 
 def prediction_key(name: str, split: str) -> str:
@@ -193,18 +239,30 @@ def predict_model(cfg: DictConfig, name: str) -> dict[str, Any]:
     spec = model_specs(cfg)[name]
     _, num_classes = task_target(str(spec.task))
     rt = setup_runtime(cfg)
-    model = model_from_checkpoint(spec, num_classes, load_torch(run, checkpoint_key(name)))
+    model = model_from_checkpoint(spec, num_classes, load_checkpoint(run, name))
     model.to(rt.device, memory_format=torch.channels_last).eval()
     if cfg.train.precision == "auto":
         shape = input_shape(cfg.train.image_size, spec.train.center_crop)
         rt = probe_precision(model, shape, rt)
+    model = for_inference(model)
 
     index = read_index(run)
     counts = {}
     for split in ("val", "eval"):
         rows = index[index["split"] == split]
         ids = rows["image_id"].tolist()
-        images = load_images(run, ids, rows["shard"].tolist(), cfg.train.image_size, rt.threads)
+        size = cfg.train.image_size
+        images = load_resident(
+            run,
+            ids,
+            rows["shard"].tolist(),
+            size,
+            device=rt.device,
+            threads=rt.threads,
+            placement=plan_placement(
+                image_bytes(len(ids), size), rt.device, float(spec.train.gpu_memory_budget)
+            ),
+        )
         t0 = time.time()
         probs = predict_for_spec(model, images, rt, spec)
         log.info(

@@ -20,7 +20,7 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from pipeline.device import cpu_threads
-from pipeline.errors import DataError, StageFailed, StoreKeyNotFound
+from pipeline.errors import DataError, StageFailed, StoreError, StoreKeyNotFound
 from pipeline.images import check_image
 from pipeline.labels import (
     GENDER_CODE,
@@ -53,7 +53,7 @@ from pipeline.runs import (
 )
 from pipeline.shards import write_shards
 from pipeline.split import split_by_person
-from pipeline.store import Store, open_store, read_uri
+from pipeline.store import Store, join_key, open_store, read_uri
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +178,18 @@ def apply_label_fix(
     return int(changed.sum())
 
 
+def unsafe_key_reason(key: str) -> str | None:
+    """Why a listed object key is never read (`..`, encoded separators, …), or None when safe.
+
+    S3 keys are free-form text; such a key could name something outside the data root.
+    """
+    try:
+        join_key(key)
+    except StoreError as e:
+        return f"unsafe object key, not read ({e})"
+    return None
+
+
 def scan_train(data: Store, thresholds: AgeThresholds, bad: BadInputs) -> tuple[pd.DataFrame, int]:
     """List the training photos, labelled from folder and file names; unusable ones go to `bad`.
 
@@ -190,7 +202,7 @@ def scan_train(data: Store, thresholds: AgeThresholds, bad: BadInputs) -> tuple[
     candidates = 0
     for key in data.list(TRAIN_IMAGES):
         parts = PurePosixPath(key).parts
-        reason = junk_reason(parts[-1])
+        reason = junk_reason(parts[-1]) or unsafe_key_reason(key)
         if reason:
             bad.add(key, reason)
             continue
@@ -251,6 +263,10 @@ def scan_eval(data: Store, bad: BadInputs) -> tuple[pd.DataFrame, int]:
         key = present.get(image_id)
         if key is None:
             bad.add(f"{EVAL_IMAGES}{image_id}", f"listed in {EVAL_CSV} but missing")
+            continue
+        reason = unsafe_key_reason(key)
+        if reason:
+            bad.add(key, reason)
             continue
         try:
             check_image_extension(image_id)

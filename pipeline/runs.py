@@ -3,9 +3,19 @@
     <store.root>/latest.json                  the last run whose vote succeeded (written last)
     <store.root>/runs/<run_id>/manifest.json  config, code version, creation time
     <store.root>/runs/<run_id>/stages/<stage>.json   written last by a stage that completed
+    <store.root>/runs/<run_id>/jobs/<stage>.json     the job working on a stage that is not done:
+                                                     running, requeued, failed (with the error)
+                                                     or cancelled, its job id and log
+    <store.root>/runs/<run_id>/scheduler.json        what a cluster launcher submitted (job ids,
+                                                     logs), one entry per launch
     ... and the stage outputs documented in README ("Run layout").
 
 A stage is done when its marker exists; running a done stage again is a no-op.
+
+Command line (`python -m pipeline.runs COMMAND ...`, Hydra overrides such as store.root=... last):
+    status RUN_ID    every stage's state, job id and the tail of its log (pipeline/status.py)
+    cancel RUN_ID    cancel the run's jobs that are still queued or running
+    list             every run with its state and scores, newest first (pipeline/history.py)
 """
 
 from __future__ import annotations
@@ -16,7 +26,9 @@ import json
 import os
 import secrets
 import subprocess
+import sys
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -96,6 +108,38 @@ def mark_stage_done(run: Store, stage: str, info: dict[str, Any], started: float
     run.write_json(stage_key(stage), record)
 
 
+def job_state_key(stage: str) -> str:
+    """Key of the record of the job working on `stage` (state, job id, log, error)."""
+    return join_key("jobs", f"{stage}.json")
+
+
+def record_stage_state(run: Store, stage: str, state: str, **info: Any) -> None:
+    """Record what the job working on `stage` is doing: running, requeued, failed or cancelled.
+
+    `info` adds fields such as job_id, log or error. The stage's done marker (mark_stage_done)
+    stays the only proof of completion: this record is for `status`.
+    """
+    record = {
+        "stage": stage,
+        "state": state,
+        "updated": datetime.now(UTC).isoformat(timespec="seconds"),
+        "host": os.uname().nodename,
+        **info,
+    }
+    run.write_json(job_state_key(stage), record)
+
+
+def mark_stage_failed(run: Store, stage: str, error: str, **info: Any) -> None:
+    """Record that `stage` failed with `error` (one line), so status can say which and why."""
+    record_stage_state(run, stage, "failed", error=error, **info)
+
+
+def read_stage_state(run: Store, stage: str) -> dict[str, Any] | None:
+    """The job record of `stage` (see record_stage_state), or None when there is none."""
+    key = job_state_key(stage)
+    return run.read_json(key) if run.exists(key) else None
+
+
 def write_manifest(cfg: DictConfig) -> None:
     """Write the run's manifest (once: an existing manifest is kept)."""
     run = run_store(cfg)
@@ -108,8 +152,26 @@ def write_manifest(cfg: DictConfig) -> None:
         "code_version": code_version(),
         "config": config,
         "config_sha256": hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest(),
+        # written by the launcher (pipeline/fingerprint.py); None for a stage run by hand
+        "data_fingerprint": run.read_json("fingerprint.json")
+        if run.exists("fingerprint.json")
+        else None,
     }
     run.write_json("manifest.json", manifest)
+
+
+def finish_manifest(run: Store, state: str) -> dict[str, Any]:
+    """Add the run's final state and every stage's timing to its manifest; returns it."""
+    manifest = run.read_json("manifest.json") if run.exists("manifest.json") else {}
+    stages = {}
+    for key in run.list("stages"):
+        record = run.read_json(key)
+        stages[record.get("stage", key)] = {
+            k: record.get(k) for k in ("state", "finished", "seconds", "host")
+        }
+    manifest.update(state=state, stages=stages)
+    run.write_json("manifest.json", manifest)
+    return manifest
 
 
 def save_torch(store: Store, key: str, obj: Any) -> None:
@@ -122,3 +184,57 @@ def save_torch(store: Store, key: str, obj: Any) -> None:
 def load_torch(store: Store, key: str) -> Any:
     """torch.load from the store with weights_only=True: nothing is unpickled."""
     return torch.load(io.BytesIO(store.read_bytes(key)), map_location="cpu", weights_only=True)
+
+
+# --------------------------------------------------------------------------------------------
+# command line: python -m pipeline.runs COMMAND [options] [hydra overrides]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m pipeline.runs status|cancel RUN_ID [overrides]`; returns the exit status.
+
+    Each subcommand is a parser plus a handler `(cfg, args) -> int` in pipeline/status.py; the
+    config is composed from the overrides (store.root=... as for launch) with run_id set.
+    """
+    import argparse
+
+    from pipeline import history, status
+    from pipeline.cli import setup_logging
+    from pipeline.config import load_config
+    from pipeline.errors import PipelineError
+
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.runs", description="Look at and manage runs in the store."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add_command(name: str, help_text: str, handler: Any, *, run_id: bool = True) -> Any:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        if run_id:
+            sub.add_argument("run_id", metavar="RUN_ID")
+        sub.set_defaults(handler=handler)
+        return sub
+
+    show = add_command("status", "every stage's state, job id and log tail", status.cmd_status)
+    show.add_argument("--tail", type=int, default=5, help="log lines per job (default: 5)")
+    add_command("cancel", "cancel the run's queued and running jobs", status.cmd_cancel)
+    add_command(
+        "list", "every run with its state and scores, newest first", history.cmd_list, run_id=False
+    )
+
+    for sub in commands.choices.values():
+        sub.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. store.root=s3://b/p")
+    args = parser.parse_args(argv)
+    setup_logging()
+    try:
+        cfg = load_config(args.overrides)
+        if getattr(args, "run_id", None):
+            cfg.run_id = args.run_id
+        return int(args.handler(cfg, args))
+    except PipelineError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import errno
+import hashlib
 import io
 import json
 import os
@@ -33,6 +35,8 @@ from pipeline.errors import StoreError, StoreKeyNotFound
 __all__ = ["LocalStore", "S3Store", "Store", "join_key", "open_store"]
 
 TMP_PREFIX = ".tmp-"
+#: botocore attempts per S3 request (first try + retries) unless AWS_MAX_ATTEMPTS says otherwise.
+DEFAULT_MAX_ATTEMPTS = 10
 _MiB = 1024 * 1024
 _PERCENT_BAD = re.compile(r"%(2f|5c|00)", re.IGNORECASE)
 _PERCENT_DOT = re.compile(r"%2e", re.IGNORECASE)
@@ -133,6 +137,11 @@ class Store(ABC):
         """Every key under the folder-like `prefix` (recursive) → size in bytes."""
 
     @abstractmethod
+    def checksums(self, prefix: str = "") -> dict[str, str]:
+        """Every key under `prefix` → a content identifier: the S3 ETag (free with the listing)
+        or, for a local folder, the SHA-256 of the file (read in parallel)."""
+
+    @abstractmethod
     def delete(self, key: str) -> None:
         """Delete `key`; a missing key is fine."""
 
@@ -222,6 +231,16 @@ def _windowed(
 # local folder
 
 
+def _os_reason(e: OSError) -> str:
+    """An OSError as a message; a full disk or quota says so and what to do."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (
+            f"no space left on device ({e.strerror}); the partial file was removed — "
+            "free some space or point store.root at a larger disk, then rerun with the same run_id"
+        )
+    return str(e)
+
+
 def _atomic_write(dest: Path, fill: Callable[[BinaryIO], None]) -> None:
     """Create dest's folder, let `fill` write a temp file next to it, fsync, then rename."""
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -271,7 +290,7 @@ class LocalStore(Store):
         try:
             _atomic_write(path, lambda f: f.write(data))
         except OSError as e:
-            raise StoreError(f"cannot write {path}: {e}") from e
+            raise StoreError(f"cannot write {path}: {_os_reason(e)}") from e
 
     def write_file(self, key: str, path: Path) -> None:
         dest = self._path(key)
@@ -283,7 +302,7 @@ class LocalStore(Store):
             with src:
                 _atomic_write(dest, lambda f: shutil.copyfileobj(src, f, 8 * _MiB))
         except OSError as e:
-            raise StoreError(f"cannot write {dest} from {path}: {e}") from e
+            raise StoreError(f"cannot write {dest} from {path}: {_os_reason(e)}") from e
 
     def read_file(self, key: str, path: Path) -> None:
         src_path = self._path(key)
@@ -297,7 +316,7 @@ class LocalStore(Store):
             with src:
                 _atomic_write(Path(path), lambda f: shutil.copyfileobj(src, f, 8 * _MiB))
         except OSError as e:
-            raise StoreError(f"cannot copy {src_path} to {path}: {e}") from e
+            raise StoreError(f"cannot copy {src_path} to {path}: {_os_reason(e)}") from e
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
@@ -323,6 +342,17 @@ class LocalStore(Store):
                     continue
                 out[name if rel_dir == "." else f"{rel_dir}/{name}"] = size
         return dict(sorted(out.items()))
+
+    def checksums(self, prefix: str = "") -> dict[str, str]:
+        def digest(key: str) -> tuple[str, str]:
+            try:
+                with open(self._path(key), "rb") as f:
+                    return key, f"sha256:{hashlib.file_digest(f, 'sha256').hexdigest()}"
+            except OSError as e:
+                raise StoreError(f"cannot read {self.uri_of(key)}: {_os_reason(e)}") from e
+
+        with ThreadPoolExecutor(max_workers=max(1, self.workers)) as pool:
+            return dict(pool.map(digest, self.sizes(prefix)))
 
     def delete(self, key: str) -> None:
         path = self._path(key)
@@ -363,6 +393,19 @@ def _endpoint_from_env() -> str | None:
     return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
 
 
+def _max_attempts(value: int | None) -> int:
+    """`value`, else botocore's own AWS_MAX_ATTEMPTS variable, else DEFAULT_MAX_ATTEMPTS."""
+    if value is None:
+        text = os.environ.get("AWS_MAX_ATTEMPTS", "").strip()
+        if not text:
+            return DEFAULT_MAX_ATTEMPTS
+        try:
+            value = int(text)
+        except ValueError as e:
+            raise StoreError(f"AWS_MAX_ATTEMPTS={text!r} is not a whole number") from e
+    return max(1, int(value))
+
+
 def _error_code(e: botocore.exceptions.ClientError) -> str:
     return str(e.response.get("Error", {}).get("Code", ""))
 
@@ -393,7 +436,7 @@ class S3Store(Store):
         uri: str,
         *,
         workers: int = 16,
-        max_attempts: int = 10,
+        max_attempts: int | None = None,
         connect_timeout: float = 10.0,
         read_timeout: float = 60.0,
         multipart_threshold: int = 64 * _MiB,
@@ -414,7 +457,7 @@ class S3Store(Store):
         self.prefix = prefix
         self.uri = f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
         self.workers = max(1, workers)
-        self.max_attempts = max_attempts
+        self.max_attempts = max_attempts = _max_attempts(max_attempts)
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.transfer_config = TransferConfig(
@@ -484,7 +527,8 @@ class S3Store(Store):
     def _fail(self, action: str, target: str, e: Exception) -> StoreError:
         if isinstance(e, _UNREACHABLE):
             return StoreError(
-                f"cannot {action} {target}: {e}; check AWS_ENDPOINT_URL ({self.endpoint})"
+                f"cannot {action} {target} (tried {self.max_attempts} times): {e}; "
+                f"check AWS_ENDPOINT_URL ({self.endpoint})"
             )
         return StoreError(f"cannot {action} {target}: {e}")
 
@@ -565,7 +609,7 @@ class S3Store(Store):
         except botocore.exceptions.BotoCoreError as e:
             raise self._fail("download", target, e) from e
         except OSError as e:
-            raise StoreError(f"cannot download {target}: {e}") from e
+            raise StoreError(f"cannot download {target}: {_os_reason(e)}") from e
 
     def exists(self, key: str) -> bool:
         full = self._full(key)
@@ -579,8 +623,8 @@ class S3Store(Store):
         except botocore.exceptions.BotoCoreError as e:
             raise self._fail("check", self.uri_of(key), e) from e
 
-    def _objects(self, prefix: str) -> Iterator[tuple[str, int]]:
-        """(full key, size) of every object under the folder-like prefix of this store."""
+    def _objects(self, prefix: str) -> Iterator[tuple[str, int, str]]:
+        """(full key, size, ETag) of every object under the folder-like prefix of this store."""
         prefix = _check_prefix(prefix)
         full = _prefix_join(self.prefix, prefix)
         list_prefix = f"{full}/" if full else ""
@@ -589,13 +633,17 @@ class S3Store(Store):
             for page in paginator.paginate(Bucket=self.bucket, Prefix=list_prefix):
                 for obj in page.get("Contents", []):
                     if not obj["Key"].endswith("/"):  # folder markers are not keys
-                        yield obj["Key"], int(obj["Size"])
+                        yield obj["Key"], int(obj["Size"]), str(obj.get("ETag", "")).strip('"')
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as e:
             raise self._fail("list", self.uri_of(prefix), e) from e
 
     def sizes(self, prefix: str = "") -> dict[str, int]:
         strip = len(self.prefix) + 1 if self.prefix else 0
-        return dict(sorted((key[strip:], size) for key, size in self._objects(prefix)))
+        return dict(sorted((key[strip:], size) for key, size, _ in self._objects(prefix)))
+
+    def checksums(self, prefix: str = "") -> dict[str, str]:
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        return dict(sorted((key[strip:], f"etag:{etag}") for key, _, etag in self._objects(prefix)))
 
     def delete(self, key: str) -> None:
         full = self._full(key)
@@ -608,7 +656,7 @@ class S3Store(Store):
             raise self._fail("delete", self.uri_of(key), e) from e
 
     def delete_prefix(self, prefix: str) -> None:
-        keys = [key for key, _ in self._objects(prefix)]
+        keys = [key for key, _, _ in self._objects(prefix)]
         for start in range(0, len(keys), 1000):
             batch = [{"Key": key} for key in keys[start : start + 1000]]
             try:
@@ -649,14 +697,15 @@ def open_store(
     uri: str,
     *,
     workers: int = 16,
-    max_attempts: int = 10,
+    max_attempts: int | None = None,
     connect_timeout: float = 10.0,
     read_timeout: float = 60.0,
 ) -> Store:
     """Open ``s3://bucket[/prefix]`` as an S3Store (checking the bucket once), else a LocalStore.
 
     `max_attempts`, `connect_timeout` and `read_timeout` tune the S3 client (botocore's standard
-    retry mode with backoff); they are ignored for local folders.
+    retry mode with backoff; `max_attempts` None = AWS_MAX_ATTEMPTS or 10); they are ignored for
+    local folders.
     """
     if not isinstance(uri, str) or not uri.strip():
         raise StoreError("empty store uri; give a folder path or s3://bucket[/prefix]")

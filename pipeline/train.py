@@ -12,6 +12,7 @@ cropped, augmented and normalised on the training device. Writes into the run:
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -25,8 +26,7 @@ from torch import nn
 from pipeline.augment import BatchAugment
 from pipeline.config import model_specs, selected_models
 from pipeline.device import Runtime, autocast, setup_runtime
-from pipeline.errors import ConfigError, DataError, StageFailed
-from pipeline.images import load_images
+from pipeline.errors import ConfigError, DataError, StageFailed, StoreError, StoreKeyNotFound
 from pipeline.losses import build_loss
 from pipeline.metrics import classification_metrics, macro_f1
 from pipeline.models import (
@@ -38,6 +38,7 @@ from pipeline.models import (
 )
 from pipeline.predict import (
     checkpoint_key,
+    for_inference,
     input_shape,
     normalize,
     predict_for_spec,
@@ -46,6 +47,13 @@ from pipeline.predict import (
     to_unit,
 )
 from pipeline.prepare import read_index
+from pipeline.resident import (
+    ResidentImages,
+    as_resident,
+    image_bytes,
+    load_resident,
+    plan_placement,
+)
 from pipeline.runs import (
     load_torch,
     mark_stage_done,
@@ -94,7 +102,7 @@ def batch_order(
 def train_one_epoch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
-    images: torch.Tensor,
+    images: torch.Tensor | ResidentImages,
     targets: torch.Tensor,
     *,
     rt: Runtime,
@@ -103,37 +111,45 @@ def train_one_epoch(
     augment: BatchAugment,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     generator: torch.Generator,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> float:
-    """One pass over the resident images; returns the mean training loss."""
+    """One pass over the resident images; returns the mean training loss.
+
+    The loss is summed on the device and read once at the end of the epoch, so a CUDA step never
+    waits for the host; a non-finite loss stops the stage before anything of this epoch is saved.
+    """
+    source = as_resident(images, rt.device)
     model.train()
     for module in frozen_modules(model):
         module.eval()  # frozen layers keep their batch-norm statistics too
-    scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.precision == "fp16")
+    if scaler is None:
+        scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.precision == "fp16")
     order = batch_order(targets, num_classes, bool(train_cfg.balanced_sampling), generator)
     batch_size = int(train_cfg.batch_size)
-    total, seen = 0.0, 0
+    total, seen = torch.zeros((), device=rt.device), 0
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
         if len(rows) < 2:
             continue  # batch norm cannot train on a single image
-        x = to_unit(images[rows].to(rt.device, non_blocking=True), train_cfg.center_crop)
+        x = to_unit(source.batch(rows), train_cfg.center_crop)
         y = targets[rows].to(rt.device, non_blocking=True)
         x, soft = augment(x, y, num_classes, generator)
         with autocast(rt.device, rt.precision):
             logits = model(normalize(x))
         loss = loss_fn(logits.float(), soft)
-        if not torch.isfinite(loss):
-            raise StageFailed(
-                f"training loss became {float(loss)} at batch {start // batch_size + 1} "
-                f"(precision {rt.precision}): try train.precision=fp32 or a lower train.lr"
-            )
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
-        total += float(loss.detach()) * len(rows)
+        total += loss.detach() * len(rows)
         seen += len(rows)
-    return total / max(seen, 1)
+    mean = float(total) / max(seen, 1)
+    if not math.isfinite(mean):
+        raise StageFailed(
+            f"training loss became {mean} (precision {rt.precision}): "
+            "try train.precision=fp32 or a lower train.lr"
+        )
+    return mean
 
 
 def make_scheduler(
@@ -184,18 +200,32 @@ def train_model(cfg: DictConfig, name: str) -> dict[str, Any]:
                 "(after mask_groups / drop_ages); need at least 2"
             )
     t0 = time.time()
+    placement = plan_placement(
+        image_bytes(sum(len(rows) for rows in parts.values()), size),
+        rt.device,
+        float(tcfg.gpu_memory_budget),
+    )
     images = {
-        s: load_images(run, rows["image_id"].tolist(), rows["shard"].tolist(), size, rt.threads)
+        s: load_resident(
+            run,
+            rows["image_id"].tolist(),
+            rows["shard"].tolist(),
+            size,
+            device=rt.device,
+            threads=rt.threads,
+            placement=placement,
+        )
         for s, rows in parts.items()
     }
     log.info(
-        "%s: decoded %d images at %s in %.1f s (%s, %s)",
+        "%s: decoded %d images at %s in %.1f s (%s, %s, images in %s memory)",
         stage,
         sum(len(v) for v in images.values()),
         size,
         time.time() - t0,
         rt.device,
         rt.precision,
+        placement,
     )
     targets = torch.tensor(parts["train"][target].to_numpy(), dtype=torch.long)
     val_targets = parts["val"][target].to_numpy()
@@ -205,6 +235,7 @@ def train_model(cfg: DictConfig, name: str) -> dict[str, Any]:
         [p for p in model.parameters() if p.requires_grad],
         lr=float(tcfg.lr),
         weight_decay=float(tcfg.weight_decay),
+        fused=True,  # one kernel for all parameters instead of a dozen per tensor
     )
     if cfg.train.precision == "auto":
         rt = probe_precision(model, input_shape(size, tcfg.center_crop), rt)
@@ -224,12 +255,18 @@ def train_model(cfg: DictConfig, name: str) -> dict[str, Any]:
     best_f1 = max((h["val_macro_f1"] for h in history), default=-1.0)
     patience = tcfg.get("early_stopping_patience")
 
+    # torch.compile: faster steps after 20-70 s of compiling; the checkpoints keep plain keys
+    # because they are saved from `model`, which shares its parameters with `step_model`.
+    step_model = torch.compile(model) if tcfg.get("compile") else model
+    # fp16 (GPUs without bf16): the loss scale found in one epoch carries over to the next.
+    scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.precision == "fp16")
+
     tracker = Tracker(cfg, name, tracked_config(cfg, spec))
     try:
         for epoch in range(len(history) + 1, epochs + 1):
             t0 = time.time()
             loss = train_one_epoch(
-                model,
+                step_model,
                 optimizer,
                 images["train"],
                 targets,
@@ -239,6 +276,7 @@ def train_model(cfg: DictConfig, name: str) -> dict[str, Any]:
                 augment=augment,
                 loss_fn=loss_fn,
                 generator=generator,
+                scaler=scaler,
             )
             seconds = time.time() - t0
             if scheduler is not None:
@@ -312,14 +350,14 @@ def final_metrics(
     name: str,
     spec: DictConfig,
     num_classes: int,
-    val_images: torch.Tensor,
+    val_images: torch.Tensor | ResidentImages,
     val_targets: np.ndarray,
     history: list[dict[str, Any]],
 ) -> dict[str, Any]:
     """Val metrics of the best checkpoint (as predict will use it) plus the training history."""
     model = model_from_checkpoint(spec, num_classes, load_torch(run, checkpoint_key(name)))
     model.to(rt.device, memory_format=torch.channels_last)
-    probs = predict_for_spec(model, val_images, rt, spec)
+    probs = predict_for_spec(for_inference(model), val_images, rt, spec)
     best = max(history, key=lambda h: h["val_macro_f1"])
     return {
         "model": name,
@@ -337,9 +375,40 @@ def final_metrics(
 
 
 def resume_state(run: Store, name: str) -> dict[str, Any] | None:
-    """The last epoch's training state of model `name`, or None to start from scratch."""
+    """The last epoch's training state of model `name`, or None to start from scratch.
+
+    When `last.pt` or the best `checkpoint.pt` beside it cannot be loaded with weights_only
+    (corrupt, truncated, missing parts, or holding anything but tensors and plain data), a warning
+    names the file and training restarts from scratch, rewriting both. Storage errors propagate:
+    an unreachable store is not a reason to throw progress away.
+    """
     key = model_key(name, "last.pt")
-    return load_torch(run, key) if run.exists(key) else None
+    if not run.exists(key):
+        return None
+    needed = ("model", "optimizer", "generator", "epoch", "history")
+    for checked in (key, checkpoint_key(name)):
+        try:
+            state = load_torch(run, checked)
+            if checked == key and (not isinstance(state, dict) or not set(needed) <= set(state)):
+                raise ValueError(f"not a training state with {', '.join(needed)}")
+        except StoreKeyNotFound:
+            log.warning("%s is missing: training model %s from scratch", run.uri_of(checked), name)
+            return None
+        except StoreError:
+            raise
+        except Exception as e:  # torch.load raises many types for corrupt or unsafe files
+            reason = (str(e).strip().splitlines() or [""])[0][:200]
+            log.warning(
+                "%s is unusable (%s: %s): training model %s from scratch",
+                run.uri_of(checked),
+                type(e).__name__,
+                reason,
+                name,
+            )
+            return None
+        if checked == key:
+            resumed = state
+    return resumed
 
 
 def train(cfg: DictConfig) -> dict[str, dict[str, Any]]:

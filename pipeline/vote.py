@@ -5,7 +5,9 @@ is the class most of the chosen members predict, a tie going to the class of the
 member among the tied ones. Each candidate's val/eval answers and metrics are kept under
 `candidates/<name>/`.
 The submission has exactly the rows and order of `eval/info.csv`, or the stage fails.
-After everything is written, `<store.root>/latest.json` is moved to this run.
+Then the run's report (pipeline.report) is written, and after everything else
+`<store.root>/latest.json` is moved to this run (pipeline.history: only forward, never to a failed
+run) and old checkpoints are pruned.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from __future__ import annotations
 import io
 import logging
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -23,15 +24,15 @@ from omegaconf import DictConfig
 from pipeline.candidates import Candidate, candidate_specs, predict_candidate
 from pipeline.config import model_specs
 from pipeline.errors import ConfigError, StageFailed, StoreKeyNotFound
+from pipeline.history import publish
 from pipeline.labels import NUM_CLASSES
 from pipeline.metrics import classification_metrics
 from pipeline.predict import prediction_key
 from pipeline.prepare import BAD_INPUTS_KEY, read_index
 from pipeline.prepare import STAGE as PREPARE_STAGE
+from pipeline.report import write_report
 from pipeline.runs import (
-    LATEST_KEY,
     mark_stage_done,
-    root_store,
     run_store,
     stage_done,
     stage_key,
@@ -141,6 +142,7 @@ def vote(cfg: DictConfig) -> dict[str, Any]:
     run = run_store(cfg)
     if stage_done(run, STAGE):
         log.info("vote already done for run %s: nothing to do", cfg.run_id)
+        publish(cfg, run)  # in case the job died between the marker and latest.json
         return run.read_json(VOTE_KEY)
     top_k = int(cfg.suite.vote.top_k)
     if top_k < 1:
@@ -184,11 +186,9 @@ def vote(cfg: DictConfig) -> dict[str, Any]:
     submission = pd.DataFrame({"ImageID": ids["eval"].to_numpy(), "ans": ensemble["eval"]})
     run.write_bytes(SUBMISSION_KEY, submission.to_csv(index=False).encode())
     run.write_json(VOTE_KEY, result)
+    write_report(cfg, run, result)
     mark_stage_done(run, STAGE, {"members": members}, started)
-    root_store(cfg).write_json(
-        LATEST_KEY,
-        {"run_id": cfg.run_id, "finished": datetime.now(UTC).isoformat(timespec="seconds")},
-    )
+    publish(cfg, run)
     log.info("vote done for run %s: members %s", cfg.run_id, members)
     return result
 

@@ -1,0 +1,75 @@
+"""The data fingerprint: does tonight's run have anything new to learn from?
+
+The fingerprint hashes what determines a run's models:
+- every input object under `train/` and `eval/` of `data.root` and of each `data.extra_roots`
+  entry: its key, size and content identifier (the S3 ETag from the listing, no download; the
+  SHA-256 of each file for a local folder);
+- the label-fix file (its bytes);
+- the resolved configuration, minus what does not change the models: the run id, the model a job
+  handles, tracking, where the store is, the cluster settings and thread counts.
+
+A launch whose fingerprint equals the one of the run `latest.json` names is skipped (`--force`
+runs anyway). The launcher stores it as `runs/<run_id>/fingerprint.json`; the vote copies it into
+`latest.json`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.store import open_store, read_uri
+
+FINGERPRINT_KEY = "fingerprint.json"
+#: Top-level config keys that never change what a run learns.
+IGNORED_KEYS = ("run_id", "model_name", "tracking", "store", "slurm", "k8s")
+#: train.* keys that change speed or placement, not the models.
+IGNORED_TRAIN_KEYS = ("num_threads", "gpu_memory_budget", "compile")
+INPUT_PREFIXES = ("train", "eval")
+
+
+def _sha256(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def model_config(cfg: DictConfig) -> dict[str, Any]:
+    """The part of the resolved configuration that determines the models."""
+    config = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(config, dict)
+    for key in IGNORED_KEYS:
+        config.pop(key, None)
+    for key in IGNORED_TRAIN_KEYS:
+        config.get("train", {}).pop(key, None)
+    return config
+
+
+def input_files(cfg: DictConfig) -> dict[str, str]:
+    """Every input object → "<size>:<content id>", keyed by its full URI."""
+    files: dict[str, str] = {}
+    for root in [str(cfg.data.root), *(str(r) for r in cfg.data.get("extra_roots") or [])]:
+        store = open_store(root, workers=int(cfg.store.workers))
+        for prefix in INPUT_PREFIXES:
+            sizes = store.sizes(prefix)
+            for key, checksum in store.checksums(prefix).items():
+                files[store.uri_of(key)] = f"{sizes.get(key, -1)}:{checksum}"
+    if cfg.data.get("label_fix"):
+        uri = str(cfg.data.label_fix)
+        files[uri] = f"sha256:{hashlib.sha256(read_uri(uri)).hexdigest()}"
+    return files
+
+
+def data_fingerprint(cfg: DictConfig) -> dict[str, Any]:
+    """The fingerprint of this configuration's inputs: `sha256` decides, the rest informs."""
+    files = input_files(cfg)
+    config_sha = _sha256(model_config(cfg))
+    data_sha = _sha256(files)
+    return {
+        "sha256": _sha256({"data": data_sha, "config": config_sha}),
+        "data_sha256": data_sha,
+        "config_sha256": config_sha,
+        "files": len(files),
+        "bytes": sum(int(v.split(":", 1)[0]) for v in files.values() if v[0].isdigit()),
+    }

@@ -1,0 +1,593 @@
+"""Run a suite on Kubernetes: `python -m pipeline.launch --cluster k8s [--dry-run] [overrides]`.
+
+A run is three Jobs in the configured namespace (settings: `pipeline/conf/k8s/default.yaml`):
+1. `<prefix>-<run>-prepare`: `python -m jobs.prepare`;
+2. `<prefix>-<run>-train`: an Indexed Job, one index per model of the suite (`JOB_COMPLETION_INDEX`
+   selects it), one GPU a pod, that trains then predicts its model (`python -m jobs.model`);
+   pods evicted or preempted (`DisruptionTarget`) are retried without using up
+   `backoffLimitPerIndex`, and resume from the model's last checkpoint;
+3. `<prefix>-<run>-vote`: `python -m jobs.vote`.
+
+The module has two halves: rendering (pure functions from the config to manifest dicts) and the
+driver (`run_jobs`), which creates the Jobs in order with any object that has the three methods of
+`JobsApi` (the official client's `BatchV1Api`, or a fake in tests), waits on each and stops at the
+first failure. Every pod first waits for the stage markers its stage needs (an init container), so
+the `--dry-run` output also works when applied all at once with `kubectl apply -f -`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.config import model_specs
+from pipeline.errors import ConfigError, PipelineError, StageFailed
+from pipeline.runs import require_run_id, run_store, stage_done
+
+log = logging.getLogger("pipeline.k8s")
+
+#: The stages of a run, in order, each one Job.
+STAGES = ("prepare", "train", "vote")
+#: Where the pods' writable volumes are mounted (the root filesystem is read-only).
+SCRATCH_DIR = "/scratch"
+TMP_DIR = "/tmp"
+#: Overrides the launcher sets itself for each pod; the user's values for them are dropped.
+OWN_KEYS = ("run_id", "model_name", "wait_for")
+#: Label keys on the Jobs and their pods.
+RUN_LABEL = "masksuite/run-id"
+STAGE_LABEL = "masksuite/stage"
+
+
+# --------------------------------------------------------------------------------------------
+# Rendering: configuration -> manifests (plain dicts)
+# --------------------------------------------------------------------------------------------
+
+
+def job_name(cfg: DictConfig, stage: str) -> str:
+    """`<prefix>-<run id>-<stage>`, lower-cased to a valid DNS label (at most 63 characters)."""
+    raw = f"{cfg.k8s.job_prefix}-{require_run_id(cfg)}-{stage}".lower()
+    name = re.sub(r"[^a-z0-9-]+", "-", raw).strip("-")
+    if len(name) > 63:
+        raise ConfigError(f"job name {name!r} is longer than 63 characters: shorten k8s.job_prefix")
+    return name
+
+
+def pass_through(overrides: Iterable[str]) -> list[str]:
+    """The user's Hydra overrides minus the keys the launcher sets per pod (run_id, ...)."""
+    kept = []
+    for item in overrides:
+        key = item.split("=", 1)[0].lstrip("+~")
+        if key not in OWN_KEYS:
+            kept.append(item)
+    return kept
+
+
+def _plain(node: Any) -> Any:
+    """A config node as plain Python data (dicts and lists); None stays None."""
+    return OmegaConf.to_container(node, resolve=True) if node is not None else None
+
+
+def container_env(cfg: DictConfig) -> list[dict[str, Any]]:
+    """Environment of every stage container: AWS variables for pipeline/store.py, scratch paths
+    for a read-only root filesystem, and secrets through `secretKeyRef` only."""
+    k = cfg.k8s
+    home = f"{SCRATCH_DIR}/home"
+    cache = f"{SCRATCH_DIR}/cache"
+    env: list[dict[str, Any]] = [
+        {"name": "HOME", "value": home},
+        {"name": "TMPDIR", "value": TMP_DIR},
+        {"name": "XDG_CACHE_HOME", "value": cache},
+        {"name": "TORCH_HOME", "value": f"{cache}/torch"},
+        {"name": "TORCHINDUCTOR_CACHE_DIR", "value": f"{cache}/torchinductor"},
+        {"name": "TRITON_CACHE_DIR", "value": f"{cache}/triton"},
+        {"name": "MPLCONFIGDIR", "value": f"{cache}/matplotlib"},
+        {"name": "WANDB_DIR", "value": f"{SCRATCH_DIR}/wandb"},
+        {"name": "WANDB_CACHE_DIR", "value": f"{cache}/wandb"},
+        {"name": "WANDB_CONFIG_DIR", "value": f"{home}/.config/wandb"},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+        {"name": "AWS_DEFAULT_REGION", "value": str(k.s3.region)},
+    ]
+    if k.s3.endpoint:
+        env.append({"name": "AWS_ENDPOINT_URL", "value": str(k.s3.endpoint)})
+    if k.s3.secret:
+        for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            ref = {"name": str(k.s3.secret), "key": var}
+            env.append({"name": var, "valueFrom": {"secretKeyRef": ref}})
+    if k.wandb_secret:
+        ref = {"name": str(k.wandb_secret), "key": "WANDB_API_KEY", "optional": True}
+        env.append({"name": "WANDB_API_KEY", "valueFrom": {"secretKeyRef": ref}})
+    return env
+
+
+CONTAINER_SECURITY = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "runAsNonRoot": True,
+    "runAsUser": 10001,
+    "runAsGroup": 10001,
+    "capabilities": {"drop": ["ALL"]},
+    "privileged": False,
+}
+POD_SECURITY = {
+    "runAsNonRoot": True,
+    "runAsUser": 10001,
+    "runAsGroup": 10001,
+    "fsGroup": 10001,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+#: Skips of checkov checks on the rendered Jobs, each with its reason (shown by checkov).
+CHECKOV_SKIPS = {
+    "CKV_K8S_35": "boto3 and W&B read credentials from environment variables; they come from a "
+    "Secret through secretKeyRef, never from the manifest",
+    "CKV_K8S_43": "the image is configurable (k8s.image); pin it by digest there for immutability",
+    "CKV2_K8S_6": "k8s/networkpolicy.yaml denies ingress to every pod of the namespace",
+}
+#: Resources of the init container that only polls the store.
+WAIT_RESOURCES = {
+    "requests": {"cpu": "100m", "memory": "256Mi"},
+    "limits": {"cpu": "500m", "memory": "512Mi"},
+}
+
+
+def container(
+    cfg: DictConfig, name: str, command: Sequence[str], resources: dict[str, Any]
+) -> dict[str, Any]:
+    """One hardened container of the suite's image running `command`."""
+    return {
+        "name": name,
+        "image": str(cfg.k8s.image),
+        "imagePullPolicy": str(cfg.k8s.image_pull_policy),
+        "command": list(command),
+        "workingDir": f"{SCRATCH_DIR}/work",
+        "env": container_env(cfg),
+        "resources": resources,
+        "securityContext": dict(CONTAINER_SECURITY),
+        "volumeMounts": [
+            {"name": "scratch", "mountPath": SCRATCH_DIR},
+            {"name": "tmp", "mountPath": TMP_DIR},
+        ],
+    }
+
+
+def stage_resources(cfg: DictConfig, stage: str) -> dict[str, Any]:
+    """Requests and limits of a stage's main container (training adds its GPUs to both)."""
+    resources = _plain(cfg.k8s.resources[stage])
+    if stage == "train":
+        gpus = int(cfg.k8s.gpus_per_train_pod)
+        if gpus > 0:
+            for part in ("requests", "limits"):
+                resources.setdefault(part, {})[str(cfg.k8s.gpu_resource)] = gpus
+    return resources
+
+
+def stage_command(cfg: DictConfig, stage: str, overrides: Sequence[str]) -> list[str]:
+    """The main container's command: a job entry point with the run's overrides and run_id."""
+    module = {"prepare": "jobs.prepare", "train": "jobs.model", "vote": "jobs.vote"}[stage]
+    return ["python", "-m", module, *pass_through(overrides), f"run_id={require_run_id(cfg)}"]
+
+
+def prerequisites(cfg: DictConfig, stage: str) -> list[str]:
+    """The stage markers a stage needs before it can start (see pipeline.runs.stage_done)."""
+    if stage == "train":
+        return ["prepare"]
+    if stage == "vote":
+        return [f"predict-{name}" for name in model_specs(cfg)]
+    return []
+
+
+def wait_command(cfg: DictConfig, stage: str, overrides: Sequence[str]) -> list[str]:
+    """The init container's command: wait until the stage's prerequisites are done."""
+    needed = ",".join(prerequisites(cfg, stage))
+    return [
+        "python",
+        "-m",
+        "jobs.wait",
+        *pass_through(overrides),
+        f"run_id={require_run_id(cfg)}",
+        f"+wait_for=[{needed}]",
+    ]
+
+
+def stage_job(cfg: DictConfig, stage: str, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """The Job manifest of one stage of `cfg.run_id` (`train` is an Indexed Job)."""
+    if stage not in STAGES:
+        raise ConfigError(f"unknown stage {stage!r}; valid: {list(STAGES)}")
+    k = cfg.k8s
+    name = job_name(cfg, stage)
+    labels = {
+        "app.kubernetes.io/name": "masksuite",
+        "app.kubernetes.io/component": stage,
+        RUN_LABEL: require_run_id(cfg).lower(),
+        STAGE_LABEL: stage,
+    }
+    node_selector = dict(_plain(k.node_selector) or {})
+    tolerations = list(_plain(k.tolerations) or [])
+    if stage == "train":
+        node_selector.update(_plain(k.train_node_selector) or {})
+        tolerations += list(_plain(k.train_tolerations) or [])
+    pod: dict[str, Any] = {
+        "serviceAccountName": str(k.service_account),
+        "automountServiceAccountToken": False,
+        "restartPolicy": "Never",
+        "securityContext": dict(POD_SECURITY),
+        "containers": [
+            container(cfg, stage, stage_command(cfg, stage, overrides), stage_resources(cfg, stage))
+        ],
+        "volumes": [
+            {"name": "scratch", "emptyDir": {"sizeLimit": str(k.scratch_size)}},
+            {"name": "tmp", "emptyDir": {"sizeLimit": str(k.scratch_size)}},
+        ],
+    }
+    if prerequisites(cfg, stage):
+        wait = wait_command(cfg, stage, overrides)
+        pod["initContainers"] = [container(cfg, "wait", wait, WAIT_RESOURCES)]
+    if node_selector:
+        pod["nodeSelector"] = node_selector
+    if tolerations:
+        pod["tolerations"] = tolerations
+    if k.image_pull_secrets:
+        pod["imagePullSecrets"] = [{"name": str(s)} for s in k.image_pull_secrets]
+    annotations = {f"checkov.io/skip{i}": f"{check}={why}"
+                   for i, (check, why) in enumerate(CHECKOV_SKIPS.items(), start=1)}  # fmt: skip
+    spec: dict[str, Any] = {
+        "activeDeadlineSeconds": int(k.active_deadline_seconds[stage]),
+        "ttlSecondsAfterFinished": int(k.ttl_seconds_after_finished),
+        # Pods evicted, preempted or deleted by a node drain get DisruptionTarget: retry them
+        # without counting the failure (training resumes from models/<name>/last.pt).
+        "podFailurePolicy": {
+            "rules": [
+                {
+                    "action": "Ignore",
+                    "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+                }
+            ]
+        },
+        "template": {"metadata": {"labels": dict(labels)}, "spec": pod},
+    }
+    if stage == "train":
+        count = len(model_specs(cfg))
+        spec.update(
+            completionMode="Indexed",
+            completions=count,
+            parallelism=int(k.train_parallelism or count),
+            backoffLimitPerIndex=int(k.backoff_limit_per_index),
+            maxFailedIndexes=int(k.max_failed_indexes),
+        )
+    else:
+        spec.update(completions=1, parallelism=1, backoffLimit=int(k.backoff_limit))
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": name,
+            "namespace": str(k.namespace),
+            "labels": labels,
+            "annotations": annotations,
+        },
+        "spec": spec,
+    }
+
+
+def render_jobs(cfg: DictConfig, overrides: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """The run's Jobs in order: prepare, train (Indexed, one index per model), vote.
+
+    `overrides` are the user's Hydra overrides, passed on to every pod so that each stage composes
+    the same configuration; `cfg` must have been composed from them and have a run_id.
+    """
+    model_specs(cfg)  # a suite without models fails here, before anything is created
+    return [stage_job(cfg, stage, overrides) for stage in STAGES]
+
+
+class _PlainDumper(yaml.SafeDumper):
+    """A YAML dumper that writes repeated values in full (no &anchors / *aliases)."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def to_yaml(manifests: Sequence[dict[str, Any]]) -> str:
+    """Multi-document YAML, the input `kubectl apply -f -` takes."""
+    return yaml.dump_all(manifests, Dumper=_PlainDumper, sort_keys=False, default_flow_style=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Inside the pods: the Indexed Job's model and the wait for prerequisites
+# --------------------------------------------------------------------------------------------
+
+
+def indexed_model(cfg: DictConfig, env: dict[str, str] | None = None) -> str:
+    """The model an Indexed Job pod handles: `model_name`, else the suite's model number
+    `JOB_COMPLETION_INDEX` (set by Kubernetes). Raises ConfigError when neither selects one."""
+    names = list(model_specs(cfg))
+    if cfg.get("model_name"):
+        if cfg.model_name not in names:
+            raise ConfigError(f"model_name={cfg.model_name!r} is not in the suite; valid: {names}")
+        return str(cfg.model_name)
+    raw = (os.environ if env is None else env).get("JOB_COMPLETION_INDEX")
+    if raw is None or not raw.isdigit() or int(raw) >= len(names):
+        raise ConfigError(
+            f"JOB_COMPLETION_INDEX={raw!r} does not select a model: expected 0..{len(names) - 1} "
+            f"for the suite's models {names} (or pass model_name=<name>)"
+        )
+    return names[int(raw)]
+
+
+def train_and_predict(cfg: DictConfig) -> dict[str, Any]:
+    """Train then predict the model selected by `indexed_model` (each a no-op when done)."""
+    from pipeline.predict import predict_model
+    from pipeline.train import train_model
+
+    name = indexed_model(cfg)
+    cfg.model_name = name
+    log.info("model %s of the suite", name)
+    return {"train": train_model(cfg, name), "predict": predict_model(cfg, name)}
+
+
+def wait_for_stages(
+    cfg: DictConfig,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> None:
+    """Wait until every stage marker in `cfg.wait_for` exists in the run.
+
+    Gives up after the deadline of the stage that writes them (k8s.active_deadline_seconds)
+    with StageFailed; polls every k8s.poll_seconds.
+    """
+    needed = [str(s) for s in (cfg.get("wait_for") or [])]
+    if not needed:
+        return
+    run = run_store(cfg)
+    producer = "prepare" if needed == ["prepare"] else "train"
+    deadline = clock() + float(cfg.k8s.active_deadline_seconds[producer])
+    while True:
+        missing = [s for s in needed if not stage_done(run, s)]
+        if not missing:
+            log.info("stages done: %s", ", ".join(needed))
+            return
+        if clock() > deadline:
+            raise StageFailed(
+                f"run {cfg.run_id}: stage(s) {missing} not done within the {producer} deadline"
+            )
+        log.info("waiting for stage(s) %s", ", ".join(missing))
+        sleep(float(cfg.k8s.poll_seconds))
+
+
+# --------------------------------------------------------------------------------------------
+# The driver: create the Jobs in order, wait on each, stop at the first failure
+# --------------------------------------------------------------------------------------------
+
+
+class JobGone(StageFailed):
+    """The Job is not (or no longer) in the API server: deleted by hand or by its TTL."""
+
+
+class JobsApi(Protocol):
+    """The part of `kubernetes.client.BatchV1Api` the driver uses (a fake implements it in tests).
+
+    Methods return `kubernetes.client.V1Job` objects and raise
+    `kubernetes.client.exceptions.ApiException` (status 404, 409, ...).
+    """
+
+    def create_namespaced_job(self, namespace: str, body: dict[str, Any]) -> Any: ...
+
+    def read_namespaced_job(self, name: str, namespace: str) -> Any: ...
+
+    def delete_namespaced_job(self, name: str, namespace: str, **kwargs: Any) -> Any: ...
+
+
+def kube_jobs_api() -> JobsApi:
+    """A BatchV1Api from the pod's service account (in-cluster) or else ~/.kube/config."""
+    from kubernetes import client, config
+
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        try:
+            config.load_kube_config()
+        except (config.ConfigException, OSError) as e:
+            raise ConfigError(
+                f"no Kubernetes credentials: not in a pod and no usable kubeconfig ({e})"
+            ) from e
+    return client.BatchV1Api()
+
+
+def job_state(job: Any) -> tuple[str, str]:
+    """("complete" | "failed" | "running", reason and message) of a V1Job."""
+    status = getattr(job, "status", None)
+    for cond in getattr(status, "conditions", None) or []:
+        if str(cond.status) != "True":
+            continue
+        if cond.type == "Complete":
+            return "complete", ""
+        if cond.type in ("Failed", "FailureTarget"):
+            return "failed", f"{cond.reason or 'Failed'}: {cond.message or 'no message'}"
+    return "running", ""
+
+
+def failed_indexes(job: Any) -> list[int]:
+    """The indexes an Indexed Job reports as failed (`status.failedIndexes`, e.g. "1,3-4")."""
+    text = getattr(getattr(job, "status", None), "failed_indexes", None) or ""
+    indexes: list[int] = []
+    for part in filter(None, text.split(",")):
+        first, _, last = part.partition("-")
+        indexes.extend(range(int(first), int(last or first) + 1))
+    return indexes
+
+
+def _api_status(e: Exception) -> int | None:
+    return getattr(e, "status", None)
+
+
+def create_job(
+    api: JobsApi,
+    manifest: dict[str, Any],
+    *,
+    poll_seconds: float,
+    sleep: Callable[[float], None] = time.sleep,
+) -> bool:
+    """Create a Job. Returns False when a Job of that name already completed (nothing to do).
+
+    An existing Job still running is waited on as if just created; a failed one (from an earlier
+    attempt of the run, e.g. before `--resume`) is deleted and created anew.
+    """
+    from kubernetes.client.exceptions import ApiException
+
+    name, ns = manifest["metadata"]["name"], manifest["metadata"]["namespace"]
+    try:
+        api.create_namespaced_job(ns, manifest)
+        log.info("created job %s/%s", ns, name)
+        return True
+    except ApiException as e:
+        if _api_status(e) != 409:
+            raise StageFailed(f"cannot create job {ns}/{name}: {e.status} {e.reason}") from e
+    state, _ = job_state(read_job(api, name, ns, poll_seconds=poll_seconds, sleep=sleep))
+    if state == "complete":
+        log.info("job %s/%s already completed", ns, name)
+        return False
+    if state == "running":
+        log.info("job %s/%s already exists: following it", ns, name)
+        return True
+    log.info("job %s/%s failed before: deleting it and starting it again", ns, name)
+    api.delete_namespaced_job(name, ns, propagation_policy="Foreground")
+    for _ in range(120):
+        try:
+            read_job(api, name, ns, poll_seconds=poll_seconds, sleep=sleep)
+        except JobGone:
+            break
+        sleep(poll_seconds)
+    else:
+        raise StageFailed(f"job {ns}/{name} was not deleted in time; delete it and retry")
+    try:
+        api.create_namespaced_job(ns, manifest)
+    except ApiException as e:
+        raise StageFailed(f"cannot create job {ns}/{name}: {e.status} {e.reason}") from e
+    return True
+
+
+#: API answers worth retrying while following a Job (throttled, server or gateway trouble).
+TRANSIENT_STATUS = (429, 500, 502, 503, 504)
+
+
+def read_job(
+    api: JobsApi,
+    name: str,
+    ns: str,
+    *,
+    poll_seconds: float,
+    sleep: Callable[[float], None] = time.sleep,
+    attempts: int = 10,
+) -> Any:
+    """Read a Job, retrying transient API errors (`attempts` in a row at most). A Job that
+    disappears (deleted by hand, or by its TTL) raises StageFailed."""
+    from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
+
+    for attempt in range(1, attempts + 1):
+        try:
+            return api.read_namespaced_job(name, ns)
+        except ApiException as e:
+            if _api_status(e) == 404:
+                raise JobGone(f"job {ns}/{name} disappeared while it was followed") from e
+            if _api_status(e) not in TRANSIENT_STATUS or attempt == attempts:
+                raise StageFailed(f"cannot read job {ns}/{name}: {e.status} {e.reason}") from e
+        except (OSError, HTTPError) as e:  # connection refused or reset, DNS, timeouts
+            if attempt == attempts:
+                raise StageFailed(f"cannot reach the API server for job {ns}/{name}: {e}") from e
+        log.warning("reading job %s/%s failed (attempt %d of %d); retrying", ns, name,
+                    attempt, attempts)  # fmt: skip
+        sleep(poll_seconds)
+    raise AssertionError("unreachable")
+
+
+def wait_for_job(
+    api: JobsApi,
+    manifest: dict[str, Any],
+    *,
+    poll_seconds: float,
+    models: Sequence[str] = (),
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """Poll a Job until it completes; raise StageFailed when it fails.
+
+    For the Indexed training Job the message names each failed index and its model (`models` in
+    index order) and how to read that pod's log.
+    """
+    name, ns = manifest["metadata"]["name"], manifest["metadata"]["namespace"]
+    stage = manifest["metadata"]["labels"][STAGE_LABEL]
+    while True:
+        job = read_job(api, name, ns, poll_seconds=poll_seconds, sleep=sleep)
+        state, why = job_state(job)
+        if state == "complete":
+            log.info("job %s/%s completed", ns, name)
+            return
+        if state == "failed":
+            where = f"job {ns}/{name}"
+            failed = failed_indexes(job)
+            if failed:
+                which = ", ".join(
+                    f"index {i} (model {models[i] if i < len(models) else '?'!r})" for i in failed
+                )
+                selector = f"job-name={name},batch.kubernetes.io/job-completion-index={failed[0]}"
+                logs = f"kubectl logs -n {ns} -l {selector}"
+                raise StageFailed(f"{stage} failed at {which}: {where}, {why}; logs: {logs}")
+            logs = f"kubectl logs -n {ns} -l job-name={name}"
+            raise StageFailed(f"{stage} failed: {where}, {why}; logs: {logs}")
+        sleep(poll_seconds)
+
+
+def run_jobs(
+    api: JobsApi,
+    manifests: Sequence[dict[str, Any]],
+    *,
+    models: Sequence[str],
+    poll_seconds: float,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """Create each Job in order and wait for it; the first failure raises StageFailed."""
+    for manifest in manifests:
+        if create_job(api, manifest, poll_seconds=poll_seconds, sleep=sleep):
+            wait_for_job(api, manifest, poll_seconds=poll_seconds, models=models, sleep=sleep)
+
+
+def launch_k8s(
+    cfg: DictConfig,
+    *,
+    dry_run: bool,
+    overrides: Sequence[str] = (),
+    api: JobsApi | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> int:
+    """Print the run's Jobs (`dry_run`) or create them in order and wait; returns an exit status.
+
+    `overrides` are the user's Hydra overrides (passed to every pod). `api` defaults to the
+    official client (kube_jobs_api). PipelineErrors are printed as one `error:` line (status 1).
+    """
+    try:
+        manifests = render_jobs(cfg, overrides)
+        if dry_run:
+            sys.stdout.write(to_yaml(manifests))
+            return 0
+        models = list(model_specs(cfg))
+        log.info("run %s: %d model(s), jobs in namespace %s", cfg.run_id, len(models),
+                 cfg.k8s.namespace)  # fmt: skip
+        run_jobs(
+            api or kube_jobs_api(),
+            manifests,
+            models=models,
+            poll_seconds=float(cfg.k8s.poll_seconds),
+            sleep=sleep,
+        )
+    except PipelineError as e:
+        print(f"error: run {cfg.run_id}: {e}", file=sys.stderr)
+        return 1
+    print(f"run {cfg.run_id} finished on Kubernetes (namespace {cfg.k8s.namespace})")
+    return 0

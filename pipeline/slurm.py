@@ -1,0 +1,405 @@
+"""Run a suite on Slurm with submitit: `python -m pipeline.launch --cluster slurm [--wait]`.
+
+Three kinds of jobs, resources from the `slurm` config group (pipeline/conf/slurm/):
+
+    prepare ──afterok──▶ model array: one task per model (train, then predict) ──afterok──▶ vote
+
+Preemption and time limits: every job is a submitit `Checkpointable`. Slurm sends USR2
+`slurm.signal_delay_s` before the time limit (and a preempting scheduler signals the job); the
+handler records the stage as requeued and requeues the job, which starts over and skips what is
+done — training resumes from `models/<name>/last.pt`, written to the store after every epoch.
+A stage that raises records why (`jobs/<stage>.json`) and fails its job; Slurm then cancels the
+jobs that depended on it (`--kill-on-invalid-dep=yes`), so a failed model means no vote.
+
+`--resume RUN_ID` submits only what is missing: done stages get no job at all. The launcher
+records the job ids and logs in the run's `scheduler.json`, which `python -m pipeline.runs status`
+and `cancel` read.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import shlex
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import submitit
+from omegaconf import DictConfig, OmegaConf
+from submitit.core.utils import FailedJobError, FailedSubmissionError
+from submitit.helpers import Checkpointable
+
+from pipeline.config import model_specs
+from pipeline.errors import ConfigError, PipelineError, StageFailed
+from pipeline.runs import mark_stage_failed, record_stage_state, run_store, stage_done
+from pipeline.status import (
+    QueueEntry,
+    format_status,
+    progress_line,
+    read_submissions,
+    record_submission,
+    run_status,
+)
+from pipeline.store import Store
+
+log = logging.getLogger(__name__)
+
+#: Job kinds and the keys of `slurm.stages`.
+KINDS = ("prepare", "model", "vote")
+CONTAINER_RUNTIMES = ("none", "pyxis", "apptainer")
+
+
+# --------------------------------------------------------------------------------------------
+# inside a job
+
+
+class StageJob(Checkpointable):
+    """One Slurm job of a run: `prepare`, `model` (train then predict one model) or `vote`.
+
+    Holds the resolved config as plain data; each stage it runs is skipped when done, so a
+    requeued job carries on where it stopped. submitit calls `checkpoint` on the warning signal.
+    """
+
+    def __init__(self, config: dict[str, Any], kind: str, model: str | None = None) -> None:
+        if kind not in KINDS:
+            raise ConfigError(f"unknown job kind {kind!r}; valid: {list(KINDS)}")
+        self.config = config
+        self.kind = kind
+        self.model = model
+        self.current: str | None = None  # the stage in progress, for checkpoint()
+
+    def stages(self) -> list[str]:
+        """Names of the stages this job runs, in order (their markers in `stages/`)."""
+        if self.kind == "model":
+            return [f"train-{self.model}", f"predict-{self.model}"]
+        return [self.kind]
+
+    def __call__(self) -> str:
+        from pipeline.cli import setup_logging
+        from pipeline.predict import predict_model
+        from pipeline.prepare import prepare
+        from pipeline.train import train_model
+        from pipeline.vote import vote
+
+        setup_logging()
+        cfg = job_config(self.config)
+        run = run_store(cfg)
+        steps = {
+            "prepare": lambda: prepare(cfg),
+            f"train-{self.model}": lambda: train_model(cfg, str(self.model)),
+            f"predict-{self.model}": lambda: predict_model(cfg, str(self.model)),
+            "vote": lambda: vote(cfg),
+        }
+        where = job_where()
+        for stage in self.stages():
+            if stage_done(run, stage):
+                log.info("%s already done: nothing to do", stage)
+                continue
+            self.current = stage
+            record_stage_state(run, stage, "running", **where)
+            try:
+                steps[stage]()
+            except Exception as e:  # every failure is recorded for status, then fails the job
+                mark_stage_failed(run, stage, one_line(e), **where)
+                raise
+            record_stage_state(run, stage, "done", **where)
+        self.current = None
+        return f"{self.kind} done: run_id={cfg.run_id}"
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
+        """Called on Slurm's warning signal: record the stage as requeued and resubmit this job.
+
+        The training state is already in the store (last.pt after every epoch), so nothing else
+        needs saving; the requeued job skips done stages and resumes training from last.pt.
+        """
+        if self.current is not None:
+            reason = "preempted or reached its time limit; requeued"
+            try:  # only for status: never let it stop the requeue
+                run = run_store(job_config(self.config))
+                record_stage_state(run, self.current, "requeued", reason=reason, **job_where())
+            except PipelineError as e:
+                log.warning("could not record the requeue of %s: %s", self.current, e)
+        return super().checkpoint(*args, **kwargs)
+
+
+def job_config(config: dict[str, Any]) -> DictConfig:
+    """The run's config inside a job; `train.num_threads` defaults to the job's CPUs."""
+    cfg = OmegaConf.create(config)
+    OmegaConf.set_struct(cfg, False)
+    cpus = os.environ.get("SLURM_CPUS_PER_TASK")
+    if cfg.train.get("num_threads") is None and cpus:
+        cfg.train.num_threads = int(cpus)
+    return cfg
+
+
+def job_where() -> dict[str, str]:
+    """Job id and log of the running submitit job (empty outside one)."""
+    try:
+        env = submitit.JobEnvironment()
+    except RuntimeError:
+        return {}
+    return {"job_id": env.job_id, "log": str(env.paths.stderr)}
+
+
+def one_line(e: BaseException) -> str:
+    """`Type: message` on one line, for status."""
+    text = " ".join(str(e).split()) or repr(e)
+    return f"{type(e).__name__}: {text}"
+
+
+# --------------------------------------------------------------------------------------------
+# submission
+
+
+def sbatch_parameters(scfg: DictConfig, kind: str) -> dict[str, Any]:
+    """submitit SlurmExecutor parameters of one kind of job from the `slurm` config group."""
+    stage = scfg.stages[kind]
+    extra = {"requeue": True, **dict(scfg.extra), **dict(stage.get("extra") or {})}
+    params: dict[str, Any] = {
+        "job_name": f"masksuite-{kind}",
+        "cpus_per_task": int(stage.cpus),
+        "mem": f"{int(float(stage.mem_gb) * 1024)}MB",
+        "time": int(stage.time_min),
+        "signal_delay_s": int(scfg.signal_delay_s),
+        "stderr_to_stdout": False,
+        "additional_parameters": extra,
+    }
+    if int(stage.gpus or 0) > 0:
+        params["gpus_per_node"] = int(stage.gpus)
+    for key in ("partition", "constraint"):
+        value = stage.get(key) or scfg.get(key)
+        if value:
+            params[key] = str(value)
+    for key in ("account", "qos"):
+        if scfg.get(key):
+            params[key] = str(scfg[key])
+    if scfg.setup:
+        params["setup"] = [str(line) for line in scfg.setup]
+    container = scfg.container
+    if container.runtime == "pyxis":
+        params["srun_args"] = [f"--container-image={container.image}", *map(str, container.args)]
+    return params
+
+
+def python_command(scfg: DictConfig) -> str | None:
+    """The command jobs run Python with: None (this interpreter), or inside the container."""
+    container = scfg.container
+    if container.runtime not in CONTAINER_RUNTIMES:
+        raise ConfigError(
+            f"slurm.container.runtime={container.runtime!r}; valid: {list(CONTAINER_RUNTIMES)}"
+        )
+    if container.runtime != "none" and not container.image:
+        raise ConfigError(
+            f"slurm.container.runtime={container.runtime} needs slurm.container.image"
+        )
+    if container.runtime == "pyxis":
+        return str(container.python)
+    if container.runtime == "apptainer":
+        args = " ".join(shlex.quote(str(a)) for a in container.args)
+        return f"apptainer exec --nv {args} {shlex.quote(str(container.image))} {container.python}"
+    return None
+
+
+def absolute_local(path: str) -> str:
+    """`path` made absolute when it is a local folder (jobs may start elsewhere)."""
+    return path if "://" in path else str(Path(path).expanduser().resolve())
+
+
+def submit(
+    executor: submitit.SlurmExecutor,
+    scfg: DictConfig,
+    kind: str,
+    jobs: list[StageJob],
+    after: str | None,
+) -> list[submitit.Job[Any]]:
+    """Submit `jobs` of one kind (several: one array) to start after job `after` succeeded."""
+    params = sbatch_parameters(scfg, kind)
+    if after:
+        params["dependency"] = f"afterok:{after}"
+        params["additional_parameters"] = {
+            **params["additional_parameters"],
+            "kill-on-invalid-dep": "yes",
+        }
+    if len(jobs) > 1:
+        params["array_parallelism"] = int(scfg.array_parallelism)
+    executor.update_parameters(**params)
+    try:
+        if len(jobs) == 1:
+            return [executor.submit(jobs[0])]
+        return executor.submit_array(jobs)
+    except (FailedJobError, FailedSubmissionError, OSError) as e:
+        raise StageFailed(f"sbatch refused the {kind} job: {one_line(e)}") from e
+
+
+def launch_slurm(cfg: DictConfig, *, wait: bool) -> int:
+    """Submit what run `cfg.run_id` still needs to Slurm and print the run id and job ids.
+
+    With `wait`, follow the run to its end (see `follow`) and return 0 only if the vote
+    succeeded; without, return 0 once submitted. Raises ConfigError for a bad `slurm` config or
+    when Slurm is not reachable, StageFailed when sbatch refuses a job.
+    """
+    cfg = copy.deepcopy(cfg)
+    cfg.store.root = absolute_local(str(cfg.store.root))
+    scfg = cfg.slurm
+    specs = model_specs(cfg)  # fail on a bad suite before submitting anything
+    run = run_store(cfg)
+    folder = Path(absolute_local(str(scfg.folder))) / str(cfg.run_id)
+    try:
+        executor = submitit.SlurmExecutor(
+            folder=folder, max_num_timeout=int(scfg.max_requeues), python=python_command(scfg)
+        )
+    except RuntimeError as e:  # no srun on this machine
+        raise ConfigError(
+            f"Slurm is not available here ({e}); on this machine, `make slurm-up` starts a "
+            "one-node cluster"
+        ) from e
+    still_active = run_status(cfg, queue_states).active_jobs if read_submissions(run) else []
+    if still_active:
+        raise ConfigError(
+            f"run {cfg.run_id} still has jobs queued or running ({' '.join(still_active)}): "
+            f"wait for them, or `python -m pipeline.runs cancel {cfg.run_id}` first"
+        )
+    config = OmegaConf.to_container(cfg, resolve=True)
+    done = {n for n in specs if stage_done(run, f"train-{n}") and stage_done(run, f"predict-{n}")}
+    models = [n for n in specs if n not in done]
+    submitted: dict[str, dict[str, str]] = {}
+
+    def note(stages: list[str], job: submitit.Job[Any]) -> str:
+        for stage in stages:
+            submitted[stage] = {"job_id": job.job_id, "log": str(job.paths.stderr)}
+        return job.job_id
+
+    try:
+        after = None
+        if not stage_done(run, "prepare"):
+            job = StageJob(config, "prepare")
+            after = note(job.stages(), submit(executor, scfg, "prepare", [job], None)[0])
+        if models:
+            tasks = [StageJob(config, "model", name) for name in models]
+            array = submit(executor, scfg, "model", tasks, after)
+            for task, job in zip(tasks, array, strict=True):
+                note(task.stages(), job)
+            after = array[0].job_id.split("_")[0]  # afterok on the array: every task succeeded
+        if not stage_done(run, "vote"):
+            job = StageJob(config, "vote")
+            note(job.stages(), submit(executor, scfg, "vote", [job], after)[0])
+    except StageFailed as e:  # leave nothing half-submitted behind
+        orphans = sorted({j["job_id"] for j in submitted.values()})
+        if orphans:
+            cancel_jobs(orphans)
+            raise StageFailed(f"{e} (cancelled the jobs already submitted: {orphans})") from e
+        raise
+
+    if submitted:
+        record_submission(
+            run,
+            {
+                "cluster": "slurm",
+                "submitted": datetime.now(UTC).isoformat(timespec="seconds"),
+                "folder": str(folder),
+                "models": list(specs),
+                "jobs": submitted,
+            },
+        )
+        print(f"run {cfg.run_id} submitted to Slurm (job files and logs: {folder})")
+        for stage, job in submitted.items():
+            print(f"  {stage:<24} job {job['job_id']}")
+        print(
+            f"  follow it: python -m pipeline.runs status {cfg.run_id} store.root={cfg.store.root}"
+        )
+    else:
+        print(f"run {cfg.run_id}: every stage is already done, nothing submitted")
+    sys.stdout.flush()
+    return follow(cfg, run) if wait else 0
+
+
+# --------------------------------------------------------------------------------------------
+# following a run
+
+
+def follow(cfg: DictConfig, run: Store) -> int:
+    """Show the run's progress until it is done (return 0) or failed (return 1).
+
+    On a terminal the progress line is rewritten in place, elsewhere a line is printed whenever
+    it changes. Jobs that can never start because a dependency failed are cancelled.
+    """
+    from pipeline.launch import summary_lines
+    from pipeline.vote import VOTE_KEY
+
+    started = time.time()
+    live = sys.stdout.isatty()
+    last = ""
+    while True:
+        status = run_status(cfg, queue_states)
+        line = progress_line(status)
+        if line != last:
+            stamp = f"[{time.time() - started:5.0f} s] {line}"
+            print(f"\r\033[K{stamp}" if live else stamp, end="" if live else "\n", flush=True)
+            last = line
+        if status.state != "running":
+            break
+        time.sleep(float(cfg.slurm.poll_seconds))
+    if live:
+        print()
+    if status.state == "done":
+        print("\n".join(summary_lines(cfg, run.read_json(VOTE_KEY), time.time() - started)))
+        return 0
+    stuck = [s.job_id for s in status.stages if s.state in ("blocked", "pending") and s.job_id]
+    if stuck:
+        cancel_jobs(sorted(set(stuck)))
+    print(format_status(status, tail=10), file=sys.stderr)
+    return 1
+
+
+# --------------------------------------------------------------------------------------------
+# the scheduler interface of pipeline.status
+
+
+def queue_states(job_ids: list[str]) -> dict[str, QueueEntry]:
+    """Slurm's view of `job_ids` (array tasks as `<array>_<task>`) from squeue.
+
+    Jobs Slurm has forgotten (finished longer ago than MinJobAge) are absent. Raises
+    ConfigError when squeue cannot be run.
+    """
+    if not job_ids:
+        return {}
+    wanted = sorted({j.split("_")[0] for j in job_ids})
+    try:
+        result = subprocess.run(
+            [
+                "squeue",
+                "--noheader",
+                "--array",
+                "--states=all",
+                "--format=%i|%T|%r",
+                f"--jobs={','.join(wanted)}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise ConfigError(f"cannot ask Slurm about jobs {wanted}: {e}") from e
+    if result.returncode != 0:
+        if "Invalid job id" in result.stderr:
+            return {}  # all of them are finished and forgotten
+        raise ConfigError(f"squeue failed: {result.stderr.strip()}")
+    entries = {}
+    for line in result.stdout.splitlines():
+        job_id, state, reason = [*line.split("|"), "", ""][:3]
+        entries[job_id.strip()] = QueueEntry(state.strip(), reason.strip())
+    return entries
+
+
+def cancel_jobs(job_ids: list[str]) -> None:
+    """scancel `job_ids`; raises ConfigError when Slurm refuses."""
+    if not job_ids:
+        return
+    result = subprocess.run(["scancel", *job_ids], capture_output=True, text=True, timeout=60)
+    if result.returncode != 0:
+        raise ConfigError(f"scancel {' '.join(job_ids)} failed: {result.stderr.strip()}")

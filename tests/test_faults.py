@@ -1,0 +1,444 @@
+"""Fault injection (issue 8): the S3 server killed at chosen points, a training job killed with
+SIGKILL mid-run, the scratch disk full, corrupt checkpoints. Nothing is lost and a rerun completes.
+
+The S3 cases use a private SeaweedFS server (tests/seaweed.py) that the tests SIGKILL and restart on
+the same data folder; the shared session server is never touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from omegaconf import DictConfig
+
+from pipeline.errors import StageFailed, StoreError
+from pipeline.predict import load_checkpoint, predict_model
+from pipeline.prepare import prepare
+from pipeline.runs import run_store, save_torch
+from pipeline.shards import read_shard
+from pipeline.store import LocalStore, S3Store, Store, open_store
+from pipeline.train import resume_state, train, train_model
+from tests.seaweed import SeaweedServer, start_seaweed
+
+MakeCfg = Callable[..., DictConfig]
+REPO = Path(__file__).resolve().parents[1]
+MiB = 1024 * 1024
+
+
+def job(module: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """Start `python -m module args…` from the repository, output captured."""
+    return subprocess.Popen(
+        [sys.executable, "-m", module, *args],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def tiny_args(data: Path | str, store: Path | str, *more: str) -> list[str]:
+    return [
+        f"data.root={data}",
+        f"store.root={store}",
+        "train.image_size=[32,24]",
+        "train.batch_size=32",
+        "train.num_threads=1",
+        "store.workers=4",
+        "tracking.mode=disabled",
+        *more,
+    ]
+
+
+# ------------------------------------------------------------------------------ S3 server
+
+
+class KillableS3:
+    """A private SeaweedFS server that a test may SIGKILL and restart on the same data folder."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.server: SeaweedServer | None = start_seaweed(workdir)
+        self.endpoint = self.server.endpoint
+
+    def kill(self) -> None:
+        assert self.server is not None
+        self.server.stop(grace=0)  # SIGKILL the whole process group
+        self.server = None
+
+    def up(self) -> SeaweedServer:
+        """The running server, restarted (new ports, same data) if it was killed."""
+        if self.server is None:
+            self.server = start_seaweed(self.workdir)
+            self.endpoint = self.server.endpoint
+        return self.server
+
+    def env(self, max_attempts: int = 3) -> dict[str, str]:
+        s = self.server or self.up()
+        return {
+            **s.env(),
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_MAX_ATTEMPTS": str(max_attempts),
+        }
+
+    def use(self, monkeypatch: pytest.MonkeyPatch, max_attempts: int = 3) -> None:
+        """Point this process's AWS_* environment at the server (as it is now)."""
+        monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+        for name, value in self.env(max_attempts).items():
+            monkeypatch.setenv(name, value)
+
+    def new_bucket(self) -> str:
+        bucket = f"fault-{uuid.uuid4().hex[:12]}"
+        self.up().client().create_bucket(Bucket=bucket)
+        return bucket
+
+    def wait_readable(self, uri: str, key: str, timeout: float = 60.0) -> Store:
+        """After a restart the volume server takes a few seconds to re-register: wait for it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                store = open_store(uri)
+                store.read_bytes(key)
+                return store
+            except StoreError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop(grace=0)
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KillableS3]:
+    try:
+        server = KillableS3(tmp_path_factory.mktemp("killable-seaweed"))
+    except RuntimeError as e:
+        pytest.fail(f"cannot start SeaweedFS: {e}", pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.mark.s3
+def test_storage_down_at_start_is_one_clear_error_and_exit_1(
+    s3: KillableS3, tiny_dataset: Path
+) -> None:
+    bucket = s3.new_bucket()
+    env = s3.env(max_attempts=2)
+    s3.kill()
+    started = time.monotonic()
+    proc = job("pipeline.launch", *tiny_args(tiny_dataset, f"s3://{bucket}/store"), env=env)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1, err[-2000:]
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"error: cannot reach S3 endpoint {env['AWS_ENDPOINT_URL']}"), last
+    assert "check AWS_ENDPOINT_URL" in last
+    assert "finished" not in out
+    assert time.monotonic() - started < 60  # fails fast, not after minutes of retries
+
+
+@pytest.mark.s3
+@pytest.mark.slow
+def test_storage_lost_mid_prepare_fails_clearly_leaves_nothing_partial_and_a_rerun_completes(
+    s3: KillableS3,
+    tiny_dataset: Path,
+    make_cfg: MakeCfg,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    bucket = s3.new_bucket()
+    s3.use(monkeypatch, max_attempts=3)
+    cfg = make_cfg(tiny_dataset, "run_id=lost", store=f"s3://{bucket}/store")
+
+    # Kill the server just as prepare starts writing its second shard.
+    written: list[str] = []
+    original = S3Store.write_bytes
+
+    def write_then_die(self: S3Store, key: str, data: bytes) -> None:
+        if key.startswith("shards/"):
+            written.append(key)
+            if len(written) == 2:
+                s3.kill()
+        original(self, key, data)
+
+    monkeypatch.setattr(S3Store, "write_bytes", write_then_die)
+    caplog.set_level(logging.DEBUG, logger="botocore.retries.standard")
+    with pytest.raises(StoreError) as info:
+        prepare(cfg)
+    message = str(info.value)
+    assert f"cannot write s3://{bucket}/store/runs/lost/{written[1]}" in message
+    assert "tried 3 times" in message and "check AWS_ENDPOINT_URL" in message
+    retries = [r for r in caplog.records if "Retry needed" in r.getMessage()]
+    assert len(retries) >= 2  # botocore retried with backoff before giving up
+    monkeypatch.setattr(S3Store, "write_bytes", original)
+
+    # Back up: what is visible is complete, the interrupted shard and the marker are absent.
+    s3.up()
+    s3.use(monkeypatch)
+    run = s3.wait_readable(f"s3://{bucket}/store/runs/lost", "manifest.json")
+    keys = run.list()
+    assert written[1] not in keys
+    assert "stages/prepare.json" not in keys and "index.parquet" not in keys
+    assert written[0] in keys
+    for key in keys:
+        if key.startswith("shards/"):
+            assert read_shard(run, key)  # every visible object is whole
+
+    # A rerun of the same run completes and packs every image.
+    summary = prepare(cfg)
+    index = pd.read_parquet(io.BytesIO(run.read_bytes("index.parquet")))
+    listed = len(pd.read_csv(tiny_dataset / "eval" / "info.csv"))
+    people = len(list((tiny_dataset / "train" / "images").iterdir()))
+    assert len(index) == 7 * people + listed == sum(summary["images"].values())
+    for shard, rows in index.groupby("shard"):
+        assert set(rows["image_id"]) <= set(read_shard(run, shard))
+    assert run.exists("stages/prepare.json")
+
+
+@pytest.mark.s3
+def test_storage_killed_during_a_multipart_upload_leaves_no_object(
+    s3: KillableS3, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bucket = s3.new_bucket()
+    s3.use(monkeypatch, max_attempts=2)
+    store = S3Store(f"s3://{bucket}/mp", workers=2, multipart_threshold=5 * MiB)
+    store.write_bytes("marker", b"up")
+    killed: list[str] = []
+
+    def kill_at_part_two(request: object, **kwargs: object) -> None:
+        if "partNumber=2" in str(getattr(request, "url", "")) and not killed:
+            killed.append("yes")
+            s3.kill()
+
+    store.client.meta.events.register("before-send.s3.UploadPart", kill_at_part_two)
+    blob = os.urandom(12 * MiB)  # three parts of 5, 5 and 2 MiB
+    with pytest.raises(StoreError, match=rf"cannot write s3://{bucket}/mp/big\.bin"):
+        store.write_bytes("big.bin", blob)
+    assert killed
+
+    s3.up()
+    s3.use(monkeypatch)
+    again = s3.wait_readable(f"s3://{bucket}/mp", "marker")
+    assert not again.exists("big.bin")
+    assert again.list() == ["marker"]
+    again.write_bytes("big.bin", blob)  # the rerun completes
+    assert again.read_bytes("big.bin") == blob
+
+
+# ------------------------------------------------------------------------------ SIGKILL
+
+
+@pytest.mark.slow
+def test_training_killed_mid_run_resumes_from_its_last_epoch(
+    tiny_dataset: Path, make_cfg: MakeCfg, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = tmp_path / "store"
+    cfg = make_cfg(tiny_dataset, "run_id=killed", "train.epochs=4", "train.num_threads=1")
+    prepare(cfg)
+    last = store / "runs" / "killed" / "models" / "single" / "last.pt"
+    proc = job("jobs.train", *tiny_args(tiny_dataset, store, "run_id=killed", "train.epochs=4"))
+    try:
+        deadline = time.monotonic() + 300
+        while not last.exists():
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "no epoch finished in time"
+            time.sleep(0.01)
+        os.kill(proc.pid, signal.SIGKILL)  # in the middle of epoch 2
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+    run = run_store(cfg)
+    assert not run.exists("stages/train-single.json")
+    saved = torch.load(last, weights_only=True)
+    done = saved["epoch"]
+    assert 1 <= done < 4
+
+    caplog.set_level(logging.INFO, logger="pipeline.train")
+    metrics = train(cfg)["single"]
+    history = metrics["history"]
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+    assert history[:done] == saved["history"]  # the epochs before the kill were not retrained
+    log = caplog.text
+    assert f"resuming after epoch {done}" in log
+    assert "epoch 1/4" not in log  # epoch 1 was not trained again
+    assert run.exists("stages/train-single.json")
+
+
+# ------------------------------------------------------------------------------ disk full
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str) -> Iterator[Path]:
+    path.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)])
+    if done.returncode != 0:
+        pytest.skip("mounting a tmpfs needs root; test_local_store_disk_full covers ENOSPC")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def temp_leftovers(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.name.startswith(".tmp-")]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+def test_scratch_disk_full_is_a_clear_error_and_a_rerun_completes(
+    tiny_dataset: Path, tmp_path: Path, make_cfg: MakeCfg
+) -> None:
+    # 64 KiB: the manifest fits, the first image shard does not
+    with tmpfs(tmp_path / "scratch", "64k") as disk:
+        store = disk / "store"
+        args = tiny_args(tiny_dataset, store, "run_id=full")
+        proc = job("jobs.prepare", *args)
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 1, err[-2000:]
+        assert "Traceback" not in err
+        last = err.strip().splitlines()[-1]
+        assert last.startswith(f"error: cannot write {store}/runs/full/"), last
+        assert "no space left on device" in last and "rerun with the same run_id" in last
+        assert temp_leftovers(disk) == []  # no partial file left behind
+        assert not (store / "runs" / "full" / "stages" / "prepare.json").exists()
+
+        subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
+        summary = prepare(make_cfg(tiny_dataset, "run_id=full", store=str(store)))
+        assert summary["images"]["eval"] == len(pd.read_csv(tiny_dataset / "eval" / "info.csv"))
+        assert (store / "runs" / "full" / "stages" / "prepare.json").is_file()
+
+
+def test_local_store_disk_full(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ENOSPC injected where the real disk fills up: while writing the bytes."""
+    store = LocalStore(tmp_path / "store")
+    store.write_bytes("kept", b"old")
+    real_fsync = os.fsync
+
+    def full(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("pipeline.store.os.fsync", full)
+    with pytest.raises(StoreError, match=r"cannot write .*/store/new: no space left on device"):
+        store.write_bytes("new", b"x" * 1000)
+    with pytest.raises(StoreError, match="no space left on device"):
+        store.write_bytes("kept", b"new")
+    monkeypatch.setattr("pipeline.store.os.fsync", real_fsync)
+    assert store.list() == ["kept"] and store.read_bytes("kept") == b"old"
+    assert temp_leftovers(tmp_path) == []
+
+
+# ------------------------------------------------------------------------------ corrupt state
+
+
+def write_state(run: Store, epoch: int = 1) -> dict:
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.Adam(model.parameters())
+    state = {
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "scheduler": None,
+        "generator": torch.Generator().get_state(),
+        "epoch": epoch,
+        "history": [{"epoch": 1, "val_macro_f1": 0.1}],
+    }
+    save_torch(run, "models/m/last.pt", state)
+    save_torch(run, "models/m/checkpoint.pt", model.state_dict())
+    return state
+
+
+def test_resume_state_accepts_a_whole_state(tmp_path: Path) -> None:
+    run = LocalStore(tmp_path)
+    assert resume_state(run, "m") is None  # nothing saved yet: from scratch, silently
+    state = write_state(run)
+    resumed = resume_state(run, "m")
+    assert resumed is not None and resumed["epoch"] == 1
+    assert torch.equal(resumed["model"]["weight"], state["model"]["weight"])
+
+
+@pytest.mark.parametrize(
+    ("key", "damage"),
+    [
+        ("models/m/last.pt", lambda b: b[: len(b) // 2]),  # truncated
+        ("models/m/last.pt", lambda b: b"\x00" * len(b)),  # zeroed
+        ("models/m/last.pt", lambda b: b"not a checkpoint"),
+        ("models/m/checkpoint.pt", lambda b: b[:100]),  # the best weights are gone bad
+    ],
+    ids=["truncated", "zeroed", "garbage", "bad-best-checkpoint"],
+)
+def test_corrupt_training_state_means_training_from_scratch(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, key: str, damage: Callable[[bytes], bytes]
+) -> None:
+    run = LocalStore(tmp_path)
+    write_state(run)
+    run.write_bytes(key, damage(run.read_bytes(key)))
+    with caplog.at_level(logging.WARNING, logger="pipeline.train"):
+        assert resume_state(run, "m") is None
+    assert f"{tmp_path}/{key} is unusable" in caplog.text
+    assert "training model m from scratch" in caplog.text
+
+
+def test_training_state_with_missing_parts_means_training_from_scratch(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    run = LocalStore(tmp_path)
+    write_state(run)
+    save_torch(run, "models/m/last.pt", {"epoch": 3})
+    with caplog.at_level(logging.WARNING, logger="pipeline.train"):
+        assert resume_state(run, "m") is None
+    assert "not a training state" in caplog.text
+
+
+def test_storage_errors_while_resuming_are_not_mistaken_for_corruption(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = LocalStore(tmp_path)
+    write_state(run)
+
+    def down(self: LocalStore, key: str) -> bytes:
+        raise StoreError(f"cannot read {key}: endpoint down")
+
+    monkeypatch.setattr(LocalStore, "read_bytes", down)
+    with pytest.raises(StoreError, match="endpoint down"):
+        resume_state(run, "m")  # progress is kept for when the store is back
+
+
+@pytest.mark.slow
+def test_corrupt_checkpoint_is_detected_at_predict_and_retrained(
+    tiny_dataset: Path, make_cfg: MakeCfg, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = make_cfg(tiny_dataset, "run_id=corrupt", "train.num_threads=1")
+    prepare(cfg)
+    run = run_store(cfg)
+    run.write_bytes("models/single/checkpoint.pt", b"PK\x03\x04 half a zip")
+    run.write_bytes("models/single/last.pt", b"\x00 not a training state")
+    with pytest.raises(StageFailed) as info:
+        predict_model(cfg, "single")
+    message = str(info.value)
+    assert f"{run.uri_of('models/single/checkpoint.pt')} cannot be loaded" in message
+    assert "Retrain model single" in message and "stages/train-single.json" in message
+    with pytest.raises(StageFailed):
+        load_checkpoint(run, "single")
+
+    with caplog.at_level(logging.WARNING, logger="pipeline.train"):
+        metrics = train_model(cfg, "single")
+    assert "last.pt is unusable" in caplog.text
+    assert [h["epoch"] for h in metrics["history"]] == [1]
+    assert predict_model(cfg, "single")["eval"] > 0

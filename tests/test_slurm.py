@@ -1,0 +1,282 @@
+"""The suite on a real one-node Slurm (slurm/local, `make slurm-up`) through submitit, and
+`python -m pipeline.runs status|cancel`.
+
+The `slurm_cluster` fixture starts the local cluster when none answers (root; installs slurm-wlm
+and munge with apt-get when missing) and fails, never skips, when it cannot. The store is a real
+SeaweedFS S3 server (tests/seaweed.py) or a local folder.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pipeline.cli import run_job
+from pipeline.config import load_config
+from pipeline.errors import DataError
+from pipeline.launch import main as launch_main
+from pipeline.runs import main as runs_main
+from pipeline.runs import run_store, write_manifest
+from pipeline.slurm import follow
+from pipeline.store import Store, open_store
+from tests.conftest import TINY_OVERRIDES
+
+REPO = Path(__file__).resolve().parents[1]
+READY = ("idle", "mixed", "allocated", "completing")
+
+
+def cluster_ready() -> bool:
+    """True when sinfo answers and the node accepts jobs."""
+    if shutil.which("sinfo") is None:
+        return False
+    try:
+        result = subprocess.run(
+            ["sinfo", "--noheader", "--Node", "--format=%T"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    states = [s.rstrip("*~#") for s in result.stdout.split()]
+    return result.returncode == 0 and any(s in READY for s in states)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> Iterator[None]:
+    """A Slurm cluster that accepts jobs: the one running here, or slurm/local/up.sh's."""
+    if not cluster_ready():
+        try:
+            result = subprocess.run(
+                ["bash", str(REPO / "slurm" / "local" / "up.sh")],
+                capture_output=True,
+                text=True,
+                timeout=900,
+            )
+            output = (result.stdout + result.stderr)[-3000:]
+        except (OSError, subprocess.TimeoutExpired) as e:
+            output = str(e)
+        if not cluster_ready():
+            pytest.fail(
+                "cannot start the local Slurm cluster (slurm/local/up.sh, `make slurm-up`; needs "
+                f"root and apt-get, or a running Slurm):\n{output}",
+                pytrace=False,
+            )
+    yield
+
+
+def overrides(data: Path, store: str, tmp_path: Path, *extra: str) -> list[str]:
+    """The tiny test config for the local cluster: one CPU per job, one training thread."""
+    tiny = [o for o in TINY_OVERRIDES if not o.startswith("train.num_threads=")]
+    return [
+        "slurm=local",
+        f"data.root={data}",
+        f"store.root={store}",
+        f"slurm.folder={tmp_path / 'slurm'}",
+        "slurm.poll_seconds=1",
+        "train.num_threads=1",
+        *tiny,
+        *extra,
+    ]
+
+
+def launch(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """Run `python -m pipeline.launch --cluster slurm ARGS` in this process."""
+    code = launch_main(["--cluster", "slurm", *args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def submitted_jobs(out: str) -> dict[str, str]:
+    """stage → job id from the launcher's output."""
+    return dict(re.findall(r"^\s+(\S+)\s+job (\S+)$", out, flags=re.MULTILINE))
+
+
+def run_id_of(out: str) -> str:
+    return re.search(r"^run (\S+) submitted to Slurm", out, flags=re.MULTILINE).group(1)
+
+
+def markers(run: Store) -> dict[str, bytes]:
+    return {key: run.read_bytes(key) for key in run.list("stages")}
+
+
+def check_submission(run: Store, data: Path) -> None:
+    submission = pd.read_csv(io.BytesIO(run.read_bytes("submission.csv")))
+    info = pd.read_csv(data / "eval" / "info.csv")
+    assert submission["ImageID"].tolist() == info["ImageID"].tolist()
+    assert submission["ans"].between(0, 17).all()
+
+
+def status(capsys: pytest.CaptureFixture[str], run_id: str, store: str) -> tuple[int, str]:
+    code = runs_main(["status", run_id, f"store.root={store}", "--tail", "3"])
+    return code, capsys.readouterr().out
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_whole_suite_on_slurm_with_the_store_on_s3_survives_preemption(
+    slurm_cluster: None,
+    tiny_dataset: Path,
+    s3_root: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    epochs = 5
+    args = overrides(tiny_dataset, s3_root, tmp_path, f"train.epochs={epochs}")
+    code, out, err = launch(capsys, *args)
+    assert code == 0, out + err
+    run_id, jobs = run_id_of(out), submitted_jobs(out)
+    assert set(jobs) == {"prepare", "train-single", "predict-single", "vote"}
+    job = jobs["train-single"]
+    assert job == jobs["predict-single"]  # one job trains, then predicts
+    log = tmp_path / "slurm" / run_id / f"{job}_0_log.err"
+
+    # Preempt the training job after its second epoch, the way a scheduler warns a job before
+    # preempting it or at its time limit (SIGTERM, then USR2: what submitit's test helper sends).
+    deadline = time.monotonic() + 180
+    while f"epoch 2/{epochs}" not in (log.read_text() if log.exists() else ""):
+        assert time.monotonic() < deadline, f"training did not reach epoch 2; log {log}"
+        time.sleep(0.2)
+    time.sleep(1.0)  # most likely past the save of epoch 2's checkpoint (either case is checked)
+    subprocess.run(["scancel", "--signal=TERM", job], check=True)
+    subprocess.run(["scancel", "--signal=USR2", job], check=True)
+
+    cfg = load_config([*args, f"run_id={run_id}"])
+    run = run_store(cfg)
+    assert follow(cfg, run) == 0, capsys.readouterr()
+    progress = capsys.readouterr().out
+    assert "train-single requeued" in progress and f"run {run_id} finished" in progress
+    restarts = subprocess.run(
+        ["scontrol", "show", "job", job], capture_output=True, text=True, check=True
+    ).stdout
+    assert "Restarts=1" in restarts, restarts
+
+    # The first attempt trained epochs 1..m and saved 1..k (m - k <= 1: the signal may stop the
+    # save of epoch m); the requeued attempt resumed after epoch k and trained only k+1..E.
+    text = log.read_text()
+    first = text.split("Requeued job", 1)[0]
+    resumed = text.split("resuming after epoch ", 1)
+    assert len(resumed) == 2, f"the requeued job did not resume from its checkpoint:\n{text}"
+    k = int(resumed[1].split()[0])
+    before = [int(e) for e in re.findall(rf"train-single epoch (\d+)/{epochs}", first)]
+    after = [int(e) for e in re.findall(rf"train-single epoch (\d+)/{epochs}", resumed[1])]
+    assert len(before) >= 2 and before == list(range(1, len(before) + 1)), text
+    assert 1 <= k < epochs and len(before) - k in (0, 1), (before, k)
+    assert after == list(range(k + 1, epochs + 1)), (after, k)
+    metrics = run.read_json("models/single/metrics.json")
+    assert [h["epoch"] for h in metrics["history"]] == list(range(1, epochs + 1))
+
+    store = open_store(s3_root)
+    assert json.loads(store.read_bytes("latest.json"))["run_id"] == run_id
+    check_submission(run, tiny_dataset)
+    assert set(markers(run)) == {f"stages/{s}.json" for s in jobs}
+
+    code, shown = status(capsys, run_id, s3_root)
+    assert code == 0 and f"run {run_id}: done" in shown
+    for stage, job_id in jobs.items():
+        assert re.search(rf"{stage}\s+done\s+{job_id}\b", shown), shown
+    assert "Job completed successfully" in shown  # the tail of the jobs' logs
+
+    # A finished run resumed submits nothing.
+    code, out, err = launch(capsys, "--resume", run_id, *args)
+    assert code == 0 and "nothing submitted" in out, out + err
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_failed_model_blocks_the_vote_then_resume_redoes_only_what_is_missing(
+    slurm_cluster: None,
+    tiny_dataset: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    store = str(tmp_path / "store")  # a shared path works as well as S3
+    broken = ["+suite.models.broken.task=all", "+suite.models.broken.arch=no_such_net"]
+    code, out, err = launch(capsys, "--wait", *overrides(tiny_dataset, store, tmp_path, *broken))
+    assert code == 1, out + err
+    run_id = run_id_of(out)
+    assert "model broken failed in train-broken" in err and "no_such_net" in err, err
+
+    run = open_store(store).child(f"runs/{run_id}")
+    assert not run.exists("submission.csv") and not open_store(store).exists("latest.json")
+    code, shown = status(capsys, run_id, store)
+    assert code == 1 and f"run {run_id}: failed" in shown
+    assert re.search(r"train-broken\s+failed\s+\S+\s+ConfigError: model.arch='no_such_net'", shown)
+    assert re.search(r"vote\s+(blocked|cancelled)", shown), shown
+    assert re.search(r"predict-single\s+done", shown), shown
+    done_before = markers(run)
+    assert set(done_before) == {f"stages/{s}.json" for s in ("prepare", "train-single",
+                                                              "predict-single")}  # fmt: skip
+
+    # Fixed, the run is resumed: only the broken model and the vote are submitted and run.
+    fixed = ["+suite.models.broken.task=all", "+suite.models.broken.arch=resnet18"]
+    args = overrides(tiny_dataset, store, tmp_path, *fixed)
+    code, out, err = launch(capsys, "--resume", run_id, "--wait", *args)
+    assert code == 0, out + err
+    assert set(submitted_jobs(out)) == {"train-broken", "predict-broken", "vote"}
+    after = markers(run)
+    assert {k: after[k] for k in done_before} == done_before  # nothing complete was redone
+    check_submission(run, tiny_dataset)
+    assert json.loads(open_store(store).read_bytes("latest.json"))["run_id"] == run_id
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_cancel_stops_every_queued_job_of_the_run(
+    slurm_cluster: None, tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = str(tmp_path / "store")
+    code, out, err = launch(capsys, *overrides(tiny_dataset, store, tmp_path))
+    assert code == 0, out + err
+    run_id, jobs = run_id_of(out), submitted_jobs(out)
+
+    assert runs_main(["cancel", run_id, f"store.root={store}"]) == 0
+    out = capsys.readouterr().out
+    assert f"run {run_id}: cancelled job(s)" in out
+    assert set(out.split("job(s)")[1].split()) == set(jobs.values())
+    queued = subprocess.run(
+        [
+            "squeue",
+            "--noheader",
+            "--format=%i",
+            "--states=PENDING,RUNNING,SUSPENDED",
+            f"--jobs={','.join(set(jobs.values()))}",
+        ],
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    assert queued == [], queued
+
+    code, shown = status(capsys, run_id, store)
+    assert code == 1 and f"run {run_id}: failed" in shown
+    assert re.search(r"prepare\s+cancelled", shown) and re.search(r"vote\s+cancelled", shown)
+    assert runs_main(["cancel", run_id, f"store.root={store}"]) == 0
+    assert "nothing queued or running" in capsys.readouterr().out
+
+
+def test_a_failed_stage_job_records_why_for_status(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = str(tmp_path / "store")
+    args = [f"store.root={store}", "run_id=20260101T000000Z-000000", "model_name=single"]
+    write_manifest(load_config(args))
+
+    def train(cfg: object) -> None:
+        raise DataError("shard train-00003 is truncated")
+
+    assert run_job(train, args) == 1
+    assert capsys.readouterr().err.strip() == "error: shard train-00003 is truncated"
+    code, shown = status(capsys, "20260101T000000Z-000000", store)
+    assert code == 1 and "run 20260101T000000Z-000000: failed" in shown
+    assert "model single failed in train-single" in shown
+    assert re.search(r"train-single\s+failed\s+-\s+DataError: shard train-00003", shown), shown
+    assert re.search(r"vote\s+blocked\s+-\s+train-single failed", shown), shown
