@@ -28,6 +28,8 @@ import boto3
 import botocore.config
 import pytest
 
+from pipeline.store import Store, open_store
+
 ACCESS_KEY = "seaweed-test-key"  # SeaweedFS without an IAM config accepts any key pair
 SECRET_KEY = "seaweed-test-secret"
 REGION = "us-east-1"
@@ -195,6 +197,17 @@ def start_seaweed(workdir: Path, timeout: float = 60.0) -> SeaweedServer:
     except BaseException:
         server.stop(grace=0.5)
         raise
+
+
+def upload_tree(folder: Path, uri: str) -> Store:
+    """Copy every file under `folder` to the store at `uri` (keys relative to the folder)."""
+    store = open_store(uri)
+    store.write_many(
+        (p.relative_to(folder).as_posix(), p.read_bytes())
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    )
+    return store
 
 
 @pytest.fixture(scope="session")

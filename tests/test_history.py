@@ -29,6 +29,7 @@ from pipeline.pull import verify
 from pipeline.runs import main as runs_main
 from pipeline.store import LocalStore, open_store
 from tests.conftest import TINY_OVERRIDES
+from tests.seaweed import upload_tree
 
 MakeCfg = Callable[..., DictConfig]
 REPO = Path(__file__).resolve().parents[1]
@@ -132,11 +133,9 @@ def test_the_fingerprint_follows_data_labels_and_config(
 
 
 def test_s3_fingerprint_uses_etags(tiny_dataset: Path, s3_root: str, make_cfg: MakeCfg) -> None:
-    data = open_store(f"{s3_root}/fp-data")
-    files = sorted(p for p in tiny_dataset.rglob("*") if p.is_file())
-    data.write_many((p.relative_to(tiny_dataset).as_posix(), p.read_bytes()) for p in files)
+    data = upload_tree(tiny_dataset, f"{s3_root}/fp-data")
     base = data_fingerprint(make_cfg(f"{s3_root}/fp-data"))
-    assert base["files"] == len(files)
+    assert base["files"] == len([p for p in tiny_dataset.rglob("*") if p.is_file()])
     assert all(v.startswith("etag:") for v in data.checksums("train").values())
     data.write_bytes("eval/info.csv", b"ImageID,ans\n")
     assert data_fingerprint(make_cfg(f"{s3_root}/fp-data"))["sha256"] != base["sha256"]

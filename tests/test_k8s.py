@@ -38,7 +38,7 @@ from pipeline.launch import main as launch_main
 from pipeline.runs import mark_stage_done, run_store
 from pipeline.store import open_store
 from tests.conftest import TINY_OVERRIDES
-from tests.seaweed import SeaweedServer
+from tests.seaweed import SeaweedServer, upload_tree
 
 REPO = Path(__file__).resolve().parents[1]
 #: podFailurePolicy is GA from 1.31, backoffLimitPerIndex from 1.33; also check the newest schema.
@@ -458,12 +458,7 @@ def run_container(container: dict[str, Any], env: dict[str, str], mounts: dict[s
 def test_rendered_pod_commands_run_the_suite_against_s3(
     tiny_dataset: Path, s3_root: str, seaweed: SeaweedServer, tmp_path: Path
 ) -> None:
-    data = open_store(f"{s3_root}/data")
-    data.write_many(
-        (p.relative_to(tiny_dataset).as_posix(), p.read_bytes())
-        for p in sorted(tiny_dataset.rglob("*"))
-        if p.is_file()
-    )
+    upload_tree(tiny_dataset, f"{s3_root}/data")
     overrides = [
         f"data.root={s3_root}/data",
         f"store.root={s3_root}/store",

@@ -23,6 +23,7 @@ from pipeline.runs import root_store, run_store
 from pipeline.store import Store, open_store
 from pipeline.train import train_model
 from pipeline.vote import vote
+from tests.seaweed import upload_tree
 
 MakeCfg = Callable[..., DictConfig]
 REPO = Path(__file__).resolve().parents[1]
@@ -86,12 +87,7 @@ def test_launch_local_end_to_end_then_rerun_is_a_no_op(
 def test_launch_with_data_and_store_on_s3(
     tiny_dataset: Path, make_cfg: MakeCfg, s3_root: str
 ) -> None:
-    data = open_store(f"{s3_root}/data")
-    data.write_many(
-        (p.relative_to(tiny_dataset).as_posix(), p.read_bytes())
-        for p in sorted(tiny_dataset.rglob("*"))
-        if p.is_file()
-    )
+    upload_tree(tiny_dataset, f"{s3_root}/data")
     cfg = make_cfg(f"{s3_root}/data", store=f"{s3_root}/store")
     run_local(cfg)
     run = run_store(cfg)

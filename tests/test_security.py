@@ -27,6 +27,7 @@ from pipeline.runs import run_store
 from pipeline.shards import shard_key
 from pipeline.store import LocalStore, S3Store, open_store
 from pipeline.train import model_key, resume_state
+from tests.seaweed import upload_tree
 
 MakeCfg = Callable[..., DictConfig]
 REPO = Path(__file__).resolve().parents[1]
@@ -186,12 +187,7 @@ def test_eval_ids_naming_other_files_are_not_read(dataset_copy: Path, make_cfg: 
 def test_unsafe_object_keys_in_an_s3_data_root_are_reported_not_read(
     tiny_dataset: Path, make_cfg: MakeCfg, s3_root: str
 ) -> None:
-    data = open_store(f"{s3_root}/data")
-    data.write_many(
-        (p.relative_to(tiny_dataset).as_posix(), p.read_bytes())
-        for p in sorted(tiny_dataset.rglob("*"))
-        if p.is_file()
-    )
+    data = upload_tree(tiny_dataset, f"{s3_root}/data")
     # S3 keys are free text: an object whose name decodes to a path outside eval/images/
     unsafe = "..%2f..%2fsecret.jpg"
     assert isinstance(data, S3Store)
