@@ -196,3 +196,18 @@ def test_inference_copy_folds_batch_norm_and_predicts_the_same() -> None:
     x = torch.randn(4, 3, 32, 24)
     with torch.no_grad():
         assert torch.allclose(fused(x), model(x), atol=1e-4, rtol=1e-3)
+
+
+def test_cuda_placement_follows_the_memory_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The decision only: the GPU's size is faked (no GPU here) as a 16 GB V100's."""
+
+    class V100:
+        total_memory = 16 * 1024**3
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: V100())
+    cuda = torch.device("cuda")
+    full_set = image_bytes(18_900, (512, 384))  # 11.1 GB: more than half of 16 GB
+    assert plan_placement(full_set, cuda, 0.5) == "pinned"
+    assert plan_placement(full_set, cuda, 0.8) == "device"
+    assert plan_placement(image_bytes(18_900, (256, 192)), cuda, 0.5) == "device"
+    assert plan_placement(1, cuda, 0.0) == "pinned"
