@@ -8,6 +8,8 @@ DEMO_DATA       ?= data/generated
 DEMO_PEOPLE     ?= 400
 DEMO_EVAL       ?= 100
 DEMO_OVERRIDES  ?= train.image_size=[64,48] train.epochs=10
+# A second `make demo` finds data and config unchanged and says "skipped"; DEMO_FLAGS=--force retrains.
+DEMO_FLAGS      ?=
 
 .PHONY: install demo test lint format clean results lint-deploy browser bench
 
@@ -21,7 +23,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	test -f $(DEMO_DATA)/train/train.csv || \
 	  $(BIN)/python -m pipeline.synth $(DEMO_DATA) --people $(DEMO_PEOPLE) --eval-people $(DEMO_EVAL) --seed 0
-	$(BIN)/python -m pipeline.launch data.root=$(DEMO_DATA) $(DEMO_OVERRIDES)
+	$(BIN)/python -m pipeline.launch $(DEMO_FLAGS) data.root=$(DEMO_DATA) $(DEMO_OVERRIDES)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

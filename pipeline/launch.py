@@ -26,6 +26,7 @@ from pipeline.fingerprint import FINGERPRINT_KEY, data_fingerprint
 from pipeline.history import read_latest
 from pipeline.predict import predict_model
 from pipeline.prepare import prepare
+from pipeline.report import REPORT_KEY
 from pipeline.runs import new_run_id, root_store, run_store
 from pipeline.train import train_model
 from pipeline.vote import SUBMISSION_KEY, VOTE_KEY, vote
@@ -61,6 +62,7 @@ def summary_lines(cfg: DictConfig, result: dict[str, Any], seconds: float) -> li
         f"run {cfg.run_id} finished in {seconds:.0f} s",
         f"  submission: {run.uri_of(SUBMISSION_KEY)}",
         f"  scores:     {run.uri_of(VOTE_KEY)}",
+        f"  report:     {run.uri_of(REPORT_KEY)}",
         "  val macro F1 / accuracy:",
     ]
     for c in result["candidates"]:
