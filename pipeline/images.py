@@ -36,6 +36,22 @@ JPEG_MAGIC = b"\xff\xd8"
 TRANSPOSED = (5, 6, 7, 8)
 
 
+def exif_orientation(im: Image.Image) -> int:
+    """The EXIF orientation tag of an opened image (1, upright, when absent)."""
+    return int(im.getexif().get(0x0112, 1))
+
+
+def plain_jpeg(data: bytes) -> bool:
+    """A JPEG with no EXIF rotation: what a GPU decoder that ignores EXIF can decode as is."""
+    if not data.startswith(JPEG_MAGIC):
+        return False
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return exif_orientation(im) == 1
+    except Exception:  # unreadable header: leave it to the CPU decoders and their errors
+        return False
+
+
 def decode_reduced_jpeg(data: bytes, size: Sequence[int]) -> torch.Tensor | None:
     """A JPEG decoded at a reduced scale (1/2, 1/4, 1/8: libjpeg skips the fine DCT terms), still
     at least `size` = (H, W) after EXIF rotation; None when no reduction applies.
@@ -47,7 +63,7 @@ def decode_reduced_jpeg(data: bytes, size: Sequence[int]) -> torch.Tensor | None
         return None
     h, w = int(size[0]), int(size[1])
     with Image.open(io.BytesIO(data)) as im:
-        transposed = im.getexif().get(0x0112, 1) in TRANSPOSED
+        transposed = exif_orientation(im) in TRANSPOSED
         want = (h, w) if transposed else (w, h)  # PIL sizes are (width, height), before rotation
         if im.width < 2 * want[0] or im.height < 2 * want[1]:
             return None

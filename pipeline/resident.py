@@ -24,7 +24,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2 import functional as F
 
 from pipeline.errors import ConfigError
-from pipeline.images import decode_resized, load_images
+from pipeline.images import decode_resized, load_images, plain_jpeg
 from pipeline.shards import read_shard
 from pipeline.store import Store
 
@@ -121,28 +121,30 @@ def as_resident(images: torch.Tensor | ResidentImages, device: torch.device) -> 
 
 
 def decode_batch(blobs: Sequence[bytes], size: Sequence[int], device: torch.device) -> torch.Tensor:
-    """Decode and resize encoded images on `device` in one nvJPEG call (CPU works too).
+    """Decode and resize encoded images on `device`: plain JPEGs in one nvJPEG call (CPU works
+    too), the rest — PNGs, EXIF-rotated JPEGs (nvJPEG ignores EXIF) — with the CPU decoder.
 
-    A batch nvJPEG rejects (a PNG, a CMYK JPEG, ...) is decoded image by image, each falling back
-    to the CPU decoder, so one odd file does not stop the job.
+    If nvJPEG rejects the batch (a CMYK JPEG, say), its images are decoded one by one, each
+    falling back to the CPU decoder, so one odd file does not stop the job.
     """
     h, w = int(size[0]), int(size[1])
-    raw = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs]
+    out = torch.empty((len(blobs), 3, h, w), dtype=torch.uint8, device=device)
+    on_gpu = [i for i, blob in enumerate(blobs) if plain_jpeg(blob)]
+    raw = [torch.frombuffer(bytearray(blobs[i]), dtype=torch.uint8) for i in on_gpu]
     try:
-        decoded = decode_jpeg(raw, mode=ImageReadMode.RGB, device=device)
+        decoded = decode_jpeg(raw, mode=ImageReadMode.RGB, device=device) if raw else []
     except RuntimeError:
-        decoded = []
-        for blob, data in zip(blobs, raw, strict=True):
+        decoded = [None] * len(on_gpu)
+    for i, data, img in zip(on_gpu, raw, decoded, strict=True):
+        if img is None:
             try:
-                decoded.append(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
+                img = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
             except RuntimeError:
-                decoded.append(decode_resized(blob, size).to(device))
-    return torch.stack(
-        [
-            img if img.shape[-2:] == (h, w) else F.resize(img, [h, w], antialias=True)
-            for img in decoded
-        ]
-    )
+                img = decode_resized(blobs[i], size)
+        out[i] = img if img.shape[-2:] == (h, w) else F.resize(img, [h, w], antialias=True)
+    for i in sorted(set(range(len(blobs))) - set(on_gpu)):
+        out[i] = decode_resized(blobs[i], size)
+    return out
 
 
 def load_resident(

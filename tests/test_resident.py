@@ -15,6 +15,7 @@ import pytest
 import torch
 from omegaconf import DictConfig
 from PIL import Image
+from torchvision.io import decode_jpeg
 
 from pipeline.augment import BatchAugment
 from pipeline.device import Runtime
@@ -120,6 +121,17 @@ def test_reduced_jpeg_decoding_applies_exif_rotation() -> None:
     assert img.shape == (3, 128, 96)
     reduced = decode_reduced_jpeg(blob, (128, 96))
     assert reduced is not None and reduced.shape[-2:] == (128, 96)
+
+
+def test_decode_batch_leaves_exif_rotated_jpegs_to_the_cpu_decoder() -> None:
+    """nvJPEG ignores EXIF: a rotated photo must come out upright, as the CPU path makes it."""
+    rotated = smooth_jpeg((60, 80), orientation=6)  # stored landscape, shown portrait
+    upright = smooth_jpeg((80, 60))
+    batch = decode_batch([upright, rotated], (40, 30), CPU)
+    expected = decode_resized(rotated, (40, 30))
+    assert (batch[1].float() - expected.float()).abs().mean() < 2
+    stored_way = decode_jpeg(torch.frombuffer(bytearray(rotated), dtype=torch.uint8))
+    assert stored_way.shape[-2:] == (60, 80)  # what an EXIF-blind decode would have resized
 
 
 def test_training_from_staged_images_equals_training_from_a_tensor() -> None:
