@@ -46,18 +46,19 @@ def model_config(cfg: DictConfig) -> dict[str, Any]:
     return config
 
 
-def input_files(cfg: DictConfig) -> dict[str, str]:
-    """Every input object → "<size>:<content id>", keyed by its full URI."""
-    files: dict[str, str] = {}
+def input_files(cfg: DictConfig) -> dict[str, tuple[int, str]]:
+    """Every input object's full URI → (size, content id)."""
+    files: dict[str, tuple[int, str]] = {}
     for root in [str(cfg.data.root), *(str(r) for r in cfg.data.get("extra_roots") or [])]:
         store = open_store(root, workers=int(cfg.store.workers))
         for prefix in INPUT_PREFIXES:
             sizes = store.sizes(prefix)
             for key, checksum in store.checksums(prefix).items():
-                files[store.uri_of(key)] = f"{sizes.get(key, -1)}:{checksum}"
+                files[store.uri_of(key)] = (sizes.get(key, -1), checksum)
     if cfg.data.get("label_fix"):
         uri = str(cfg.data.label_fix)
-        files[uri] = f"sha256:{hashlib.sha256(read_uri(uri)).hexdigest()}"
+        data = read_uri(uri)
+        files[uri] = (len(data), f"sha256:{hashlib.sha256(data).hexdigest()}")
     return files
 
 
@@ -71,5 +72,5 @@ def data_fingerprint(cfg: DictConfig) -> dict[str, Any]:
         "data_sha256": data_sha,
         "config_sha256": config_sha,
         "files": len(files),
-        "bytes": sum(int(v.split(":", 1)[0]) for v in files.values() if v[0].isdigit()),
+        "bytes": sum(size for size, _ in files.values()),
     }

@@ -40,14 +40,16 @@ def read_latest(root: Store) -> dict[str, Any] | None:
 
 
 def move_latest(root: Store, run: Store, run_id: str) -> bool:
-    """Point latest.json at `run_id` (whose vote just succeeded) unless a newer run is there.
+    """Point latest.json at `run_id` (whose vote just succeeded) unless it or a newer run is
+    already there (a rerun of a finished vote changes nothing). Returns whether it moved.
 
-    Returns whether it moved. The record holds the run id, the time, the vote's scores and the
-    run's data fingerprint (used to skip a nightly run when nothing changed).
+    The record holds the run id, the time, the vote's scores and the run's data fingerprint
+    (used to skip a nightly run when nothing changed).
     """
     current = read_latest(root)
-    if current is not None and str(current["run_id"]) > run_id:
-        log.info("latest.json stays at the newer run %s", current["run_id"])
+    if current is not None and str(current["run_id"]) >= run_id:
+        if str(current["run_id"]) > run_id:
+            log.info("latest.json stays at the newer run %s", current["run_id"])
         return False
     vote = run.read_json("vote.json")
     record = {

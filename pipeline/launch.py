@@ -127,10 +127,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = load_config(args.overrides)
         if args.resume:
             cfg.run_id = args.resume
-        if not cfg.get("run_id") and not args.dry_run:
-            fingerprint = data_fingerprint(cfg)
-            latest = read_latest(root_store(cfg))
-            if not args.force and unchanged_since(latest, fingerprint):
+        if not cfg.get("run_id"):
+            # A new run (a dry run only renders manifests: it reads no data).
+            fingerprint = None if args.dry_run else data_fingerprint(cfg)
+            latest = None if args.dry_run else read_latest(root_store(cfg))
+            if fingerprint and not args.force and unchanged_since(latest, fingerprint):
                 print(
                     f"skipped: data and configuration unchanged since run {latest['run_id']} "
                     f"(fingerprint {fingerprint['sha256'][:12]}, {fingerprint['files']} input "
@@ -138,9 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
                 return 0
             cfg.run_id = new_run_id()
-            run_store(cfg).write_json(FINGERPRINT_KEY, fingerprint)
-        if not cfg.get("run_id"):
-            cfg.run_id = new_run_id()
+            if fingerprint:
+                run_store(cfg).write_json(FINGERPRINT_KEY, fingerprint)
         if args.cluster == "slurm":
             from pipeline.slurm import launch_slurm
 

@@ -386,29 +386,36 @@ def resume_state(run: Store, name: str) -> dict[str, Any] | None:
     if not run.exists(key):
         return None
     needed = ("model", "optimizer", "generator", "epoch", "history")
-    for checked in (key, checkpoint_key(name)):
+
+    def usable(key: str, check: Callable[[Any], None] = lambda _: None) -> Any | None:
+        """`key` loaded (and checked), or None with a warning when it cannot be used."""
         try:
-            state = load_torch(run, checked)
-            if checked == key and (not isinstance(state, dict) or not set(needed) <= set(state)):
-                raise ValueError(f"not a training state with {', '.join(needed)}")
+            state = load_torch(run, key)
+            check(state)
+            return state
         except StoreKeyNotFound:
-            log.warning("%s is missing: training model %s from scratch", run.uri_of(checked), name)
-            return None
+            log.warning("%s is missing: training model %s from scratch", run.uri_of(key), name)
         except StoreError:
             raise
         except Exception as e:  # torch.load raises many types for corrupt or unsafe files
             reason = (str(e).strip().splitlines() or [""])[0][:200]
             log.warning(
                 "%s is unusable (%s: %s): training model %s from scratch",
-                run.uri_of(checked),
+                run.uri_of(key),
                 type(e).__name__,
                 reason,
                 name,
             )
-            return None
-        if checked == key:
-            resumed = state
-    return resumed
+        return None
+
+    def training_state(state: Any) -> None:
+        if not isinstance(state, dict) or not set(needed) <= set(state):
+            raise ValueError(f"not a training state with {', '.join(needed)}")
+
+    state = usable(key, training_state)
+    if state is None or usable(checkpoint_key(name)) is None:
+        return None
+    return state
 
 
 def train(cfg: DictConfig) -> dict[str, dict[str, Any]]:

@@ -169,6 +169,7 @@ def test_latest_never_moves_backwards(tmp_path: Path) -> None:
     newer, older = (root.child(f"runs/{r}") for r in reversed(run_ids(root)))
     assert move_latest(root, newer, "20260102T000000Z-bbbbbb")
     assert not move_latest(root, older, "20260101T000000Z-aaaaaa")
+    assert not move_latest(root, newer, "20260102T000000Z-bbbbbb")  # a rerun: nothing to do
     assert read_latest(root)["run_id"] == "20260102T000000Z-bbbbbb"
     root.write_text("latest.json", '{"nothing": 1}')
     with pytest.raises(StoreError, match="does not name a run"):
