@@ -4,7 +4,7 @@
   only by a vote that finished, and only moves forward: a run that finishes after a newer one
   (run ids sort by start time) leaves the newer one in place.
 - `python -m pipeline.runs list` shows every run with its state and scores.
-- After each successful vote, model checkpoints (`models/*/checkpoint.pt`, `last.pt`: 45 MB per
+- After each successful vote, model checkpoints (`models/*/checkpoint.pt`, `last.pt`: 180 MB per
   ResNet-18 model) of runs older than the newest `store.keep_checkpoints` runs are deleted; the
   latest run's never are. Predictions, submissions, metrics and reports are kept.
 """

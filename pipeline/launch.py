@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from omegaconf import DictConfig
@@ -27,7 +27,7 @@ from pipeline.history import read_latest
 from pipeline.predict import predict_model
 from pipeline.prepare import prepare
 from pipeline.report import REPORT_KEY
-from pipeline.runs import new_run_id, root_store, run_store
+from pipeline.runs import mark_stage_failed, new_run_id, root_store, run_store
 from pipeline.train import train_model
 from pipeline.vote import SUBMISSION_KEY, VOTE_KEY, vote
 
@@ -37,17 +37,26 @@ CLUSTERS = ("local", "slurm", "k8s")
 def run_local(cfg: DictConfig) -> dict[str, Any]:
     """Run every stage of the suite for `cfg.run_id` (new when null) on this machine.
 
-    Returns vote.json's content. Stages raise PipelineError subclasses on failure; `latest.json`
-    only moves when the vote succeeds.
+    Returns vote.json's content. A stage that fails raises its PipelineError after recording it in
+    the run (`jobs/<stage>.json`, as a cluster job does); `latest.json` only moves when the vote
+    succeeds.
     """
     if not cfg.get("run_id"):
         cfg.run_id = new_run_id()
     model_specs(cfg)  # fail on a suite without models before any work
-    prepare(cfg)
+    steps: list[tuple[str, Callable[[], Any]]] = [("prepare", lambda: prepare(cfg))]
     for name in model_specs(cfg):
-        train_model(cfg, name)
-        predict_model(cfg, name)
-    return vote(cfg)
+        steps.append((f"train-{name}", lambda name=name: train_model(cfg, name)))
+        steps.append((f"predict-{name}", lambda name=name: predict_model(cfg, name)))
+    steps.append(("vote", lambda: vote(cfg)))
+    result = None
+    for stage, step in steps:
+        try:
+            result = step()
+        except PipelineError as e:
+            mark_stage_failed(run_store(cfg), stage, f"{type(e).__name__}: {e}")
+            raise
+    return result
 
 
 def unchanged_since(latest: dict[str, Any] | None, fingerprint: dict[str, Any]) -> bool:

@@ -79,7 +79,8 @@ def test_latest_moves_only_when_a_run_succeeds(two_runs: dict) -> None:
     assert len(two_runs["runs_after_failure"]) == 2  # the failed run exists in the store ...
     assert two_runs["after_failure"] == first  # ... but latest.json did not move
     failed = run_summary(store, two_runs["runs_after_failure"][1])
-    assert failed["state"] != "succeeded" and "vote" not in failed["stages_done"]
+    assert failed["state"] == "failed" and "vote" not in failed["stages_done"]
+    assert failed["failed"][0].startswith("train-single: DataError")
     manifest = store.read_json(f"runs/{first['run_id']}/manifest.json")
     assert manifest["state"] == "succeeded"
     assert manifest["data_fingerprint"]["sha256"] == first["fingerprint"]["sha256"]
