@@ -1,12 +1,16 @@
 # The suite's image: every stage of a run (python -m jobs.*) and the launcher
 # (python -m pipeline.launch --cluster k8s) run from it. Build and push it (README, "Kubernetes and
 # the container image"):
-#   docker build -t registry.example.com/masksuite:0.1.0 . && docker push registry.example.com/masksuite:0.1.0
+#   make image IMAGE=registry.example.com/masksuite:0.1.0 && podman push registry.example.com/masksuite:0.1.0
+#   (or docker build -t registry.example.com/masksuite:0.1.0 . && docker push ...)
+# Where the base cannot be pulled, `make image` builds this file unchanged on a stand-in of it
+# (container/standin-base.sh), for tests only.
 #
 # Official PyTorch runtime image, pinned. PyTorch's CUDA 12.6 builds still ship kernels for V100
 # (sm_70), which its CUDA 12.8+ builds dropped; the driver on the nodes must support CUDA 12.6.
-# It brings Python 3.11, torch 2.7.1 and torchvision 0.22.1, so pip keeps them and only adds the
-# suite's other dependencies.
+# It brings Python 3.11 (/opt/conda/bin first on PATH, pip included), torch 2.7.1 and torchvision
+# 0.22.1, so pip keeps them and only adds the suite's other dependencies. It has no C compiler, so
+# train.compile=true is refused in this image (pipeline/device.py require_compiler).
 FROM pytorch/pytorch:2.7.1-cuda12.6-cudnn9-runtime
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

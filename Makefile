@@ -11,7 +11,7 @@ DEMO_OVERRIDES  ?= train.image_size=[64,48] train.epochs=10
 # A second `make demo` finds data and config unchanged and says "skipped"; DEMO_FLAGS=--force retrains.
 DEMO_FLAGS      ?=
 
-.PHONY: install demo test lint format clean results lint-deploy browser bench
+.PHONY: install demo test lint format clean results lint-deploy browser bench image podman
 
 install: $(STAMP)
 
@@ -29,8 +29,8 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint lint-deploy browser
-	$(BIN)/python -m pytest
+test: lint lint-deploy browser image
+	MASKSUITE_IMAGE=$(IMAGE) $(BIN)/python -m pytest
 
 # Headless Chromium for the report test (Debian's package; needs root on a machine without it).
 browser:
@@ -74,7 +74,9 @@ lint-deploy: $(STAMP) $(TOOLS_STAMP)
 	$(BIN)/hadolint Dockerfile
 	rm -rf $(RENDERED) && mkdir -p $(RENDERED)
 	$(BIN)/python -m pipeline.launch --cluster k8s --dry-run suite=seed run_id=20260101T000000Z-000000 \
-	  > $(RENDERED)/jobs.yaml
+	  store.root=s3://mask-runs/nightly data.root=s3://datasets/mask > $(RENDERED)/launcher.yaml
+	$(BIN)/python -m pipeline.launch --cluster k8s --show-jobs suite=seed run_id=20260101T000000Z-000000 \
+	  store.root=s3://mask-runs/nightly data.root=s3://datasets/mask > $(RENDERED)/jobs.yaml
 	$(BIN)/kubernetes-validate --strict --quiet -k $(K8S_VERSION) k8s/*.yaml k8s/*/*.yaml $(RENDERED)/*.yaml
 	$(TOOLS)/bin/checkov --quiet --compact --skip-download -f Dockerfile
 	$(TOOLS)/bin/checkov --quiet --compact --skip-download -d k8s
@@ -96,3 +98,25 @@ slurm-up:
 
 slurm-down:
 	bash slurm/local/down.sh
+
+# The container image (README "Kubernetes and the container image"), built from Dockerfile with
+# podman (Debian's package; installed with apt-get when missing, so root is needed there).
+# Its base, $(BASE_IMAGE), is pulled when it can be. Where it cannot (our build machines have no
+# registry access), container/standin-base.sh makes a STAND-IN under the same name: Debian
+# bookworm with Python 3.11 and the same torch 2.7.1 / torchvision 0.22.1 (CUDA 12.6, V100
+# kernels) in /opt/conda, about 5 minutes once per machine. It is not the real base: push images
+# built on the real one (build where it can be pulled). podman reads container/containers.conf
+# (runc and ulimits this machine needs).
+IMAGE      ?= localhost/masksuite:0.1.0
+BASE_IMAGE := $(shell awk '/^FROM /{print $$2; exit}' Dockerfile)
+export CONTAINERS_CONF := $(CURDIR)/container/containers.conf
+
+podman:
+	command -v podman >/dev/null && command -v debootstrap >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	   podman runc debootstrap fuse-overlayfs slirp4netns uidmap containernetworking-plugins openssl)
+
+image: podman
+	bash container/standin-base.sh $(BASE_IMAGE)
+	podman build --quiet --pull=never --network=host -t $(IMAGE) .
+	podman image prune --force >/dev/null   # earlier builds of the tag (~0.8 GB each)

@@ -3,22 +3,75 @@
 from __future__ import annotations
 
 import contextlib
+import logging
+import math
 import os
+import shutil
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
 
 from pipeline.errors import ConfigError
 
+log = logging.getLogger("pipeline.device")
+
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+#: Set by the Kubernetes pods to the container's CPU limit (downward API, see pipeline.k8s).
+CPU_LIMIT_ENV = "MASKSUITE_CPU_LIMIT"
+
+
+def cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """The CPU quota of this process's cgroup in CPUs (cgroup v2 `cpu.max`, or v1
+    `cpu.cfs_quota_us` / `cpu.cfs_period_us`); None when unlimited or unreadable."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    for v1 in (root / "cpu,cpuacct", root / "cpu"):
+        try:
+            quota = int((v1 / "cpu.cfs_quota_us").read_text())
+            period = int((v1 / "cpu.cfs_period_us").read_text())
+        except (OSError, ValueError):
+            continue
+        return None if quota <= 0 or period <= 0 else quota / period
+    return None
+
+
+def available_cpus(
+    env: dict[str, str] | None = None, cgroup_root: Path = Path("/sys/fs/cgroup")
+) -> int:
+    """CPUs this process may keep busy: the cores it may run on (sched_getaffinity), capped by
+    its container's CPU limit: `MASKSUITE_CPU_LIMIT` (a Kubernetes pod's `limits.cpu`, through the
+    downward API) and the cgroup's CPU quota, each rounded up to whole CPUs. In a pod, affinity
+    alone reports every core of the node, and a pod limited to 8 CPUs running 64 threads is
+    throttled to a crawl."""
+    env = os.environ if env is None else env
+    cpus = len(os.sched_getaffinity(0))
+    limits = []
+    text = env.get(CPU_LIMIT_ENV, "").strip()
+    if text:
+        try:
+            limits.append(float(text))
+        except ValueError:
+            log.warning("%s=%r is not a number of CPUs; ignored", CPU_LIMIT_ENV, text)
+    quota = cgroup_cpu_quota(cgroup_root)
+    if quota is not None:
+        limits.append(quota)
+    for limit in limits:
+        if limit > 0:
+            cpus = min(cpus, max(1, math.ceil(limit)))
+    return cpus
 
 
 def cpu_threads(cfg: DictConfig) -> int:
-    """Threads for torch and decoding: `train.num_threads`, or every core this process may use."""
-    return int(cfg.train.get("num_threads") or 0) or len(os.sched_getaffinity(0))
+    """Threads for torch and decoding: `train.num_threads`, or every CPU this process may use
+    (`available_cpus`: its cores, capped by its container's CPU limit)."""
+    return int(cfg.train.get("num_threads") or 0) or available_cpus()
 
 
 @dataclass(frozen=True)
@@ -34,8 +87,36 @@ def setup_runtime(cfg: DictConfig) -> Runtime:
     """Resolve `train.device`, `train.precision` and `train.num_threads`; set torch's threads."""
     threads = cpu_threads(cfg)
     torch.set_num_threads(threads)
+    log.info("%d CPU thread(s)", threads)
     device = pick_device(str(cfg.train.device))
     return Runtime(device, pick_precision(str(cfg.train.precision), device), threads)
+
+
+def compiler_for(device: torch.device, env: dict[str, str] | None = None) -> str | None:
+    """The compiler torch.compile (inductor) would build its kernels with on `device`: a C++
+    compiler for CPU kernels (CXX, else g++, clang++ or c++), a C compiler for Triton's GPU
+    launchers (CC, else cc, gcc or clang). None when there is none on PATH."""
+    env = os.environ if env is None else env
+    if device.type == "cpu":
+        var, programs = "CXX", ("g++", "clang++", "c++")
+    else:
+        var, programs = "CC", ("cc", "gcc", "clang")
+    for program in [env.get(var, ""), *programs]:
+        if program and shutil.which(program.split()[0], path=env.get("PATH")):
+            return program
+    return None
+
+
+def require_compiler(device: torch.device) -> None:
+    """Refuse `train.compile=true` where inductor cannot build kernels: the PyTorch runtime images
+    have no C compiler, and without one compiling fails at the first training step."""
+    if compiler_for(device) is None:
+        kind = "C++" if device.type == "cpu" else "C"
+        raise ConfigError(
+            f"train.compile=true needs a {kind} compiler to build {device.type} kernels, and none "
+            "is on PATH (the PyTorch runtime images, ours included, have none): set "
+            "train.compile=false, or build an image with gcc/g++ installed"
+        )
 
 
 def pick_device(name: str) -> torch.device:

@@ -1,6 +1,8 @@
 """Run a suite on Kubernetes: `python -m pipeline.launch --cluster k8s [--dry-run] [overrides]`.
 
-A run is three Jobs in the configured namespace (settings: `pipeline/conf/k8s/default.yaml`):
+A run is three Jobs in the configured namespace (settings: `pipeline/conf/k8s/default.yaml`),
+created one after another by the launcher, a process that runs this module's driver (in the
+nightly CronJob's pod, in the launcher Job that `--dry-run` prints, or on a workstation):
 1. `<prefix>-<run>-prepare`: `python -m jobs.prepare`;
 2. `<prefix>-<run>-train`: an Indexed Job, one index per model of the suite (`JOB_COMPLETION_INDEX`
    selects it), one GPU a pod, that trains then predicts its model (`python -m jobs.model`);
@@ -9,10 +11,15 @@ A run is three Jobs in the configured namespace (settings: `pipeline/conf/k8s/de
 3. `<prefix>-<run>-vote`: `python -m jobs.vote`.
 
 The module has two halves: rendering (pure functions from the config to manifest dicts) and the
-driver (`run_jobs`), which creates the Jobs in order with any object that has the three methods of
+driver (`run_jobs`), which creates the Jobs in order with any object that has the methods of
 `JobsApi` (the official client's `BatchV1Api`, or a fake in tests), waits on each and stops at the
-first failure. Every pod first waits for the stage markers its stage needs (an init container), so
-the `--dry-run` output also works when applied all at once with `kubectl apply -f -`.
+first failure. A Job is created only when the stages it needs are done, so no pod waits (and no
+GPU is held) for an earlier stage, and each Job's `activeDeadlineSeconds` times its own work.
+
+Every Job carries the run id (annotation, exact) and the run's data fingerprint (label), so that a
+launcher started again (the nightly CronJob after a launcher died, or the launcher Job's pod
+retried after a node drain) finds the run still active with the same inputs and follows it
+instead of starting a second one beside it (`active_run`).
 """
 
 from __future__ import annotations
@@ -29,8 +36,9 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.config import model_specs
+from pipeline.device import CPU_LIMIT_ENV
 from pipeline.errors import ConfigError, PipelineError, StageFailed
-from pipeline.runs import require_run_id, run_store, stage_done
+from pipeline.runs import require_run_id
 
 log = logging.getLogger("pipeline.k8s")
 
@@ -40,10 +48,13 @@ STAGES = ("prepare", "train", "vote")
 SCRATCH_DIR = "/scratch"
 TMP_DIR = "/tmp"
 #: Overrides the launcher sets itself for each pod; the user's values for them are dropped.
-OWN_KEYS = ("run_id", "model_name", "wait_for")
-#: Label keys on the Jobs and their pods.
+OWN_KEYS = ("run_id", "model_name")
+#: Label keys on the Jobs and their pods (label values are lower case, at most 63 characters).
 RUN_LABEL = "masksuite/run-id"
 STAGE_LABEL = "masksuite/stage"
+FINGERPRINT_LABEL = "masksuite/fingerprint"
+#: Annotation with the exact run id (run ids have upper-case letters; labels are lowered).
+RUN_ANNOTATION = "masksuite/run-id"
 
 
 # --------------------------------------------------------------------------------------------
@@ -70,6 +81,23 @@ def pass_through(overrides: Iterable[str]) -> list[str]:
     return kept
 
 
+def check_cluster_paths(cfg: DictConfig) -> None:
+    """Refuse paths the pods cannot share: `store.root` must be object storage (every pod writes
+    to it and the next stage reads it), and a local `data.root` must be absolute (a folder baked
+    into the image; a relative one would resolve against each pod's empty working directory)."""
+    store_root, data_root = str(cfg.store.root), str(cfg.data.root)
+    if not store_root.startswith("s3://"):
+        raise ConfigError(
+            f"store.root={store_root!r} is a local folder: Kubernetes pods run on different nodes "
+            "and cannot share it; use object storage, e.g. store.root=s3://bucket/prefix"
+        )
+    if not data_root.startswith("s3://") and not data_root.startswith("/"):
+        raise ConfigError(
+            f"data.root={data_root!r} is a relative local path, which no pod has; use "
+            "s3://bucket/prefix (or an absolute path of a folder inside the image)"
+        )
+
+
 def _plain(node: Any) -> Any:
     """A config node as plain Python data (dicts and lists); None stays None."""
     return OmegaConf.to_container(node, resolve=True) if node is not None else None
@@ -94,6 +122,12 @@ def container_env(cfg: DictConfig) -> list[dict[str, Any]]:
         {"name": "WANDB_CONFIG_DIR", "value": f"{home}/.config/wandb"},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
         {"name": "AWS_DEFAULT_REGION", "value": str(k.s3.region)},
+        # The container's CPU limit (whole CPUs, rounded up): thread pools are sized from it,
+        # not from the node's cores that sched_getaffinity reports inside a pod.
+        {
+            "name": CPU_LIMIT_ENV,
+            "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu", "divisor": "1"}},
+        },
     ]
     if k.s3.endpoint:
         env.append({"name": "AWS_ENDPOINT_URL", "value": str(k.s3.endpoint)})
@@ -130,10 +164,11 @@ CHECKOV_SKIPS = {
     "CKV_K8S_43": "the image is configurable (k8s.image); pin it by digest there for immutability",
     "CKV2_K8S_6": "k8s/networkpolicy.yaml denies ingress to every pod of the namespace",
 }
-#: Resources of the init container that only polls the store.
-WAIT_RESOURCES = {
-    "requests": {"cpu": "100m", "memory": "256Mi"},
-    "limits": {"cpu": "500m", "memory": "512Mi"},
+#: Pods evicted, preempted or deleted by a node drain get the DisruptionTarget condition: such a
+#: failure is not counted against the Job's backoff limit and the pod is started again.
+DISRUPTION_RULE = {
+    "action": "Ignore",
+    "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
 }
 
 
@@ -174,40 +209,32 @@ def stage_command(cfg: DictConfig, stage: str, overrides: Sequence[str]) -> list
     return ["python", "-m", module, *pass_through(overrides), f"run_id={require_run_id(cfg)}"]
 
 
-def prerequisites(cfg: DictConfig, stage: str) -> list[str]:
-    """The stage markers a stage needs before it can start (see pipeline.runs.stage_done)."""
-    if stage == "train":
-        return ["prepare"]
-    if stage == "vote":
-        return [f"predict-{name}" for name in model_specs(cfg)]
-    return []
+def run_labels(cfg: DictConfig, component: str, fingerprint: str | None) -> dict[str, str]:
+    """Labels of a run's Jobs and pods: the component, the run id and the data fingerprint."""
+    labels = {
+        "app.kubernetes.io/name": "masksuite",
+        "app.kubernetes.io/component": component,
+        RUN_LABEL: require_run_id(cfg).lower(),
+    }
+    if fingerprint:
+        labels[FINGERPRINT_LABEL] = fingerprint_label(fingerprint)
+    return labels
 
 
-def wait_command(cfg: DictConfig, stage: str, overrides: Sequence[str]) -> list[str]:
-    """The init container's command: wait until the stage's prerequisites are done."""
-    needed = ",".join(prerequisites(cfg, stage))
-    return [
-        "python",
-        "-m",
-        "jobs.wait",
-        *pass_through(overrides),
-        f"run_id={require_run_id(cfg)}",
-        f"+wait_for=[{needed}]",
-    ]
+def fingerprint_label(sha256: str) -> str:
+    """A fingerprint as a label value (at most 63 characters): its first 40 hex digits."""
+    return sha256[:40].lower()
 
 
-def stage_job(cfg: DictConfig, stage: str, overrides: Sequence[str] = ()) -> dict[str, Any]:
+def stage_job(
+    cfg: DictConfig, stage: str, overrides: Sequence[str] = (), fingerprint: str | None = None
+) -> dict[str, Any]:
     """The Job manifest of one stage of `cfg.run_id` (`train` is an Indexed Job)."""
     if stage not in STAGES:
         raise ConfigError(f"unknown stage {stage!r}; valid: {list(STAGES)}")
     k = cfg.k8s
     name = job_name(cfg, stage)
-    labels = {
-        "app.kubernetes.io/name": "masksuite",
-        "app.kubernetes.io/component": stage,
-        RUN_LABEL: require_run_id(cfg).lower(),
-        STAGE_LABEL: stage,
-    }
+    labels = {**run_labels(cfg, stage, fingerprint), STAGE_LABEL: stage}
     node_selector = dict(_plain(k.node_selector) or {})
     tolerations = list(_plain(k.tolerations) or [])
     if stage == "train":
@@ -226,30 +253,25 @@ def stage_job(cfg: DictConfig, stage: str, overrides: Sequence[str] = ()) -> dic
             {"name": "tmp", "emptyDir": {"sizeLimit": str(k.scratch_size)}},
         ],
     }
-    if prerequisites(cfg, stage):
-        wait = wait_command(cfg, stage, overrides)
-        pod["initContainers"] = [container(cfg, "wait", wait, WAIT_RESOURCES)]
+    if stage == "train":
+        # GPU pods: a PriorityClass (to preempt, or be preempted by, other work) and a
+        # RuntimeClass (e.g. "nvidia" where the GPU runtime is not the node's default).
+        if k.get("train_priority_class"):
+            pod["priorityClassName"] = str(k.train_priority_class)
+        if k.get("train_runtime_class"):
+            pod["runtimeClassName"] = str(k.train_runtime_class)
     if node_selector:
         pod["nodeSelector"] = node_selector
     if tolerations:
         pod["tolerations"] = tolerations
     if k.image_pull_secrets:
         pod["imagePullSecrets"] = [{"name": str(s)} for s in k.image_pull_secrets]
-    annotations = {f"checkov.io/skip{i}": f"{check}={why}"
-                   for i, (check, why) in enumerate(CHECKOV_SKIPS.items(), start=1)}  # fmt: skip
     spec: dict[str, Any] = {
         "activeDeadlineSeconds": int(k.active_deadline_seconds[stage]),
         "ttlSecondsAfterFinished": int(k.ttl_seconds_after_finished),
         # Pods evicted, preempted or deleted by a node drain get DisruptionTarget: retry them
         # without counting the failure (training resumes from models/<name>/last.pt).
-        "podFailurePolicy": {
-            "rules": [
-                {
-                    "action": "Ignore",
-                    "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
-                }
-            ]
-        },
+        "podFailurePolicy": {"rules": [DISRUPTION_RULE]},
         "template": {"metadata": {"labels": dict(labels)}, "spec": pod},
     }
     if stage == "train":
@@ -263,27 +285,107 @@ def stage_job(cfg: DictConfig, stage: str, overrides: Sequence[str] = ()) -> dic
         )
     else:
         spec.update(completions=1, parallelism=1, backoffLimit=int(k.backoff_limit))
+    return job_manifest(cfg, name, labels, CHECKOV_SKIPS, spec)
+
+
+def job_manifest(
+    cfg: DictConfig, name: str, labels: dict[str, str], skips: dict[str, str], spec: dict[str, Any]
+) -> dict[str, Any]:
+    """A Job of the run: its labels, the exact run id and the checkov skips (with their reasons)
+    as annotations."""
+    annotations = {f"checkov.io/skip{i}": f"{check}={why}"
+                   for i, (check, why) in enumerate(skips.items(), start=1)}  # fmt: skip
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
             "name": name,
-            "namespace": str(k.namespace),
+            "namespace": str(cfg.k8s.namespace),
             "labels": labels,
-            "annotations": annotations,
+            "annotations": {RUN_ANNOTATION: require_run_id(cfg), **annotations},
         },
         "spec": spec,
     }
 
 
-def render_jobs(cfg: DictConfig, overrides: Sequence[str] = ()) -> list[dict[str, Any]]:
+def render_jobs(
+    cfg: DictConfig, overrides: Sequence[str] = (), fingerprint: str | None = None
+) -> list[dict[str, Any]]:
     """The run's Jobs in order: prepare, train (Indexed, one index per model), vote.
 
     `overrides` are the user's Hydra overrides, passed on to every pod so that each stage composes
     the same configuration; `cfg` must have been composed from them and have a run_id.
+    `fingerprint` (the run's data fingerprint, sha256) labels the Jobs (see `active_run`).
     """
+    check_cluster_paths(cfg)
     model_specs(cfg)  # a suite without models fails here, before anything is created
-    return [stage_job(cfg, stage, overrides) for stage in STAGES]
+    return [stage_job(cfg, stage, overrides, fingerprint) for stage in STAGES]
+
+
+#: Resources of the launcher's container: it only lists the data and follows Jobs.
+LAUNCHER_RESOURCES = {
+    "requests": {"cpu": "100m", "memory": "512Mi"},
+    "limits": {"cpu": "1", "memory": "2Gi"},
+}
+#: Seconds the launcher may run beyond the stages' deadlines (creating and following Jobs).
+LAUNCHER_MARGIN_SECONDS = 3600
+
+
+def launcher_job(cfg: DictConfig, launch_args: Sequence[str]) -> dict[str, Any]:
+    """A Job that runs the launcher in the cluster, as the nightly CronJob does (k8s/50-cronjob.yaml
+    has the same pod): `python -m pipeline.launch --cluster k8s <launch_args>`.
+
+    This is what `--dry-run` prints for `kubectl apply -f -`: the stage Jobs are then created by
+    the launcher one after another, each when the stages it needs are done. The launcher has the
+    S3 keys (it fingerprints data.root and reads latest.json) and the launcher service account's
+    token (it creates and follows Jobs). A launcher pod disrupted by a node drain or preemption is
+    started again without counting as a failure, and the new pod follows the same run (its run id
+    is in `launch_args`); any other failure fails the Job (no retry: resume by hand).
+    """
+    check_cluster_paths(cfg)
+    k = cfg.k8s
+    name = job_name(cfg, "launch")
+    labels = run_labels(cfg, "launcher", None)
+    command = ["python", "-m", "pipeline.launch", "--cluster", "k8s", *launch_args]
+    main = container(cfg, "launcher", command, LAUNCHER_RESOURCES)
+    pod: dict[str, Any] = {
+        "serviceAccountName": str(k.launcher_service_account),
+        # The only pod of the suite that gets an API token: it creates and follows the Jobs.
+        "automountServiceAccountToken": True,
+        "restartPolicy": "Never",
+        "securityContext": dict(POD_SECURITY),
+        "containers": [main],
+        "volumes": [
+            {"name": "scratch", "emptyDir": {"sizeLimit": "1Gi"}},
+            {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
+        ],
+    }
+    if k.node_selector:
+        pod["nodeSelector"] = dict(_plain(k.node_selector))
+    if k.tolerations:
+        pod["tolerations"] = list(_plain(k.tolerations))
+    if k.image_pull_secrets:
+        pod["imagePullSecrets"] = [{"name": str(s)} for s in k.image_pull_secrets]
+    skips = {
+        **CHECKOV_SKIPS,
+        "CKV_K8S_38": "the launcher creates and follows the run's Jobs through the API server, "
+        "so its pod needs its service account token (Role in k8s/20-rbac.yaml)",
+    }
+    spec = {
+        # Never retried on a failure of its own (resume by hand); a disrupted pod is replaced
+        # (podFailurePolicy) and the new one follows the same run.
+        "backoffLimit": 0,
+        "podFailurePolicy": {"rules": [DISRUPTION_RULE]},
+        "activeDeadlineSeconds": launcher_deadline(cfg),
+        "ttlSecondsAfterFinished": int(k.ttl_seconds_after_finished),
+        "template": {"metadata": {"labels": dict(labels)}, "spec": pod},
+    }
+    return job_manifest(cfg, name, labels, skips, spec)
+
+
+def launcher_deadline(cfg: DictConfig) -> int:
+    """The launcher's activeDeadlineSeconds: the stages' deadlines together, plus a margin."""
+    return sum(int(v) for v in cfg.k8s.active_deadline_seconds.values()) + LAUNCHER_MARGIN_SECONDS
 
 
 class _PlainDumper(yaml.SafeDumper):
@@ -299,7 +401,7 @@ def to_yaml(manifests: Sequence[dict[str, Any]]) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# Inside the pods: the Indexed Job's model and the wait for prerequisites
+# Inside the pods: the Indexed Job's model
 # --------------------------------------------------------------------------------------------
 
 
@@ -331,36 +433,6 @@ def train_and_predict(cfg: DictConfig) -> dict[str, Any]:
     return {"train": train_model(cfg, name), "predict": predict_model(cfg, name)}
 
 
-def wait_for_stages(
-    cfg: DictConfig,
-    *,
-    sleep: Callable[[float], None] = time.sleep,
-    clock: Callable[[], float] = time.monotonic,
-) -> None:
-    """Wait until every stage marker in `cfg.wait_for` exists in the run.
-
-    Gives up after the deadline of the stage that writes them (k8s.active_deadline_seconds)
-    with StageFailed; polls every k8s.poll_seconds.
-    """
-    needed = [str(s) for s in (cfg.get("wait_for") or [])]
-    if not needed:
-        return
-    run = run_store(cfg)
-    producer = "prepare" if needed == ["prepare"] else "train"
-    deadline = clock() + float(cfg.k8s.active_deadline_seconds[producer])
-    while True:
-        missing = [s for s in needed if not stage_done(run, s)]
-        if not missing:
-            log.info("stages done: %s", ", ".join(needed))
-            return
-        if clock() > deadline:
-            raise StageFailed(
-                f"run {cfg.run_id}: stage(s) {missing} not done within the {producer} deadline"
-            )
-        log.info("waiting for stage(s) %s", ", ".join(missing))
-        sleep(float(cfg.k8s.poll_seconds))
-
-
 # --------------------------------------------------------------------------------------------
 # The driver: create the Jobs in order, wait on each, stop at the first failure
 # --------------------------------------------------------------------------------------------
@@ -382,6 +454,8 @@ class JobsApi(Protocol):
     def read_namespaced_job(self, name: str, namespace: str) -> Any: ...
 
     def delete_namespaced_job(self, name: str, namespace: str, **kwargs: Any) -> Any: ...
+
+    def list_namespaced_job(self, namespace: str, **kwargs: Any) -> Any: ...
 
 
 def kube_jobs_api() -> JobsApi:
@@ -421,6 +495,33 @@ def failed_indexes(job: Any) -> list[int]:
         first, _, last = part.partition("-")
         indexes.extend(range(int(first), int(last or first) + 1))
     return indexes
+
+
+def active_run(api: JobsApi, namespace: str, fingerprint: str) -> str | None:
+    """The id of the newest run of these inputs (same data fingerprint) that is still going, or
+    None. A run is still going when its Jobs exist, none has failed and its vote has not completed
+    (a Job may be running, or the launcher that would create the next one died). Runs whose Jobs
+    were deleted (by hand, or by their TTL) are not seen."""
+    from kubernetes.client.exceptions import ApiException
+
+    selector = f"{FINGERPRINT_LABEL}={fingerprint_label(fingerprint)}"
+    try:
+        jobs = api.list_namespaced_job(namespace, label_selector=selector).items or []
+    except ApiException as e:
+        why = f"{e.status} {e.reason}"
+        raise StageFailed(f"cannot list jobs in namespace {namespace}: {why}") from e
+    runs: dict[str, dict[str, str]] = {}
+    for job in jobs:
+        meta = job.metadata
+        run_id = (meta.annotations or {}).get(RUN_ANNOTATION)
+        stage = (meta.labels or {}).get(STAGE_LABEL)
+        if run_id and stage:
+            runs.setdefault(run_id, {})[stage] = job_state(job)[0]
+    for run_id in sorted(runs, reverse=True):
+        states = runs[run_id]
+        if "failed" not in states.values() and states.get("vote") != "complete":
+            return run_id
+    return None
 
 
 def _api_status(e: Exception) -> int | None:
@@ -561,21 +662,31 @@ def run_jobs(
 def launch_k8s(
     cfg: DictConfig,
     *,
-    dry_run: bool,
+    dry_run: bool = False,
+    show_jobs: bool = False,
     overrides: Sequence[str] = (),
+    launch_args: Sequence[str] = (),
+    fingerprint: str | None = None,
     api: JobsApi | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> int:
-    """Print the run's Jobs (`dry_run`) or create them in order and wait; returns an exit status.
+    """Run `cfg.run_id` on the cluster: create its Jobs in order and wait; returns an exit status.
 
-    `overrides` are the user's Hydra overrides (passed to every pod). `api` defaults to the
-    official client (kube_jobs_api). PipelineErrors are printed as one `error:` line (status 1).
+    `dry_run` prints, instead, the launcher Job that does this in the cluster (`launch_args`, the
+    launcher's own arguments, go in its command), for `kubectl apply -f -`; `show_jobs` prints the
+    three stage Jobs the launcher would create. `overrides` are the user's Hydra overrides (passed
+    to every pod); `fingerprint` (the run's data fingerprint) labels the Jobs (see `active_run`).
+    `api` defaults to the official client (kube_jobs_api). PipelineErrors are
+    printed as one `error:` line (status 1).
     """
     try:
-        manifests = render_jobs(cfg, overrides)
         if dry_run:
-            sys.stdout.write(to_yaml(manifests))
+            sys.stdout.write(to_yaml([launcher_job(cfg, launch_args)]))
             return 0
+        if show_jobs:
+            sys.stdout.write(to_yaml(render_jobs(cfg, overrides)))
+            return 0
+        manifests = render_jobs(cfg, overrides, fingerprint)
         models = list(model_specs(cfg))
         log.info("run %s: %d model(s), jobs in namespace %s", cfg.run_id, len(models),
                  cfg.k8s.namespace)  # fmt: skip

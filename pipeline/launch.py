@@ -3,10 +3,13 @@
 The stage graph is prepare → (train, predict) for each model of the suite → vote.
 - local: runs it in this process, one stage after another;
 - slurm: submits it with submitit (pipeline/slurm.py) and returns, or follows it with --wait;
-- k8s:   creates Kubernetes Jobs with the official client (pipeline/k8s.py); --dry-run prints them.
+- k8s:   creates Kubernetes Jobs with the official client (pipeline/k8s.py) and follows them;
+         --dry-run prints a launcher Job that does this in the cluster (for kubectl apply -f -),
+         --show-jobs the stage Jobs it would create.
 Every stage is a no-op when already done, so `--resume RUN_ID` finishes a partial run.
 A new run first compares the data fingerprint (pipeline/fingerprint.py) with the latest successful
-run's: unchanged inputs and configuration mean the launch is skipped (`--force` runs anyway).
+run's: unchanged inputs and configuration mean the launch is skipped (`--force` runs anyway). On
+Kubernetes, a run of the same inputs whose Jobs are still going is followed, not started twice.
 """
 
 from __future__ import annotations
@@ -57,6 +60,33 @@ def run_local(cfg: DictConfig) -> dict[str, Any]:
             mark_stage_failed(run_store(cfg), stage, f"{type(e).__name__}: {e}")
             raise
     return result
+
+
+def recorded_fingerprint(cfg: DictConfig) -> dict[str, Any]:
+    """The run's data fingerprint (`runs/<run_id>/fingerprint.json`). A run named on the command
+    line without one (a launcher Job from `--dry-run`, `--resume` of a run made by hand) gets it
+    now: latest.json keeps it, and the Kubernetes Jobs are labelled with it."""
+    run = run_store(cfg)
+    if run.exists(FINGERPRINT_KEY):
+        return run.read_json(FINGERPRINT_KEY)
+    fingerprint = data_fingerprint(cfg)
+    run.write_json(FINGERPRINT_KEY, fingerprint)
+    return fingerprint
+
+
+def following(cfg: DictConfig, fingerprint: dict[str, Any]) -> str | None:
+    """Kubernetes: the id of a run of the same inputs whose Jobs are still going (its launcher
+    died, e.g. in a node drain), which this launch follows instead of starting a second run."""
+    from pipeline.k8s import active_run, kube_jobs_api
+
+    run_id = active_run(kube_jobs_api(), str(cfg.k8s.namespace), str(fingerprint["sha256"]))
+    if run_id:
+        print(
+            f"run {run_id} of the same data and configuration (fingerprint "
+            f"{fingerprint['sha256'][:12]}) is still going on the cluster: following it instead "
+            "of starting a second run"
+        )
+    return run_id
 
 
 def unchanged_since(latest: dict[str, Any] | None, fingerprint: dict[str, Any]) -> bool:
@@ -117,7 +147,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--dry-run",
         action="store_true",
-        help="k8s: print the Jobs' manifests (YAML) instead of creating them",
+        help="k8s: print a launcher Job (YAML) that runs this launch in the cluster, for "
+        "`kubectl apply -f -`, instead of creating the run's Jobs from here",
+    )
+    parser.add_argument(
+        "--show-jobs",
+        action="store_true",
+        help="k8s: print the run's stage Jobs (YAML) the launcher would create, and stop",
     )
     parser.add_argument(
         "--force",
@@ -129,17 +165,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging()
     started = time.time()
     try:
-        if args.dry_run and args.cluster != "k8s":
-            raise ConfigError("--dry-run applies to --cluster k8s only")
+        render_only = args.dry_run or args.show_jobs
+        if render_only and args.cluster != "k8s":
+            raise ConfigError("--dry-run and --show-jobs apply to --cluster k8s only")
         if args.wait and args.cluster == "local":
             raise ConfigError("--wait applies to --cluster slurm (a local run always waits)")
         cfg = load_config(args.overrides)
+        if args.cluster == "k8s":
+            from pipeline.k8s import check_cluster_paths
+
+            check_cluster_paths(cfg)  # before any data is read or any run is made
         if args.resume:
             cfg.run_id = args.resume
         if not cfg.get("run_id"):
-            # A new run (a dry run only renders manifests: it reads no data).
-            fingerprint = None if args.dry_run else data_fingerprint(cfg)
-            latest = None if args.dry_run else read_latest(root_store(cfg))
+            # A new run (rendering manifests reads no data).
+            fingerprint = None if render_only else data_fingerprint(cfg)
+            latest = None if render_only else read_latest(root_store(cfg))
             if fingerprint and not args.force and unchanged_since(latest, fingerprint):
                 print(
                     f"skipped: data and configuration unchanged since run {latest['run_id']} "
@@ -147,17 +188,30 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "files); latest.json left as it is. Use --force to retrain anyway."
                 )
                 return 0
-            cfg.run_id = new_run_id()
-            if fingerprint:
+            # --force starts a new run even beside an active one of the same inputs.
+            follow = args.cluster == "k8s" and fingerprint and not args.force
+            active = following(cfg, fingerprint) if follow else None
+            cfg.run_id = active or new_run_id()
+            if fingerprint and not active:
                 run_store(cfg).write_json(FINGERPRINT_KEY, fingerprint)
+        if not render_only:
+            fingerprint = recorded_fingerprint(cfg)
         if args.cluster == "slurm":
             from pipeline.slurm import launch_slurm
 
             return launch_slurm(cfg, wait=args.wait)
         if args.cluster == "k8s":
-            from pipeline.k8s import launch_k8s
+            from pipeline.k8s import launch_k8s, pass_through
 
-            return launch_k8s(cfg, dry_run=args.dry_run, overrides=args.overrides)
+            launch_args = [*pass_through(args.overrides), f"run_id={cfg.run_id}"]
+            return launch_k8s(
+                cfg,
+                dry_run=args.dry_run,
+                show_jobs=args.show_jobs,
+                overrides=args.overrides,
+                launch_args=launch_args,
+                fingerprint=None if render_only else fingerprint["sha256"],
+            )
         result = run_local(cfg)
     except PipelineError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -25,7 +25,7 @@ from torch import nn
 
 from pipeline.augment import BatchAugment
 from pipeline.config import model_specs, selected_models
-from pipeline.device import Runtime, autocast, setup_runtime
+from pipeline.device import Runtime, autocast, require_compiler, setup_runtime
 from pipeline.errors import ConfigError, DataError, StageFailed, StoreError, StoreKeyNotFound
 from pipeline.losses import build_loss
 from pipeline.metrics import classification_metrics, macro_f1
@@ -190,6 +190,8 @@ def train_model(cfg: DictConfig, name: str) -> dict[str, Any]:
     )
     torch.manual_seed(int(cfg.seed))
     rt = setup_runtime(cfg)
+    if tcfg.get("compile"):
+        require_compiler(rt.device)  # before any data is decoded or any step is taken
     size = list(cfg.train.image_size)
 
     parts = select_rows(read_index(run), spec)

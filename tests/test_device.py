@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 import torch
 import torchvision
 
-from pipeline.device import Runtime, cpu_has_bf16, pick_device, pick_precision
+from pipeline.device import (
+    Runtime,
+    available_cpus,
+    cgroup_cpu_quota,
+    compiler_for,
+    cpu_has_bf16,
+    pick_device,
+    pick_precision,
+    require_compiler,
+)
 from pipeline.errors import ConfigError
 from pipeline.predict import input_shape, probe_precision
 
@@ -53,3 +65,49 @@ def test_native_bf16_is_kept_for_the_usual_sizes() -> None:
     model = torchvision.models.resnet18(num_classes=18).to(memory_format=torch.channels_last)
     rt = probe_precision(model, (64, 48), Runtime(torch.device("cpu"), "bf16", 2))
     assert rt.precision == "bf16"
+
+
+def test_threads_follow_the_containers_cpu_limit(tmp_path: Path) -> None:
+    """In a pod, sched_getaffinity sees every core of the node; the CPU limit (downward API or
+    cgroup quota) caps the threads, rounded up to whole CPUs."""
+    cores = len(os.sched_getaffinity(0))
+    none = tmp_path / "no-cgroup"
+    assert available_cpus({}, none) == cores
+    assert available_cpus({"MASKSUITE_CPU_LIMIT": "1"}, none) == 1
+    assert available_cpus({"MASKSUITE_CPU_LIMIT": "0.5"}, none) == 1
+    assert available_cpus({"MASKSUITE_CPU_LIMIT": "512"}, none) == cores  # never above the cores
+    assert available_cpus({"MASKSUITE_CPU_LIMIT": "lots"}, none) == cores  # warned, ignored
+
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    (v2 / "cpu.max").write_text("max 100000\n")
+    assert cgroup_cpu_quota(v2) is None
+    (v2 / "cpu.max").write_text("50000 100000\n")
+    assert cgroup_cpu_quota(v2) == 0.5 and available_cpus({}, v2) == 1
+
+    v1 = tmp_path / "v1" / "cpu,cpuacct"
+    v1.mkdir(parents=True)
+    (v1 / "cpu.cfs_quota_us").write_text("-1\n")
+    (v1 / "cpu.cfs_period_us").write_text("100000\n")
+    assert cgroup_cpu_quota(v1.parent) is None
+    (v1 / "cpu.cfs_quota_us").write_text("100000\n")
+    assert available_cpus({"MASKSUITE_CPU_LIMIT": "8"}, v1.parent) == 1  # the smaller limit
+
+
+def test_compile_needs_a_compiler_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    empty = {"PATH": str(tmp_path)}
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert compiler_for(cpu, empty) is None and compiler_for(cuda, empty) is None
+    gcc = tmp_path / "gcc"
+    gcc.write_text("#!/bin/sh\n")
+    gcc.chmod(0o755)
+    assert compiler_for(cuda, empty) == "gcc"  # Triton's launchers: a C compiler
+    assert compiler_for(cpu, empty) is None  # inductor's CPU kernels: a C++ compiler
+    assert compiler_for(cpu, {**empty, "CXX": "gcc -x c++"}) == "gcc -x c++"
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.delenv("CXX", raising=False)
+    with pytest.raises(ConfigError, match=r"train.compile=true needs a C\+\+ compiler"):
+        require_compiler(cpu)
+    require_compiler(cuda)  # gcc is there

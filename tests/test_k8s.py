@@ -1,23 +1,19 @@
 """Kubernetes: the manifests in k8s/, the Jobs `--cluster k8s` renders, and the launcher's driver.
 
 No API server can run on these machines, so what is proven here is what can be proven offline:
-every manifest validates against the real API schema (kubernetes-validate, strict), the rendered
-pods' commands really run the suite (executed locally with their environment against SeaweedFS),
-and the driver's create-wait-fail logic runs against a fake Jobs API.
+every manifest validates against the real API schema (kubernetes-validate, strict), and the
+driver's create-wait-fail-follow logic runs against an in-process fake Jobs API (the Job
+controller's semantics: completion, failed indexes, a launcher killed mid-run, are simulated by
+it). The pods themselves run for real from the image in tests/test_pods.py.
 """
 
 from __future__ import annotations
 
-import io
-import os
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
-import pandas as pd
 import pytest
 import yaml
 from kubernetes import client
@@ -28,17 +24,18 @@ from pipeline.config import load_config
 from pipeline.errors import ConfigError, StageFailed
 from pipeline.k8s import (
     CHECKOV_SKIPS,
+    CPU_LIMIT_ENV,
+    DISRUPTION_RULE,
+    active_run,
     indexed_model,
     launch_k8s,
+    launcher_job,
     render_jobs,
     run_jobs,
-    wait_for_stages,
 )
 from pipeline.launch import main as launch_main
-from pipeline.runs import mark_stage_done, run_store
 from pipeline.store import open_store
 from tests.conftest import TINY_OVERRIDES
-from tests.seaweed import SeaweedServer, upload_tree
 
 REPO = Path(__file__).resolve().parents[1]
 #: podFailurePolicy is GA from 1.31, backoffLimitPerIndex from 1.33; also check the newest schema.
@@ -67,8 +64,12 @@ def k8s_resource(kind: str, name: str) -> dict[str, Any]:
     return found[0]
 
 
+#: Pods can only share object storage: every rendered run needs s3:// roots.
+S3_ROOTS = ("data.root=s3://datasets/mask", "store.root=s3://mask-runs/test")
+
+
 def config(*overrides: str) -> DictConfig:
-    cfg = load_config(list(overrides))
+    cfg = load_config([*S3_ROOTS, *overrides])
     cfg.run_id = RUN_ID
     return cfg
 
@@ -130,8 +131,37 @@ def test_training_job_is_indexed_with_one_gpu_per_model_and_ignores_disruptions(
     assert main["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert main["command"][:3] == ["python", "-m", "jobs.model"]
     assert main["command"][-1] == f"run_id={RUN_ID}"
-    (wait,) = pod["initContainers"]
-    assert wait["command"][-1] == "+wait_for=[prepare]"
+    assert "priorityClassName" not in pod and "runtimeClassName" not in pod
+
+
+def test_gpu_pods_take_priority_and_runtime_class_from_the_config() -> None:
+    cfg = config("suite=seed", "k8s.train_priority_class=gpu-batch",
+                 "k8s.train_runtime_class=nvidia")  # fmt: skip
+    prepare, train, vote = render_jobs(cfg)
+    pod = train["spec"]["template"]["spec"]
+    assert pod["priorityClassName"] == "gpu-batch" and pod["runtimeClassName"] == "nvidia"
+    for job in (prepare, vote):  # no GPU: the cluster's defaults
+        assert "priorityClassName" not in job["spec"]["template"]["spec"]
+    validate_strict(train)
+
+
+def test_no_pod_waits_for_an_earlier_stage_so_no_gpu_is_held_and_deadlines_time_own_work() -> None:
+    """The Jobs are created one after another by the launcher: no init container waits for the
+    previous stage (a waiting train pod would hold its GPU; a waiting vote Job's deadline would
+    run out while training runs)."""
+    for job in render_jobs(config("suite=seed")):
+        pod = job["spec"]["template"]["spec"]
+        assert "initContainers" not in pod, job["metadata"]["name"]
+        assert job["spec"]["activeDeadlineSeconds"] > 0
+
+
+def test_pods_size_their_threads_from_their_cpu_limit() -> None:
+    for job in render_jobs(config("k8s.resources.train.limits.cpu=6")):
+        (main,) = job["spec"]["template"]["spec"]["containers"]
+        env = {e["name"]: e for e in main["env"]}
+        ref = env[CPU_LIMIT_ENV]["valueFrom"]["resourceFieldRef"]
+        assert ref == {"resource": "limits.cpu", "divisor": "1"}
+        assert main["resources"]["limits"]["cpu"]
 
 
 def test_pods_are_hardened_and_get_secrets_only_by_reference() -> None:
@@ -190,7 +220,14 @@ def test_k8s_folder_agrees_with_the_config_and_grants_least_privilege() -> None:
         ref = e.get("valueFrom", {}).get("configMapKeyRef")
         if ref:
             assert ref["name"] == "masksuite-config" and ref["key"] in configmap["data"]
-    assert "secretKeyRef" not in str(launcher["env"])  # the launcher needs no S3 keys
+    # The launcher fingerprints data.root and reads latest.json: it needs S3 like the stage pods.
+    env = {e["name"]: e for e in launcher["env"]}
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        assert env[var]["valueFrom"]["secretKeyRef"] == {"name": cfg.k8s.s3.secret, "key": var}
+    assert env["AWS_ENDPOINT_URL"]["valueFrom"]["configMapKeyRef"]["key"] == "S3_ENDPOINT"
+    assert "k8s.s3.endpoint=$(S3_ENDPOINT)" in launcher["command"]
+    # A node drain restarts the launcher (it then follows its run); nothing else retries it.
+    assert job_spec["podFailurePolicy"]["rules"] == [DISRUPTION_RULE]
 
     binding = k8s_resource("RoleBinding", pod["serviceAccountName"])
     assert binding["subjects"] == [
@@ -206,19 +243,89 @@ def test_k8s_folder_agrees_with_the_config_and_grants_least_privilege() -> None:
     }
 
 
-def test_dry_run_prints_multi_document_yaml_for_kubectl_apply(
+def test_dry_run_prints_a_launcher_job_for_kubectl_apply(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    overrides = ["suite=seed", "train.epochs=3", "data.root=s3://d/x", "run_id=ignored"]
+    """`--dry-run | kubectl apply -f -` creates one Job, holding no GPU, that runs the launcher
+    in the cluster; the launcher creates the stage Jobs one after another."""
+    overrides = ["suite=seed", "train.epochs=3", *S3_ROOTS, "run_id=ignored"]
     assert launch_main(["--cluster", "k8s", "--dry-run", "--resume", RUN_ID, *overrides]) == 0
     out = capsys.readouterr().out
-    docs = list(yaml.safe_load_all(out))
-    assert [d["kind"] for d in docs] == ["Job", "Job", "Job"]
+    (job,) = yaml.safe_load_all(out)
     assert "&id" not in out and "*id" not in out  # no YAML aliases
+    validate_strict(job)
+    assert job["metadata"]["name"] == f"masksuite-{RUN_ID.lower()}-launch"
+    spec = job["spec"]
+    assert spec["backoffLimit"] == 0 and spec["podFailurePolicy"]["rules"] == [DISRUPTION_RULE]
+    pod = spec["template"]["spec"]
+    assert pod["serviceAccountName"] == "masksuite-launcher"
+    assert pod["automountServiceAccountToken"] is True
+    (launcher,) = pod["containers"]
+    assert "nvidia.com/gpu" not in str(launcher["resources"])
+    assert launcher["command"] == ["python", "-m", "pipeline.launch", "--cluster", "k8s",
+                                   "suite=seed", "train.epochs=3", *S3_ROOTS,
+                                   f"run_id={RUN_ID}"]  # fmt: skip
+    env = {e["name"]: e for e in launcher["env"]}
+    assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]["name"] == "masksuite-s3"
+    cfg = config("suite=seed")
+    assert spec["activeDeadlineSeconds"] > sum(cfg.k8s.active_deadline_seconds.values())
+
+
+def test_show_jobs_prints_the_stage_jobs_the_launcher_creates(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    overrides = ["suite=seed", *S3_ROOTS]
+    assert launch_main(["--cluster", "k8s", "--show-jobs", "--resume", RUN_ID, *overrides]) == 0
+    docs = list(yaml.safe_load_all(capsys.readouterr().out))
+    assert [d["metadata"]["labels"]["masksuite/stage"] for d in docs] == [
+        "prepare",
+        "train",
+        "vote",
+    ]
     prepare = docs[0]["spec"]["template"]["spec"]["containers"][0]["command"]
-    assert prepare == ["python", "-m", "jobs.prepare", "suite=seed", "train.epochs=3",
-                       "data.root=s3://d/x", f"run_id={RUN_ID}"]  # fmt: skip
-    assert docs[0]["metadata"]["name"] == f"masksuite-{RUN_ID.lower()}-prepare"
+    assert prepare == ["python", "-m", "jobs.prepare", "suite=seed", *S3_ROOTS,
+                       f"run_id={RUN_ID}"]  # fmt: skip
+
+
+def test_the_cronjob_runs_the_same_launcher_pod_as_the_dry_run_job() -> None:
+    cron = k8s_resource("CronJob", "masksuite-nightly")["spec"]["jobTemplate"]
+    job = launcher_job(config("k8s.s3.endpoint=http://minio:9000"), [])
+    for key in ("backoffLimit", "podFailurePolicy"):
+        assert cron["spec"][key] == job["spec"][key], key
+    assert cron["spec"]["activeDeadlineSeconds"] == job["spec"]["activeDeadlineSeconds"]
+    cron_pod, job_pod = cron["spec"]["template"]["spec"], job["spec"]["template"]["spec"]
+    for key in ("serviceAccountName", "automountServiceAccountToken", "securityContext"):
+        assert cron_pod[key] == job_pod[key], key
+    (cron_c,), (job_c,) = cron_pod["containers"], job_pod["containers"]
+    assert cron_c["securityContext"] == job_c["securityContext"]
+    assert cron_c["resources"] == job_c["resources"]
+    cron_env, job_env = ({e["name"] for e in c["env"]} for c in (cron_c, job_c))
+    needed = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL",
+              "AWS_DEFAULT_REGION", CPU_LIMIT_ENV, "HOME", "TMPDIR"}  # fmt: skip
+    assert needed <= cron_env and needed <= job_env
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["store.root=outputs/store"], "store.root='outputs/store' is a local folder"),
+        (["store.root=/shared/store"], "store.root='/shared/store' is a local folder"),
+        (
+            ["store.root=s3://b/x", "data.root=data/generated"],
+            "data.root='data/generated' is a relative local path",
+        ),
+    ],
+)
+def test_k8s_refuses_paths_that_pods_cannot_share(
+    overrides: list[str], message: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    for flags in ([], ["--dry-run"], ["--show-jobs"]):
+        # data.root does not exist: the refusal comes before any data is read.
+        args = ["--cluster", "k8s", *flags, f"data.root={tmp_path}/none", *overrides]
+        assert launch_main(args) == 1
+        err = capsys.readouterr().err
+        assert message in err and "s3://bucket/prefix" in err, err
+        assert "Traceback" not in err
 
 
 def test_a_suite_index_selects_its_model() -> None:
@@ -230,26 +337,6 @@ def test_a_suite_index_selects_its_model() -> None:
             indexed_model(cfg, bad)
     cfg.model_name = "gender"
     assert indexed_model(cfg, {}) == "gender"
-
-
-def test_wait_for_stages_polls_the_store_then_gives_up(tmp_path: Path) -> None:
-    cfg = config(f"store.root={tmp_path}", "+wait_for=[prepare]", "k8s.poll_seconds=5",
-                 "k8s.active_deadline_seconds.prepare=12")  # fmt: skip
-    now = [0.0]
-    sleeps: list[float] = []
-
-    def sleep(s: float) -> None:
-        sleeps.append(s)
-        now[0] += s
-        if len(sleeps) == 2:  # the marker appears while the pod waits
-            mark_stage_done(run_store(cfg), "prepare", {}, 0.0)
-
-    wait_for_stages(cfg, sleep=sleep, clock=lambda: now[0])
-    assert sleeps == [5.0, 5.0]
-    cfg.wait_for = ["predict-single"]
-    cfg.k8s.active_deadline_seconds.train = 12
-    with pytest.raises(StageFailed, match=r"\['predict-single'\] not done"):
-        wait_for_stages(cfg, sleep=sleep, clock=lambda: now[0])
 
 
 # --------------------------------------------------------------------------------------------
@@ -291,9 +378,26 @@ class FakeJobsApi:
         self.calls.append(("read", name))
         if name not in self.jobs:
             raise ApiException(status=404, reason="NotFound")
-        if name in self.preset:
-            return client.V1Job(status=self.preset[name])
         self.reads[name] += 1
+        return client.V1Job(status=self._status(name))
+
+    def list_namespaced_job(self, namespace: str, label_selector: str = "") -> client.V1JobList:
+        self.calls.append(("list", label_selector))
+        wanted = dict(part.split("=", 1) for part in label_selector.split(",") if part)
+        items = []
+        for name, body in self.jobs.items():
+            meta = body["metadata"]
+            if wanted.items() <= meta["labels"].items():
+                items.append(client.V1Job(
+                    metadata=client.V1ObjectMeta(name=name, labels=meta["labels"],
+                                                 annotations=meta["annotations"]),
+                    status=self._status(name),
+                ))  # fmt: skip
+        return client.V1JobList(items=items)
+
+    def _status(self, name: str) -> client.V1JobStatus:
+        if name in self.preset:
+            return self.preset[name]
         status = client.V1JobStatus(active=1)
         if self.reads[name] >= self.polls:
             outcome, indexes = self.outcomes.get(self._stage(name), ("complete", ""))
@@ -305,7 +409,7 @@ class FakeJobsApi:
                     type="Failed", status="True", reason=reason, message="Job has failed"
                 )
             status = client.V1JobStatus(conditions=[cond], failed_indexes=indexes or None)
-        return client.V1Job(status=status)
+        return status
 
     def delete_namespaced_job(self, name: str, namespace: str, **kwargs: Any) -> client.V1Status:
         self.calls.append(("delete", name))
@@ -380,6 +484,80 @@ def test_driver_resumes_a_run_whose_jobs_exist() -> None:
     assert ops.count(("create", "train")) == 2 and ("create", "vote") in ops
 
 
+class LauncherKilled(BaseException):
+    """The launcher's process dies (a node drain, an OOM kill): nothing of it runs after this."""
+
+
+@pytest.mark.s3
+def test_a_new_launch_follows_the_run_a_dead_launcher_left_instead_of_starting_another(
+    tiny_dataset: Path, s3_root: str, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """The nightly launcher dies while training runs; its Jobs go on. The next launch (the next
+    night's CronJob, or the launcher pod restarted after a disruption) sees a run of the same
+    fingerprint still going and follows it to its end: no second prepare, no second training."""
+
+    class Dying(FakeJobsApi):
+        killed = False
+
+        def read_namespaced_job(self, name: str, namespace: str) -> client.V1Job:
+            if name.endswith("-train") and not self.killed:
+                self.killed = True
+                raise LauncherKilled
+            return super().read_namespaced_job(name, namespace)
+
+    api = Dying(polls=2)
+    monkeypatch.setattr("pipeline.k8s.kube_jobs_api", lambda: api)
+    args = ["--cluster", "k8s", f"data.root={tiny_dataset}", f"store.root={s3_root}/store",
+            "k8s.poll_seconds=0", *TINY_OVERRIDES]  # fmt: skip
+    with pytest.raises(LauncherKilled):
+        launch_main(args)
+    first = sorted(api.jobs)
+    assert [n.rsplit("-", 1)[-1] for n in first] == ["prepare", "train"]
+    run_id = api.jobs[first[0]]["metadata"]["annotations"]["masksuite/run-id"]
+
+    # --force starts a new run beside it, on purpose
+    assert launch_main(["--force", *args]) == 0
+    forced = {j["metadata"]["annotations"]["masksuite/run-id"] for j in api.jobs.values()}
+    assert len(forced - {run_id}) == 1
+    for name in [n for n in api.jobs if run_id.lower() not in n]:
+        api.jobs.pop(name)
+    capsys.readouterr()
+
+    assert launch_main(args) == 0
+    out = capsys.readouterr().out
+    assert f"run {run_id} of the same data and configuration" in out and "following it" in out
+    assert sorted(n.rsplit("-", 1)[-1] for n in api.jobs) == ["prepare", "train", "vote"]
+    assert {j["metadata"]["annotations"]["masksuite/run-id"] for j in api.jobs.values()} == {run_id}
+    # prepare and train were created once each: the second launcher found them (409) and followed
+    created = [n for op, n in api.calls if op == "create"]
+    assert created.count(first[0]) == 2 and len(api.jobs) == 3
+    runs = {k.split("/")[1] for k in open_store(f"{s3_root}/store").list("runs")}
+    assert runs == {run_id, *forced}  # no third run was started
+
+
+def test_active_run_is_the_newest_unfinished_run_of_the_fingerprint() -> None:
+    fp = "ab" * 32
+    api = FakeJobsApi(polls=0)  # every Job complete unless preset
+    older, newer = "20261126T020000Z-aaaaaa", "20261127T020000Z-bbbbbb"
+    for run_id in (older, newer):
+        cfg = config()
+        cfg.run_id = run_id
+        for job in render_jobs(cfg, fingerprint=fp):
+            api.create_namespaced_job("masksuite", job)
+    assert active_run(api, "masksuite", "cd" * 32) is None  # other inputs
+    # all Jobs complete, vote included: nothing is going
+    assert active_run(api, "masksuite", fp) is None
+    vote = f"masksuite-{newer.lower()}-vote"
+    api.preset[vote] = client.V1JobStatus(active=1)
+    assert active_run(api, "masksuite", fp) == newer
+    # a run with a failed Job has ended: start anew rather than follow it
+    api.preset[vote] = client.V1JobStatus(
+        conditions=[client.V1JobCondition(type="Failed", status="True", reason="DeadlineExceeded")]
+    )
+    assert active_run(api, "masksuite", fp) is None
+
+
 def test_driver_retries_transient_api_errors_while_following_a_job() -> None:
     class Flaky(FakeJobsApi):
         def read_namespaced_job(self, name: str, namespace: str) -> client.V1Job:
@@ -410,89 +588,3 @@ def test_driver_reports_an_api_error_clearly(capsys: pytest.CaptureFixture[str])
 
     assert launch_k8s(config(), dry_run=False, api=Forbidden(), sleep=lambda s: None) == 1
     assert "cannot create job masksuite/" in capsys.readouterr().err
-
-
-# --------------------------------------------------------------------------------------------
-# The pods' commands, executed for real against SeaweedFS
-# --------------------------------------------------------------------------------------------
-
-
-def pod_environment(
-    container: dict[str, Any], secrets: dict[str, dict[str, str]], mounts: dict[str, Path]
-) -> dict[str, str]:
-    """The container's environment as the kubelet builds it: values, secretKeyRefs, and the
-    volumes' mount paths mapped to local folders. Nothing is inherited but PATH."""
-    env = {"PATH": os.environ["PATH"]}
-    for item in container["env"]:
-        if "value" in item:
-            value = str(item["value"])
-            for mount, local in mounts.items():
-                if value == mount or value.startswith(mount + "/"):
-                    value = str(local) + value[len(mount) :]
-            env[item["name"]] = value
-        else:
-            ref = item["valueFrom"]["secretKeyRef"]
-            if ref["name"] in secrets:
-                env[item["name"]] = secrets[ref["name"]][ref["key"]]
-            else:
-                assert ref.get("optional"), f"secret {ref['name']} missing"
-    return env
-
-
-def run_container(container: dict[str, Any], env: dict[str, str], mounts: dict[str, Path]) -> None:
-    command = list(container["command"])
-    assert command[0] == "python"
-    command[0] = sys.executable
-    workdir = container["workingDir"]
-    for mount, local in mounts.items():
-        if workdir.startswith(mount):
-            workdir = str(local) + workdir[len(mount) :]
-    Path(workdir).mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(command, env=env, cwd=workdir, capture_output=True, text=True,
-                          timeout=600, stdin=subprocess.DEVNULL)  # fmt: skip
-    assert done.returncode == 0, f"{container['name']}: {command}\n{done.stderr[-3000:]}"
-
-
-@pytest.mark.slow
-@pytest.mark.s3
-def test_rendered_pod_commands_run_the_suite_against_s3(
-    tiny_dataset: Path, s3_root: str, seaweed: SeaweedServer, tmp_path: Path
-) -> None:
-    upload_tree(tiny_dataset, f"{s3_root}/data")
-    overrides = [
-        f"data.root={s3_root}/data",
-        f"store.root={s3_root}/store",
-        *TINY_OVERRIDES,
-        "train.num_threads=1",
-        # a second model, so that the Indexed Job has two indexes
-        "+suite.models.mask={task: mask}",
-        f"k8s.s3.endpoint={seaweed.endpoint}",
-    ]
-    cfg = load_config(overrides)
-    cfg.run_id = RUN_ID
-    jobs = render_jobs(cfg, overrides)
-    secrets = {"masksuite-s3": {k: v for k, v in seaweed.env().items() if k.startswith("AWS_")}}
-    for job in jobs:
-        validate_strict(job)
-        pod = job["spec"]["template"]["spec"]
-        for index in range(job["spec"]["completions"]):
-            # fresh emptyDirs for each pod
-            pod_dir = tmp_path / f"{job['metadata']['name']}-{index}"
-            mounts = {v["name"]: pod_dir / v["name"] for v in pod["volumes"]}
-            for local in mounts.values():
-                local.mkdir(parents=True)
-            for container in pod.get("initContainers", []) + pod["containers"]:
-                paths = {m["mountPath"]: mounts[m["name"]] for m in container["volumeMounts"]}
-                env = pod_environment(container, secrets, paths)
-                if job["spec"].get("completionMode") == "Indexed":
-                    env["JOB_COMPLETION_INDEX"] = str(index)
-                run_container(container, env, paths)
-
-    run = open_store(f"{s3_root}/store").child(f"runs/{RUN_ID}")
-    stages = {k.removeprefix("stages/").removesuffix(".json") for k in run.list("stages")}
-    assert stages == {"prepare", "train-single", "predict-single", "train-mask", "predict-mask",
-                      "vote"}  # fmt: skip
-    submission = pd.read_csv(io.BytesIO(run.read_bytes("submission.csv")))
-    info = pd.read_csv(tiny_dataset / "eval" / "info.csv")
-    assert submission["ImageID"].tolist() == info["ImageID"].tolist()
-    assert submission["ans"].between(0, 17).all()
