@@ -34,6 +34,10 @@ ENV HOME=/scratch \
     XDG_CACHE_HOME=/scratch/cache \
     TORCH_HOME=/scratch/cache/torch
 WORKDIR /scratch
+# The code version the runs record and fingerprint (pipeline/runs.py code_version): the package
+# version plus the commit the image was built from (make image passes it).
+ARG CODE_VERSION=""
+ENV MASKSUITE_CODE_VERSION=${CODE_VERSION}
 # A numeric user, so that Kubernetes can check runAsNonRoot.
 USER 10001:10001
 

@@ -116,7 +116,8 @@ podman:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 	   podman runc debootstrap fuse-overlayfs slirp4netns uidmap containernetworking-plugins openssl)
 
-image: podman
+image: podman $(STAMP)
 	bash container/standin-base.sh $(BASE_IMAGE)
-	podman build --quiet --pull=never --network=host -t $(IMAGE) .
+	podman build --quiet --pull=never --network=host -t $(IMAGE) \
+	  --build-arg CODE_VERSION=$$($(BIN)/python -c 'from pipeline.runs import code_version; print(code_version())') .
 	podman image prune --force >/dev/null   # earlier builds of the tag (~0.8 GB each)

@@ -89,6 +89,7 @@ def setup_runtime(cfg: DictConfig) -> Runtime:
     torch.set_num_threads(threads)
     log.info("%d CPU thread(s)", threads)
     device = pick_device(str(cfg.train.device))
+    require_kernels(device)
     return Runtime(device, pick_precision(str(cfg.train.precision), device), threads)
 
 
@@ -145,10 +146,66 @@ def pick_precision(name: str, device: torch.device) -> str:
     if name != "auto":
         if name == "fp16" and device.type != "cuda":
             raise ConfigError("train.precision=fp16 needs a CUDA device; use bf16 or fp32 on CPU")
+        if name == "bf16" and device.type == "cuda" and not cuda_has_bf16(device):
+            raise ConfigError(
+                f"train.precision=bf16 needs compute capability 8.0 or newer; "
+                f"{gpu_name(device)} has {cuda_capability(device)} (no bf16 convolutions in "
+                "cuDNN there): use train.precision=auto (fp16 with a GradScaler) or fp32"
+            )
         return name
     if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if cuda_has_bf16(device) else "fp16"
     return "bf16" if cpu_has_bf16() else "fp32"
+
+
+def cuda_capability(device: torch.device) -> str:
+    """The GPU's compute capability as "major.minor" (7.0 on a V100)."""
+    major, minor = torch.cuda.get_device_capability(device)
+    return f"{major}.{minor}"
+
+
+def gpu_name(device: torch.device) -> str:
+    return str(torch.cuda.get_device_name(device))
+
+
+def cuda_has_bf16(device: torch.device) -> bool:
+    """bf16 in hardware: compute capability 8.0 (Ampere) or newer. Not
+    `torch.cuda.is_bf16_supported()`, which also counts emulation and says True on a V100,
+    where cuDNN has no bf16 convolutions."""
+    return torch.cuda.get_device_capability(device) >= (8, 0)
+
+
+def require_kernels(device: torch.device) -> None:
+    """Stop at the start of a CUDA job when this torch build has no kernels for its GPU (e.g. a
+    V100, sm_70, under a CUDA 12.8+ build), rather than with "no kernel image" deep in training."""
+    if device.type != "cuda":
+        return
+    major, minor = torch.cuda.get_device_capability(device)
+    built = torch.cuda.get_arch_list()
+    if not runs_on(built, major, minor):
+        arch = f"sm_{major}{minor}"
+        raise ConfigError(
+            f"torch {torch.__version__} has no kernels for {gpu_name(device)} ({arch}); this "
+            f"build has {' '.join(built) or 'none'}. Install a build with {arch} (for V100s: "
+            "torch 2.7.1 / torchvision 0.22.1 from PyPI, the CUDA 12.6 build) or run the "
+            "container image, which has it"
+        )
+
+
+def runs_on(built: list[str], major: int, minor: int) -> bool:
+    """Whether a build with these architectures (`torch.cuda.get_arch_list()`) runs on a GPU of
+    compute capability major.minor: a cubin of the same major and an older or equal minor
+    (sm_80 runs on 8.6), or PTX of an older or equal capability (compute_90 JIT-compiles)."""
+    for arch in built:
+        kind, _, number = arch.partition("_")
+        if not number.isdigit():  # sm_90a and the like run only on their own GPU
+            continue
+        have = (int(number[:-1]), int(number[-1]))
+        if kind == "sm" and have[0] == major and have[1] <= minor:
+            return True
+        if kind == "compute" and have <= (major, minor):
+            return True
+    return False
 
 
 def autocast(device: torch.device, precision: str) -> AbstractContextManager[object]:

@@ -6,7 +6,9 @@ The fingerprint hashes what determines a run's models:
   SHA-256 of each file for a local folder);
 - the label-fix file (its bytes);
 - the resolved configuration, minus what does not change the models: the run id, the model a job
-  handles, tracking, where the store is, the cluster settings and thread counts.
+  handles, tracking, where the store is, the cluster settings and thread counts;
+- the code version (package version plus git commit, `pipeline.runs.code_version`), so that a new
+  release retrains once instead of being skipped until someone passes `--force`.
 
 A launch whose fingerprint equals the one of the run `latest.json` names is skipped (`--force`
 runs anyway). The launcher stores it as `runs/<run_id>/fingerprint.json`; the vote copies it into
@@ -21,6 +23,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from pipeline.runs import code_version
 from pipeline.store import open_store, read_uri
 
 FINGERPRINT_KEY = "fingerprint.json"
@@ -67,10 +70,12 @@ def data_fingerprint(cfg: DictConfig) -> dict[str, Any]:
     files = input_files(cfg)
     config_sha = _sha256(model_config(cfg))
     data_sha = _sha256(files)
+    code = code_version()
     return {
-        "sha256": _sha256({"data": data_sha, "config": config_sha}),
+        "sha256": _sha256({"data": data_sha, "config": config_sha, "code": code}),
         "data_sha256": data_sha,
         "config_sha256": config_sha,
+        "code_version": code,
         "files": len(files),
         "bytes": sum(size for size, _ in files.values()),
     }

@@ -74,17 +74,31 @@ def recorded_fingerprint(cfg: DictConfig) -> dict[str, Any]:
     return fingerprint
 
 
-def following(cfg: DictConfig, fingerprint: dict[str, Any]) -> str | None:
-    """Kubernetes: the id of a run of the same inputs whose Jobs are still going (its launcher
-    died, e.g. in a node drain), which this launch follows instead of starting a second run."""
-    from pipeline.k8s import active_run, kube_jobs_api
+def active_run(cfg: DictConfig, cluster: str, fingerprint: dict[str, Any]) -> str | None:
+    """The id of a run of the same inputs that is still going on `cluster`, or None.
 
-    run_id = active_run(kube_jobs_api(), str(cfg.k8s.namespace), str(fingerprint["sha256"]))
+    Kubernetes: its Jobs (labelled with the fingerprint) are still going, e.g. after its launcher
+    died in a node drain; this launch follows it. Slurm: its jobs (the run's scheduler.json) are
+    queued or running; this launch submits nothing (and follows it with --wait)."""
+    sha = str(fingerprint["sha256"])
+    if cluster == "k8s":
+        from pipeline.k8s import active_run as active_k8s_run
+        from pipeline.k8s import kube_jobs_api
+
+        run_id = active_k8s_run(kube_jobs_api(), str(cfg.k8s.namespace), sha)
+        then = "following it instead of starting a second run"
+    else:
+        from pipeline.slurm import active_run as active_slurm_run
+
+        run_id = active_slurm_run(cfg, sha)
+        then = (
+            "not submitting a second run (--force does); follow it: python -m pipeline.runs "
+            f"status {run_id} store.root={cfg.store.root}"
+        )
     if run_id:
         print(
-            f"run {run_id} of the same data and configuration (fingerprint "
-            f"{fingerprint['sha256'][:12]}) is still going on the cluster: following it instead "
-            "of starting a second run"
+            f"run {run_id} of the same data and configuration (fingerprint {sha[:12]}) is still "
+            f"going on the cluster: {then}"
         )
     return run_id
 
@@ -189,8 +203,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
                 return 0
             # --force starts a new run even beside an active one of the same inputs.
-            follow = args.cluster == "k8s" and fingerprint and not args.force
-            active = following(cfg, fingerprint) if follow else None
+            look = args.cluster != "local" and fingerprint and not args.force
+            active = active_run(cfg, args.cluster, fingerprint) if look else None
+            if active and args.cluster == "slurm":
+                # Its jobs are queued or running: say so, and follow it only when asked to.
+                cfg.run_id = active
+                if not args.wait:
+                    return 0
+                from pipeline.slurm import follow
+
+                return follow(cfg, run_store(cfg))
             cfg.run_id = active or new_run_id()
             if fingerprint and not active:
                 run_store(cfg).write_json(FINGERPRINT_KEY, fingerprint)

@@ -50,7 +50,10 @@ def new_run_id(now: datetime | None = None) -> str:
 
 
 def code_version() -> str:
-    """The package version plus the git commit when running from a checkout."""
+    """`MASKSUITE_CODE_VERSION` when set (the image records the commit it was built from), else
+    the package version plus the git commit when running from a checkout."""
+    if os.environ.get("MASKSUITE_CODE_VERSION"):
+        return os.environ["MASKSUITE_CODE_VERSION"]
     version = pipeline.__version__
     try:
         sha = subprocess.run(

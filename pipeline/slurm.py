@@ -168,9 +168,17 @@ def sbatch_parameters(scfg: DictConfig, kind: str) -> dict[str, Any]:
         "signal_delay_s": int(scfg.signal_delay_s),
         "stderr_to_stdout": False,
         "additional_parameters": extra,
+        # submitit writes --wckey=submitit unless told otherwise; None leaves --wckey out.
+        "wckey": str(scfg.wckey) if scfg.get("wckey") else None,
     }
-    if int(stage.gpus or 0) > 0:
-        params["gpus_per_node"] = int(stage.gpus)
+    gpus = int(stage.gpus or 0)
+    if kind == "model" and gpus > 1:
+        raise ConfigError(
+            f"slurm.stages.model.gpus={gpus}: training is single-device, so a model job uses one "
+            "GPU; set slurm.stages.model.gpus=1 (more models train side by side as array tasks)"
+        )
+    if gpus > 0:
+        params["gpus_per_node"] = gpus
     for key in ("partition", "constraint"):
         value = stage.get(key) or scfg.get(key)
         if value:
@@ -178,8 +186,12 @@ def sbatch_parameters(scfg: DictConfig, kind: str) -> dict[str, Any]:
     for key in ("account", "qos"):
         if scfg.get(key):
             params[key] = str(scfg[key])
-    if scfg.setup:
-        params["setup"] = [str(line) for line in scfg.setup]
+    # Slurm 22.05 to 23.02: srun does not inherit --cpus-per-task from the allocation, so the job
+    # step (submitit runs the stage with srun) would get one CPU. Pass it on explicitly.
+    params["setup"] = [
+        'export SRUN_CPUS_PER_TASK="${SLURM_CPUS_PER_TASK:-1}"',
+        *(str(line) for line in scfg.setup or []),
+    ]
     container = scfg.container
     if container.runtime == "pyxis":
         params["srun_args"] = [f"--container-image={container.image}", *map(str, container.args)]
@@ -316,6 +328,27 @@ def launch_slurm(cfg: DictConfig, *, wait: bool) -> int:
         print(f"run {cfg.run_id}: every stage is already done, nothing submitted")
     sys.stdout.flush()
     return follow(cfg, run) if wait else 0
+
+
+def active_run(cfg: DictConfig, sha256: str, *, newest: int = 20) -> str | None:
+    """The id of a run in the store with this data fingerprint whose Slurm jobs are still queued
+    or running (read from its scheduler.json and the queue), or None. Looks at the `newest` runs."""
+    from pipeline.fingerprint import FINGERPRINT_KEY
+    from pipeline.history import run_ids
+    from pipeline.runs import root_store
+
+    root = root_store(cfg)
+    for run_id in reversed(run_ids(root)[-newest:]):
+        run = root.child(f"runs/{run_id}")
+        if not run.exists(FINGERPRINT_KEY) or not read_submissions(run):
+            continue
+        if run.read_json(FINGERPRINT_KEY).get("sha256") != sha256:
+            continue
+        probe = copy.deepcopy(cfg)
+        probe.run_id = run_id
+        if run_status(probe, queue_states).active_jobs:
+            return run_id
+    return None
 
 
 # --------------------------------------------------------------------------------------------

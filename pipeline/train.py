@@ -4,8 +4,8 @@ macro F1, resumable from the last epoch's state.
 Reads the images once per job into resident uint8 tensors at `train.image_size`; batches are
 cropped, augmented and normalised on the training device. Writes into the run:
     models/<name>/checkpoint.pt   state dict of the best epoch (loaded with weights_only=True)
-    models/<name>/last.pt         model, optimizer, scheduler, epoch, history — a restarted job
-                                  resumes from it
+    models/<name>/last.pt         model, optimizer, scheduler, fp16 loss scaler, epoch, history —
+                                  a restarted job resumes from it
     models/<name>/metrics.json    best epoch's val metrics and the per-epoch history
 """
 
@@ -260,8 +260,11 @@ def train_model(cfg: DictConfig, name: str) -> dict[str, Any]:
     # torch.compile: faster steps after 20-70 s of compiling; the checkpoints keep plain keys
     # because they are saved from `model`, which shares its parameters with `step_model`.
     step_model = torch.compile(model) if tcfg.get("compile") else model
-    # fp16 (GPUs without bf16): the loss scale found in one epoch carries over to the next.
+    # fp16 (GPUs without bf16): the loss scale found in one epoch carries over to the next, and
+    # across a resume (it is saved in last.pt).
     scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.precision == "fp16")
+    if state and state.get("scaler") and scaler.is_enabled():
+        scaler.load_state_dict(state["scaler"])
 
     tracker = Tracker(cfg, name, tracked_config(cfg, spec))
     try:
@@ -317,6 +320,7 @@ def train_model(cfg: DictConfig, name: str) -> dict[str, Any]:
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict() if scheduler is not None else None,
                     "generator": generator.get_state(),
+                    "scaler": scaler.state_dict() if scaler.is_enabled() else None,
                     "epoch": epoch,
                     "history": history,
                 },

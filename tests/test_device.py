@@ -18,6 +18,8 @@ from pipeline.device import (
     pick_device,
     pick_precision,
     require_compiler,
+    require_kernels,
+    runs_on,
 )
 from pipeline.errors import ConfigError
 from pipeline.predict import input_shape, probe_precision
@@ -111,3 +113,46 @@ def test_compile_needs_a_compiler_and_says_so(
     with pytest.raises(ConfigError, match=r"train.compile=true needs a C\+\+ compiler"):
         require_compiler(cpu)
     require_compiler(cuda)  # gcc is there
+
+
+@pytest.mark.parametrize(
+    ("capability", "gpu", "auto"),
+    [((7, 0), "Tesla V100-SXM2-16GB", "fp16"), ((8, 0), "NVIDIA A100", "bf16"),
+     ((9, 0), "NVIDIA H100", "bf16")],
+)  # fmt: skip
+def test_cuda_precision_follows_the_compute_capability(
+    capability: tuple[int, int], gpu: str, auto: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Faked device properties: on a V100 (7.0) torch.cuda.is_bf16_supported() says True (it
+    counts emulation), yet cuDNN has no bf16 convolutions: auto must pick fp16 + GradScaler."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: gpu)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    cuda = torch.device("cuda")
+    assert pick_precision("auto", cuda) == auto
+    assert pick_precision("fp16", cuda) == "fp16"
+    assert pick_precision("fp32", cuda) == "fp32"
+    if auto == "fp16":
+        with pytest.raises(ConfigError, match=r"bf16 needs compute capability 8.0.*V100.*7\.0"):
+            pick_precision("bf16", cuda)
+    else:
+        assert pick_precision("bf16", cuda) == "bf16"
+
+
+def test_a_torch_build_without_the_gpus_kernels_stops_the_job_at_its_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cu130 = ["sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120"]  # torch 2.14.1+cu130
+    cu126 = ["sm_50", "sm_60", "sm_70", "sm_75", "sm_80", "sm_86", "sm_90"]  # torch 2.7.1
+    assert not runs_on(cu130, 7, 0) and runs_on(cu126, 7, 0)
+    assert runs_on(cu130, 8, 9)  # sm_86 cubins run on 8.9
+    assert runs_on(["sm_80", "compute_80"], 9, 0) and not runs_on(["sm_80"], 9, 0)
+    assert not runs_on(["sm_90a"], 9, 0)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla V100")
+    monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: cu130)
+    with pytest.raises(ConfigError, match=r"no kernels for Tesla V100 \(sm_70\).*sm_75 sm_80"):
+        require_kernels(torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: cu126)
+    require_kernels(torch.device("cuda"))
+    require_kernels(torch.device("cpu"))  # nothing to check

@@ -26,6 +26,7 @@ from pipeline.history import (
 from pipeline.launch import main as launch_main
 from pipeline.pull import main as pull_main
 from pipeline.pull import verify
+from pipeline.runs import code_version
 from pipeline.runs import main as runs_main
 from pipeline.store import LocalStore, open_store
 from tests.conftest import TINY_OVERRIDES
@@ -131,6 +132,22 @@ def test_the_fingerprint_follows_data_labels_and_config(
     with_fix = data_fingerprint(make_cfg(dataset_copy, f"data.label_fix={fix}"))
     fix.write_text("person_id,age\n000001,34\n")
     assert with_fix != data_fingerprint(make_cfg(dataset_copy, f"data.label_fix={fix}"))
+
+
+def test_a_new_code_version_retrains_once(
+    tiny_dataset: Path, make_cfg: MakeCfg, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A release (new package version or commit) changes the fingerprint: the nightly run after
+    it retrains instead of being skipped until someone passes --force."""
+    base = data_fingerprint(make_cfg(tiny_dataset))
+    assert base["code_version"] == code_version()
+    monkeypatch.setattr("pipeline.fingerprint.code_version", lambda: "0.2.0+gabcdef0")
+    released = data_fingerprint(make_cfg(tiny_dataset))
+    assert released["sha256"] != base["sha256"] and released["code_version"] == "0.2.0+gabcdef0"
+    assert (released["data_sha256"], released["config_sha256"]) == (
+        base["data_sha256"],
+        base["config_sha256"],
+    )
 
 
 def test_s3_fingerprint_uses_etags(tiny_dataset: Path, s3_root: str, make_cfg: MakeCfg) -> None:

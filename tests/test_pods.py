@@ -26,6 +26,7 @@ import yaml
 from pipeline.config import load_config
 from pipeline.k8s import FINGERPRINT_LABEL, render_jobs
 from pipeline.launch import main as launch_main
+from pipeline.runs import code_version
 from pipeline.store import open_store
 from tests.conftest import TINY_OVERRIDES
 from tests.fake_apiserver import FakeApiServer
@@ -82,6 +83,7 @@ print(json.dumps({
     "compilers": [c for c in ("cc", "gcc", "g++", "c++") if shutil.which(c)],
     "writable": {p: writable(p) for p in ("/", "/opt/conda", "/scratch", "/tmp", "/var/tmp")},
     "cpu_limit": os.environ.get("MASKSUITE_CPU_LIMIT"),
+    "code_version": __import__("pipeline.runs").runs.code_version(),
 }))
 """
     pod = stage_pod(s3_root)
@@ -98,6 +100,7 @@ print(json.dumps({
     assert facts["writable"] == {"/": False, "/opt/conda": False, "/scratch": True,
                                  "/tmp": True, "/var/tmp": False}  # fmt: skip
     assert facts["cpu_limit"] == "8"  # the prepare pod's limits.cpu, through the downward API
+    assert facts["code_version"] == code_version()  # the commit the image was built from
 
 
 @pytest.mark.s3

@@ -56,10 +56,19 @@ mv "$CONF.tmp" "$CONF"
 
 # slurmctld and slurmd: start those not running (the pid files name them).
 running() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+stop() {  # TERM the daemon whose pid file is $1, KILL after 10 s
+  running "$1" || return 0
+  kill "$(cat "$1")" 2>/dev/null || return 0
+  for _ in $(seq 100); do running "$1" || return 0; sleep 0.1; done
+  kill -9 "$(cat "$1")" 2>/dev/null || true
+}
+if [ "$changed" = 1 ]; then
+  # A new configuration (plugins, GRES) needs new daemons, not only `scontrol reconfigure`.
+  stop "$STATE/slurmd.pid"
+  stop "$STATE/slurmctld.pid"
+fi
 if ! running "$STATE/slurmctld.pid"; then
   slurmctld -c  # -c: clean start, forget jobs of an earlier local cluster
-elif [ "$changed" = 1 ]; then
-  scontrol reconfigure  # running daemons re-read the new slurm.conf
 fi
 if ! running "$STATE/slurmd.pid"; then
   slurmd
