@@ -408,3 +408,39 @@ def test_a_model_job_gets_one_gpu_at_most() -> None:
     scfg = load_config(["slurm.stages.model.gpus=2"]).slurm
     with pytest.raises(ConfigError, match=r"slurm.stages.model.gpus=2: training is single-device"):
         sbatch_parameters(scfg, "model")
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_a_job_that_slurm_requeues_resumes_training_where_it_stopped(
+    slurm_cluster: None, tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """PreemptMode=REQUEUE (or an admin's `scontrol requeue`): Slurm kills the job and queues it
+    again with no warning signal; the new start skips done stages and resumes from last.pt."""
+    epochs = 12
+    store = str(tmp_path / "store")
+    args = overrides(tiny_dataset, store, tmp_path, f"train.epochs={epochs}")
+    code, out, err = launch(capsys, *args)
+    assert code == 0, out + err
+    run_id, jobs = run_id_of(out), submitted_jobs(out)
+    job = jobs["train-single"]
+    log = tmp_path / "slurm" / run_id / f"{job}_0_log.err"
+    deadline = time.monotonic() + 180
+    while f"epoch 2/{epochs}" not in (log.read_text() if log.exists() else ""):
+        assert time.monotonic() < deadline, f"training did not reach epoch 2; log {log}"
+        time.sleep(0.2)
+    subprocess.run(["scontrol", "requeue", job], check=True)
+
+    cfg = load_config([*args, f"run_id={run_id}"])
+    run = run_store(cfg)
+    assert follow(cfg, run) == 0, capsys.readouterr()
+    shown = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True,
+                           check=True).stdout  # fmt: skip
+    assert "Restarts=1" in shown, shown
+    text = log.read_text()
+    resumed = re.findall(r"resuming after epoch (\d+)", text)
+    # epoch 2 was logged; its last.pt may or may not have been written when the job was killed
+    assert len(resumed) == 1 and 1 <= int(resumed[0]) < epochs, text[-3000:]
+    metrics = run.read_json("models/single/metrics.json")
+    assert [h["epoch"] for h in metrics["history"]] == list(range(1, epochs + 1))
+    check_submission(run, tiny_dataset)
