@@ -192,6 +192,39 @@ def container(
     }
 
 
+def pod_spec(
+    cfg: DictConfig,
+    main: dict[str, Any],
+    *,
+    service_account: str,
+    token: bool,
+    scratch_size: str,
+    node_selector: dict[str, Any],
+    tolerations: list[Any],
+) -> dict[str, Any]:
+    """The hardened pod of every Job of the suite around its one container: non-root, a
+    service-account token only when `token`, size-limited scratch and /tmp volumes, where it may
+    be scheduled and the registry's pull secrets."""
+    pod: dict[str, Any] = {
+        "serviceAccountName": service_account,
+        "automountServiceAccountToken": token,
+        "restartPolicy": "Never",
+        "securityContext": dict(POD_SECURITY),
+        "containers": [main],
+        "volumes": [
+            {"name": "scratch", "emptyDir": {"sizeLimit": scratch_size}},
+            {"name": "tmp", "emptyDir": {"sizeLimit": scratch_size}},
+        ],
+    }
+    if node_selector:
+        pod["nodeSelector"] = node_selector
+    if tolerations:
+        pod["tolerations"] = tolerations
+    if cfg.k8s.image_pull_secrets:
+        pod["imagePullSecrets"] = [{"name": str(s)} for s in cfg.k8s.image_pull_secrets]
+    return pod
+
+
 def stage_resources(cfg: DictConfig, stage: str) -> dict[str, Any]:
     """Requests and limits of a stage's main container (training adds its GPUs to both)."""
     resources = _plain(cfg.k8s.resources[stage])
@@ -240,19 +273,10 @@ def stage_job(
     if stage == "train":
         node_selector.update(_plain(k.train_node_selector) or {})
         tolerations += list(_plain(k.train_tolerations) or [])
-    pod: dict[str, Any] = {
-        "serviceAccountName": str(k.service_account),
-        "automountServiceAccountToken": False,
-        "restartPolicy": "Never",
-        "securityContext": dict(POD_SECURITY),
-        "containers": [
-            container(cfg, stage, stage_command(cfg, stage, overrides), stage_resources(cfg, stage))
-        ],
-        "volumes": [
-            {"name": "scratch", "emptyDir": {"sizeLimit": str(k.scratch_size)}},
-            {"name": "tmp", "emptyDir": {"sizeLimit": str(k.scratch_size)}},
-        ],
-    }
+    main = container(cfg, stage, stage_command(cfg, stage, overrides), stage_resources(cfg, stage))
+    pod = pod_spec(cfg, main, service_account=str(k.service_account), token=False,
+                   scratch_size=str(k.scratch_size), node_selector=node_selector,
+                   tolerations=tolerations)  # fmt: skip
     if stage == "train":
         # GPU pods: a PriorityClass (to preempt, or be preempted by, other work) and a
         # RuntimeClass (e.g. "nvidia" where the GPU runtime is not the node's default).
@@ -260,12 +284,6 @@ def stage_job(
             pod["priorityClassName"] = str(k.train_priority_class)
         if k.get("train_runtime_class"):
             pod["runtimeClassName"] = str(k.train_runtime_class)
-    if node_selector:
-        pod["nodeSelector"] = node_selector
-    if tolerations:
-        pod["tolerations"] = tolerations
-    if k.image_pull_secrets:
-        pod["imagePullSecrets"] = [{"name": str(s)} for s in k.image_pull_secrets]
     spec: dict[str, Any] = {
         "activeDeadlineSeconds": int(k.active_deadline_seconds[stage]),
         "ttlSecondsAfterFinished": int(k.ttl_seconds_after_finished),
@@ -348,24 +366,10 @@ def launcher_job(cfg: DictConfig, launch_args: Sequence[str]) -> dict[str, Any]:
     labels = run_labels(cfg, "launcher", None)
     command = ["python", "-m", "pipeline.launch", "--cluster", "k8s", *launch_args]
     main = container(cfg, "launcher", command, LAUNCHER_RESOURCES)
-    pod: dict[str, Any] = {
-        "serviceAccountName": str(k.launcher_service_account),
-        # The only pod of the suite that gets an API token: it creates and follows the Jobs.
-        "automountServiceAccountToken": True,
-        "restartPolicy": "Never",
-        "securityContext": dict(POD_SECURITY),
-        "containers": [main],
-        "volumes": [
-            {"name": "scratch", "emptyDir": {"sizeLimit": "1Gi"}},
-            {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
-        ],
-    }
-    if k.node_selector:
-        pod["nodeSelector"] = dict(_plain(k.node_selector))
-    if k.tolerations:
-        pod["tolerations"] = list(_plain(k.tolerations))
-    if k.image_pull_secrets:
-        pod["imagePullSecrets"] = [{"name": str(s)} for s in k.image_pull_secrets]
+    # The only pod of the suite that gets an API token: it creates and follows the Jobs.
+    pod = pod_spec(cfg, main, service_account=str(k.launcher_service_account), token=True,
+                   scratch_size="1Gi", node_selector=dict(_plain(k.node_selector) or {}),
+                   tolerations=list(_plain(k.tolerations) or []))  # fmt: skip
     skips = {
         **CHECKOV_SKIPS,
         "CKV_K8S_38": "the launcher creates and follows the run's Jobs through the API server, "

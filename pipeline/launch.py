@@ -63,9 +63,9 @@ def run_local(cfg: DictConfig) -> dict[str, Any]:
 
 
 def recorded_fingerprint(cfg: DictConfig) -> dict[str, Any]:
-    """The run's data fingerprint (`runs/<run_id>/fingerprint.json`). A run named on the command
-    line without one (a launcher Job from `--dry-run`, `--resume` of a run made by hand) gets it
-    now: latest.json keeps it, and the Kubernetes Jobs are labelled with it."""
+    """Kubernetes: the run's data fingerprint (`runs/<run_id>/fingerprint.json`), which labels its
+    Jobs. A run named on the command line without one (the launcher Job that `--dry-run` prints,
+    `--resume` of a run made by hand) gets it now; latest.json keeps it too."""
     run = run_store(cfg)
     if run.exists(FINGERPRINT_KEY):
         return run.read_json(FINGERPRINT_KEY)
@@ -191,6 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             check_cluster_paths(cfg)  # before any data is read or any run is made
         if args.resume:
             cfg.run_id = args.resume
+        fingerprint = None
         if not cfg.get("run_id"):
             # A new run (rendering manifests reads no data).
             fingerprint = None if render_only else data_fingerprint(cfg)
@@ -216,8 +217,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             cfg.run_id = active or new_run_id()
             if fingerprint and not active:
                 run_store(cfg).write_json(FINGERPRINT_KEY, fingerprint)
-        if not render_only:
-            fingerprint = recorded_fingerprint(cfg)
         if args.cluster == "slurm":
             from pipeline.slurm import launch_slurm
 
@@ -226,6 +225,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from pipeline.k8s import launch_k8s, pass_through
 
             launch_args = [*pass_through(args.overrides), f"run_id={cfg.run_id}"]
+            if not render_only and fingerprint is None:  # a run named on the command line
+                fingerprint = recorded_fingerprint(cfg)
             return launch_k8s(
                 cfg,
                 dry_run=args.dry_run,

@@ -39,7 +39,6 @@ class FakeApiServer:
         self.run_pod = run_pod
         self.jobs: dict[str, dict[str, Any]] = {}
         self.pods: list[tuple[str, int | None, PodRun]] = []
-        self.requests: list[tuple[str, str]] = []
         self.unauthorized = 0
         self.lock = threading.Lock()
         self.threads: list[threading.Thread] = []
@@ -115,7 +114,6 @@ class FakeApiServer:
 
     def _handle(self, handler: BaseHTTPRequestHandler, method: str) -> None:
         url = urlparse(handler.path)
-        self.requests.append((method, url.path))
         scheme, _, token = (handler.headers.get("Authorization") or "").partition(" ")
         if scheme.lower() != "bearer" or token != self.token:
             self.unauthorized += 1

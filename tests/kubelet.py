@@ -105,7 +105,8 @@ def resolve_env(
             part, resource = ref["resource"].split(".", 1)
             amount = container.get("resources", {}).get(part, {}).get(resource)
             if amount is None:  # no limit: the node's allocatable (here, this machine's)
-                amount = os.cpu_count() if resource == "cpu" else os.sysconf("SC_PHYS_PAGES")
+                pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+                amount = os.cpu_count() if resource == "cpu" else pages
             divisor = quantity(ref.get("divisor", "1"))
             env[name] = str(math.ceil(quantity(amount) / divisor))
         else:
