@@ -1,8 +1,17 @@
 # Two commands on a fresh machine: `make demo` and `make test` (see README).
 PYTHON ?= python3
-VENV   := .venv
+VENV   ?= .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
+# Which torch build to install, pinned by constraints/torch-$(TORCH).txt:
+#   default  torch 2.14.1 / torchvision 0.29.1 (CUDA 13.0: kernels for sm_75 and newer GPUs);
+#   v100     torch 2.7.1 / torchvision 0.22.1 (CUDA 12.6: kernels sm_50 ... sm_90, V100 = sm_70
+#            included; the image's torch). `make install TORCH=v100` on a V100 cluster.
+TORCH  ?= default
+TORCH_BUILDS := $(patsubst constraints/torch-%.txt,%,$(wildcard constraints/torch-*.txt))
+ifeq ($(filter $(TORCH),$(TORCH_BUILDS)),)
+$(error TORCH=$(TORCH) is not a torch build we pin; valid: $(TORCH_BUILDS) (constraints/torch-*.txt))
+endif
+STAMP  := $(VENV)/.installed-torch-$(TORCH)
 # The generated dataset of the demo: small enough for a 2-core CPU, big enough to learn from.
 DEMO_DATA       ?= data/generated
 DEMO_PEOPLE     ?= 400
@@ -15,9 +24,12 @@ DEMO_FLAGS      ?=
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints/torch-$(TORCH).txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --progress-bar off -e '.[dev]'
+	$(BIN)/pip install --quiet --progress-bar off -c constraints/torch-$(TORCH).txt -e '.[dev]'
+	$(BIN)/python -c 'import torch, torchvision; print("installed torch", torch.__version__, \
+	  "torchvision", torchvision.__version__, "CUDA kernels:", torch._C._cuda_getArchFlags() or "none")'
+	rm -f $(VENV)/.installed $(VENV)/.installed-torch-*
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -31,6 +43,19 @@ lint: $(STAMP)
 
 test: lint lint-deploy browser image
 	MASKSUITE_IMAGE=$(IMAGE) $(BIN)/python -m pytest
+	$(MAKE) test-v100
+
+# The CPU tests on the V100 route's torch (TORCH=v100) in a venv of their own: every test that
+# trains, predicts, saves or loads a model with torch, without the Slurm, pod and S3 ones (those
+# run the same library code, already covered on the default torch). README "Tests".
+V100_VENV  ?= .venv-v100
+V100_TESTS ?= -m "not slurm and not image and not s3"
+.PHONY: test-v100
+test-v100:
+	$(MAKE) install VENV=$(V100_VENV) TORCH=v100
+	$(V100_VENV)/bin/python -c 'import torch; v, k = torch.__version__, torch._C._cuda_getArchFlags(); \
+	  assert v.startswith("2.7.1") and "sm_70" in k.split(), (v, k)'
+	$(V100_VENV)/bin/python -m pytest $(V100_TESTS)
 
 # Headless Chromium for the report test (Debian's package; needs root on a machine without it).
 browser:

@@ -22,6 +22,8 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 #: Set by the Kubernetes pods to the container's CPU limit (downward API, see pipeline.k8s).
 CPU_LIMIT_ENV = "MASKSUITE_CPU_LIMIT"
+#: Set by Slurm in a job (and its steps) that asked for --cpus-per-task.
+SLURM_CPUS_ENV = "SLURM_CPUS_PER_TASK"
 
 
 def cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
@@ -46,31 +48,44 @@ def available_cpus(
     env: dict[str, str] | None = None, cgroup_root: Path = Path("/sys/fs/cgroup")
 ) -> int:
     """CPUs this process may keep busy: the cores it may run on (sched_getaffinity), capped by
-    its container's CPU limit: `MASKSUITE_CPU_LIMIT` (a Kubernetes pod's `limits.cpu`, through the
-    downward API) and the cgroup's CPU quota, each rounded up to whole CPUs. In a pod, affinity
-    alone reports every core of the node, and a pod limited to 8 CPUs running 64 threads is
-    throttled to a crawl."""
+    what its scheduler gave it: a Slurm job's `SLURM_CPUS_PER_TASK`, `MASKSUITE_CPU_LIMIT` (a
+    Kubernetes pod's `limits.cpu`, through the downward API) and the cgroup's CPU quota, each
+    rounded up to whole CPUs. Where nothing binds tasks to cores, affinity alone reports every core
+    of the node, and a job given 8 CPUs running 64 threads is throttled to a crawl; where
+    something binds them to fewer cores than the job was given, 8 threads on 2 cores are as bad."""
     env = os.environ if env is None else env
-    cpus = len(os.sched_getaffinity(0))
-    limits = []
-    text = env.get(CPU_LIMIT_ENV, "").strip()
-    if text:
-        try:
-            limits.append(float(text))
-        except ValueError:
-            log.warning("%s=%r is not a number of CPUs; ignored", CPU_LIMIT_ENV, text)
+    cores = len(os.sched_getaffinity(0))
+    cpus = cores
+    limits: list[tuple[str, float]] = []
+    for var in (SLURM_CPUS_ENV, CPU_LIMIT_ENV):
+        text = env.get(var, "").strip()
+        if text:
+            try:
+                limits.append((var, float(text)))
+            except ValueError:
+                log.warning("%s=%r is not a number of CPUs; ignored", var, text)
     quota = cgroup_cpu_quota(cgroup_root)
     if quota is not None:
-        limits.append(quota)
-    for limit in limits:
+        limits.append(("the cgroup's CPU quota", quota))
+    for source, limit in limits:
         if limit > 0:
+            if source == SLURM_CPUS_ENV and cores < limit:
+                log.warning(
+                    "%s=%s but this process may run on %d core(s) only (its CPU affinity): the "
+                    "job step did not get the job's CPUs (srun of Slurm 22.05-23.02 needs "
+                    "SRUN_CPUS_PER_TASK); using %d thread(s)",
+                    SLURM_CPUS_ENV,
+                    env[SLURM_CPUS_ENV],
+                    cores,
+                    cores,
+                )
             cpus = min(cpus, max(1, math.ceil(limit)))
     return cpus
 
 
 def cpu_threads(cfg: DictConfig) -> int:
     """Threads for torch and decoding: `train.num_threads`, or every CPU this process may use
-    (`available_cpus`: its cores, capped by its container's CPU limit)."""
+    (`available_cpus`: its cores, capped by its Slurm job's or container's CPUs)."""
     return int(cfg.train.get("num_threads") or 0) or available_cpus()
 
 
@@ -126,9 +141,31 @@ def pick_device(name: str) -> torch.device:
         raise ConfigError(f"train.device={name!r} is not one of {DEVICES}")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
+        if name == "cpu" and (given := gpus_given()):
+            log.warning(
+                "the scheduler gave this job GPU(s) (%s) but torch %s sees no CUDA device (%s); "
+                "training on the CPU (train.device=cuda makes this an error)",
+                given,
+                torch.__version__,
+                "a CPU-only torch build"
+                if torch.version.cuda is None
+                else "no NVIDIA driver or device visible to this process",
+            )
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device=cuda but no CUDA device is visible; use auto or cpu")
     return torch.device(name)
+
+
+def gpus_given(env: dict[str, str] | None = None) -> str | None:
+    """The variable by which Slurm (CUDA_VISIBLE_DEVICES) or the NVIDIA container runtime
+    (NVIDIA_VISIBLE_DEVICES) gave this process GPUs, as `NAME=value`; None when neither did."""
+    env = os.environ if env is None else env
+    for var, none in (("CUDA_VISIBLE_DEVICES", {"", "-1", "NoDevFiles"}),
+                      ("NVIDIA_VISIBLE_DEVICES", {"", "none", "void"})):  # fmt: skip
+        value = env.get(var)
+        if value is not None and value.strip() not in none:
+            return f"{var}={value}"
+    return None
 
 
 def cpu_has_bf16() -> bool:
@@ -187,8 +224,8 @@ def require_kernels(device: torch.device) -> None:
         raise ConfigError(
             f"torch {torch.__version__} has no kernels for {gpu_name(device)} ({arch}); this "
             f"build has {' '.join(built) or 'none'}. Install a build with {arch} (for V100s: "
-            "torch 2.7.1 / torchvision 0.22.1 from PyPI, the CUDA 12.6 build) or run the "
-            "container image, which has it"
+            "`make install TORCH=v100`, torch 2.7.1 / torchvision 0.22.1 from PyPI, the CUDA "
+            "12.6 build) or run the container image, which has it"
         )
 
 

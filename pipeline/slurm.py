@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 import shlex
 import subprocess
 import sys
@@ -72,6 +71,7 @@ class StageJob(Checkpointable):
         self.kind = kind
         self.model = model
         self.current: str | None = None  # the stage in progress, for checkpoint()
+        self.requeuing = False  # set by checkpoint(): what is raised from now on is the requeue
 
     def stages(self) -> list[str]:
         """Names of the stages this job runs, in order (their markers in `stages/`)."""
@@ -87,6 +87,7 @@ class StageJob(Checkpointable):
         from pipeline.vote import vote
 
         setup_logging()
+        self.requeuing = False  # the pickled copy a requeued job starts from was taken after it
         cfg = job_config(self.config)
         run = run_store(cfg)
         steps = {
@@ -105,7 +106,11 @@ class StageJob(Checkpointable):
             try:
                 steps[stage]()
             except Exception as e:  # every failure is recorded for status, then fails the job
-                mark_stage_failed(run, stage, one_line(e), **where)
+                # ...but not the requeue itself: Slurm kills the job step while submitit's
+                # `scontrol requeue` runs in the signal handler, which then raises through the
+                # stage; the job is queued again and its record must keep saying "requeued".
+                if not self.requeuing:
+                    mark_stage_failed(run, stage, one_line(e), **where)
                 raise
             record_stage_state(run, stage, "done", **where)
         self.current = None
@@ -124,16 +129,15 @@ class StageJob(Checkpointable):
                 record_stage_state(run, self.current, "requeued", reason=reason, **job_where())
             except PipelineError as e:
                 log.warning("could not record the requeue of %s: %s", self.current, e)
+        self.requeuing = True
         return super().checkpoint(*args, **kwargs)
 
 
 def job_config(config: dict[str, Any]) -> DictConfig:
-    """The run's config inside a job; `train.num_threads` defaults to the job's CPUs."""
+    """The run's config inside a job (`train.num_threads` unset = the job's CPUs, see
+    pipeline.device.available_cpus)."""
     cfg = OmegaConf.create(config)
     OmegaConf.set_struct(cfg, False)
-    cpus = os.environ.get("SLURM_CPUS_PER_TASK")
-    if cfg.train.get("num_threads") is None and cpus:
-        cfg.train.num_threads = int(cpus)
     return cfg
 
 

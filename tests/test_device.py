@@ -15,6 +15,7 @@ from pipeline.device import (
     cgroup_cpu_quota,
     compiler_for,
     cpu_has_bf16,
+    gpus_given,
     pick_device,
     pick_precision,
     require_compiler,
@@ -36,6 +37,27 @@ def test_pick_device_and_precision() -> None:
         pick_precision("fp8", cpu)
     with pytest.raises(ConfigError, match="not one of"):
         pick_device("tpu")
+
+
+def test_gpus_given_but_not_seen_are_reported(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert gpus_given({"CUDA_VISIBLE_DEVICES": "0,1"}) == "CUDA_VISIBLE_DEVICES=0,1"
+    assert gpus_given({"NVIDIA_VISIBLE_DEVICES": "GPU-5f1c"}) == "NVIDIA_VISIBLE_DEVICES=GPU-5f1c"
+    nothing = [{}, {"CUDA_VISIBLE_DEVICES": ""}, {"CUDA_VISIBLE_DEVICES": "-1"},
+               {"NVIDIA_VISIBLE_DEVICES": "void"}, {"NVIDIA_VISIBLE_DEVICES": "none"}]  # fmt: skip
+    for env in nothing:
+        assert gpus_given(env) is None, env
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", None)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    monkeypatch.delenv("NVIDIA_VISIBLE_DEVICES", raising=False)
+    with caplog.at_level("WARNING", logger="pipeline.device"):
+        assert pick_device("auto").type == "cpu"
+    assert "gave this job GPU(s) (CUDA_VISIBLE_DEVICES=3)" in caplog.text
+    assert "a CPU-only torch build" in caplog.text and "training on the CPU" in caplog.text
+    with pytest.raises(ConfigError, match="no CUDA device is visible"):
+        pick_device("cuda")
 
 
 def test_input_shape_after_centre_crop() -> None:
@@ -94,6 +116,25 @@ def test_threads_follow_the_containers_cpu_limit(tmp_path: Path) -> None:
     assert cgroup_cpu_quota(v1.parent) is None
     (v1 / "cpu.cfs_quota_us").write_text("100000\n")
     assert available_cpus({"MASKSUITE_CPU_LIMIT": "8"}, v1.parent) == 1  # the smaller limit
+
+
+def test_threads_follow_the_slurm_jobs_cpus_and_never_exceed_the_cores(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Where Slurm binds nothing, affinity sees the whole node: SLURM_CPUS_PER_TASK caps the
+    threads. Where the step got fewer cores than the job (22.05's srun without
+    SRUN_CPUS_PER_TASK), the threads follow the cores and the log says why."""
+    cores = len(os.sched_getaffinity(0))
+    none = tmp_path / "no-cgroup"
+    assert available_cpus({"SLURM_CPUS_PER_TASK": "1"}, none) == 1
+    with caplog.at_level("WARNING", logger="pipeline.device"):
+        assert available_cpus({"SLURM_CPUS_PER_TASK": str(cores)}, none) == cores
+        assert caplog.text == ""
+        assert available_cpus({"SLURM_CPUS_PER_TASK": str(cores + 6)}, none) == cores
+    assert (
+        f"SLURM_CPUS_PER_TASK={cores + 6} but this process may run on {cores} core" in caplog.text
+    )
+    assert "SRUN_CPUS_PER_TASK" in caplog.text
 
 
 def test_compile_needs_a_compiler_and_says_so(

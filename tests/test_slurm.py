@@ -35,6 +35,7 @@ from tests.seaweed import SeaweedServer
 
 REPO = Path(__file__).resolve().parents[1]
 READY = ("idle", "mixed", "allocated", "completing")
+LOCAL_MARK = "# masksuite local one-node Slurm"
 
 
 def cluster_ready() -> bool:
@@ -56,8 +57,11 @@ def cluster_ready() -> bool:
 
 @pytest.fixture(scope="session")
 def slurm_cluster() -> Iterator[None]:
-    """A Slurm cluster that accepts jobs: the one running here, or slurm/local/up.sh's."""
-    if not cluster_ready():
+    """A Slurm cluster that accepts jobs: the one running here, or slurm/local/up.sh's (run again
+    when it is ours: it does nothing unless its configuration changed)."""
+    conf = Path("/etc/slurm/slurm.conf")
+    ours = conf.exists() and conf.read_text().startswith(LOCAL_MARK)
+    if ours or not cluster_ready():
         try:
             result = subprocess.run(
                 ["bash", str(REPO / "slurm" / "local" / "up.sh")],
@@ -285,6 +289,44 @@ def test_a_failed_stage_job_records_why_for_status(
     assert re.search(r"vote\s+blocked\s+-\s+train-single failed", shown), shown
 
 
+def test_a_requeue_that_raises_through_the_stage_is_not_recorded_as_a_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Slurm kills the job step while submitit's `scontrol requeue` runs in the signal handler
+    (seen on the local cluster: CalledProcessError, died with SIGTERM); the exception goes up
+    through the stage, and the stage must stay "requeued" for status, not "failed"."""
+    from omegaconf import OmegaConf
+
+    import pipeline.train
+    from pipeline.runs import read_stage_state
+    from pipeline.slurm import StageJob
+
+    store = str(tmp_path / "store")
+    args = [f"store.root={store}", "run_id=20260101T000000Z-000000", "tracking.mode=disabled"]
+    cfg = load_config(args)
+    write_manifest(cfg)
+    job = StageJob(OmegaConf.to_container(cfg, resolve=True), "model", "single")
+
+    def killed_while_requeuing(cfg: object, name: str) -> None:
+        job.checkpoint()  # what submitit's USR2 handler calls, then `scontrol requeue`
+        raise subprocess.CalledProcessError(-15, ["scontrol", "requeue", "183"])
+
+    monkeypatch.setattr(pipeline.train, "train_model", killed_while_requeuing)
+    with pytest.raises(subprocess.CalledProcessError):
+        job()
+    run = run_store(cfg)
+    assert read_stage_state(run, "train-single")["state"] == "requeued"
+
+    def broken(cfg: object, name: str) -> None:
+        raise DataError("shard train-00003 is truncated")
+
+    monkeypatch.setattr(pipeline.train, "train_model", broken)
+    with pytest.raises(DataError):
+        job()  # the requeued job starts afresh: a real failure is recorded as one
+    record = read_stage_state(run, "train-single")
+    assert record["state"] == "failed" and "train-00003" in record["error"], record
+
+
 def test_the_wckey_is_configurable_or_left_out(tmp_path: Path) -> None:
     """submitit writes `--wckey=submitit` by default; sites that account by wckey choose their
     own, others get none. Checked in the sbatch script submitit itself writes."""
@@ -400,6 +442,41 @@ def test_a_jobs_step_gets_every_cpu_the_job_asked_for(slurm_cluster: None, tmp_p
     assert len(job.result()) == cpus
 
 
+def job_fields(job: str) -> dict[str, str]:
+    """`scontrol show job` as field → value (a finished job stays visible for MinJobAge)."""
+    shown = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True,
+                           check=True).stdout  # fmt: skip
+    return dict(re.findall(r"(\w+)=(\S*)", shown))
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_the_readme_default_slurm_config_runs_with_a_gpu_per_model_job(
+    slurm_cluster: None, tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """README's Slurm example as written (the default slurm group: 8 CPUs, 32 GB and one GPU per
+    model job; partition gpu, an account), on the local cluster whose 2 GPUs only count."""
+    store = str(tmp_path / "store")
+    tiny = [o for o in TINY_OVERRIDES if not o.startswith("train.num_threads=")]
+    args = [f"data.root={tiny_dataset}", f"store.root={store}", "slurm.partition=gpu",
+            "slurm.stages.model.gpus=1", "slurm.account=vision",
+            f"slurm.folder={tmp_path / 'slurm'}", "slurm.poll_seconds=1", *tiny]  # fmt: skip
+    code, out, err = launch(capsys, "--wait", *args)
+    assert code == 0, out + err
+    run_id, jobs = run_id_of(out), submitted_jobs(out)
+    check_submission(open_store(store).child(f"runs/{run_id}"), tiny_dataset)
+
+    model = job_fields(jobs["train-single"])
+    assert model["Partition"] == "gpu" and model["Account"] == "vision", model
+    assert model["NumCPUs"] == "8" and model["TresPerNode"] == "gres:gpu:1", model
+    prepare = job_fields(jobs["prepare"])
+    assert prepare["NumCPUs"] == "4" and "TresPerNode" not in prepare, prepare
+    log = (tmp_path / "slurm" / run_id / f"{jobs['train-single']}_0_log.err").read_text()
+    # Slurm gave the task its GPU; torch (here) has no CUDA device, and the log says so.
+    assert "the scheduler gave this job GPU(s) (CUDA_VISIBLE_DEVICES=0)" in log, log[-2000:]
+    assert "training on the CPU" in log
+
+
 def test_a_model_job_gets_one_gpu_at_most() -> None:
     from pipeline.slurm import sbatch_parameters
 
@@ -441,6 +518,38 @@ def test_a_job_that_slurm_requeues_resumes_training_where_it_stopped(
     resumed = re.findall(r"resuming after epoch (\d+)", text)
     # epoch 2 was logged; its last.pt may or may not have been written when the job was killed
     assert len(resumed) == 1 and 1 <= int(resumed[0]) < epochs, text[-3000:]
+    metrics = run.read_json("models/single/metrics.json")
+    assert [h["epoch"] for h in metrics["history"]] == list(range(1, epochs + 1))
+    check_submission(run, tiny_dataset)
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_a_job_that_reaches_its_time_limit_requeues_itself_and_resumes(
+    slurm_cluster: None, tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A real time limit: the model job may run 2 minutes and training needs longer. Slurm's
+    warning signal (USR2, 45 s before the limit, or up to a minute earlier: Slurm checks limits
+    periodically) makes the job requeue itself; every start resumes from last.pt, until the
+    training is done within the requeues allowed."""
+    epochs = 80  # 1.6 s each here (signals came 45 s after each start): 2 to 3 requeues
+    store = str(tmp_path / "store")
+    args = overrides(tiny_dataset, store, tmp_path, f"train.epochs={epochs}",
+                     "slurm.stages.model.time_min=2", "slurm.signal_delay_s=45",
+                     "slurm.max_requeues=12")  # fmt: skip
+    code, out, err = launch(capsys, "--wait", *args)
+    assert code == 0, out + err
+    run_id, jobs = run_id_of(out), submitted_jobs(out)
+    job = jobs["train-single"]
+    fields = job_fields(job)
+    assert fields["TimeLimit"] == "00:02:00", fields
+    restarts = int(fields["Restarts"])
+    log = (tmp_path / "slurm" / run_id / f"{job}_0_log.err").read_text()
+    assert restarts >= 1 and log.count("Job has timed out") == restarts, log[-3000:]
+    resumed = [int(e) for e in re.findall(r"resuming after epoch (\d+)", log)]
+    assert len(resumed) == restarts and resumed == sorted(resumed), resumed
+    assert resumed[0] >= 1 and resumed[-1] < epochs, resumed
+    run = open_store(store).child(f"runs/{run_id}")
     metrics = run.read_json("models/single/metrics.json")
     assert [h["epoch"] for h in metrics["history"]] == list(range(1, epochs + 1))
     check_submission(run, tiny_dataset)

@@ -21,5 +21,5 @@ stop() {  # stop the daemon whose pid file is $1: TERM, then KILL after 10 s
 stop "$STATE/slurmd.pid"
 stop "$STATE/slurmctld.pid"
 stop /run/munge/munged.pid
-rm -f "$CONF"
+rm -f "$CONF" /etc/slurm/gres.conf
 echo "slurm-down: local cluster stopped"

@@ -7,6 +7,7 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 STATE="${SLURM_LOCAL_STATE:-/var/lib/masksuite-slurm}"
 CONF=/etc/slurm/slurm.conf
+GRES=/etc/slurm/gres.conf
 MARK="# masksuite local one-node Slurm"
 
 die() { echo "slurm-up: $*" >&2; exit 1; }
@@ -29,6 +30,10 @@ if [ -f "$CONF" ] && ! grep -q "^$MARK" "$CONF"; then
   die "$CONF exists and was not written by this script: this machine already belongs to a Slurm cluster; use it directly"
 fi
 
+if [ -f "$GRES" ] && ! grep -q "^$MARK" "$GRES"; then
+  die "$GRES exists and was not written by this script: this machine already belongs to a Slurm cluster; use it directly"
+fi
+
 # munge: the key and the daemon (authentication between Slurm's daemons and commands).
 if [ ! -s /etc/munge/munge.key ]; then
   mkdir -p /etc/munge
@@ -44,15 +49,26 @@ if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
   munge -n | unmunge >/dev/null || die "munged did not start (see /var/log/munge/munged.log)"
 fi
 
-# slurm.conf from the template, with this machine's name, CPUs and memory.
+# slurm.conf from the template, with this machine's name, CPUs and memory (at least 16 CPUs and
+# 64 GB: see slurm.conf.in).
 host="$(hostname -s)"
 cpus="$(slurmd -C | sed -n 's/.*CPUs=\([0-9]*\).*/\1/p' | head -1)"
 memory="$(slurmd -C | sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p' | head -1)"
-mkdir -p "$STATE/ctld" "$STATE/d" /etc/slurm
+real_cpus="$cpus"
+[ "$cpus" -ge 16 ] || cpus=16
+[ "$memory" -ge 65536 ] || memory=65536
+mkdir -p "$STATE/ctld" "$STATE/d" "$STATE/gpus" /etc/slurm
 sed -e "s|@HOST@|$host|g" -e "s|@CPUS@|$cpus|g" -e "s|@MEMORY@|$memory|g" -e "s|@STATE@|$STATE|g" \
   "$here/slurm.conf.in" > "$CONF.tmp"
-changed=1; cmp -s "$CONF.tmp" "$CONF" && changed=0
+# GPUs that only count. Slurm 22.05 drops a GPU GRES without a File= ("Removing file-less GPU"),
+# and wants each File= to be a character device: two links to /dev/null. No cgroup constrains
+# devices here, so nothing is opened through them; a job's CUDA_VISIBLE_DEVICES names its GPU.
+ln -sfn /dev/null "$STATE/gpus/gpu0"
+ln -sfn /dev/null "$STATE/gpus/gpu1"
+printf '%s\nName=gpu File=%s/gpus/gpu[0-1]\n' "$MARK" "$STATE" > "$GRES.tmp"
+changed=1; cmp -s "$CONF.tmp" "$CONF" && cmp -s "$GRES.tmp" "$GRES" && changed=0
 mv "$CONF.tmp" "$CONF"
+mv "$GRES.tmp" "$GRES"
 
 # slurmctld and slurmd: start those not running (the pid files name them).
 running() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
@@ -78,7 +94,7 @@ fi
 for _ in $(seq 60); do
   state="$(sinfo -h -N -o '%T' 2>/dev/null | head -1 || true)"
   case "$state" in
-    idle|mixed|allocated|completing) echo "slurm-up: one-node cluster ready ($host, $cpus CPUs, partition debug)"; exit 0 ;;
+    idle|mixed|allocated|completing) echo "slurm-up: one-node cluster ready ($host: $real_cpus CPUs taken as $cpus, 2 GPUs that only count; partitions debug, gpu)"; exit 0 ;;
     down*|drain*) scontrol update nodename="$host" state=resume 2>/dev/null || true ;;
   esac
   sleep 1
