@@ -228,11 +228,24 @@ def random_erasing(
 # --- label-mixing steps (per batch) -----------------------------------------------------------
 
 
+#: Tasks whose evidence is spread over the face: their label is mixed by area under CutMix.
+AREA_TASKS = ("gender", "age")
+
+
 def vertical_cutmix_with(
-    images: Tensor, soft_targets: Tensor, partner: Tensor, cut: Tensor
+    images: Tensor, soft_targets: Tensor, partner: Tensor, cut: Tensor, task: str | None = None
 ) -> tuple[Tensor, Tensor]:
     """Deterministic core of `vertical_cutmix`: image i keeps rows [0, cut[i]) and takes rows
-    [cut[i], H) from image partner[i]; its target is (cut[i]/H) t_i + (1 - cut[i]/H) t_partner[i].
+    [cut[i], H) from image partner[i]. With w = cut[i]/H, the label follows where each task's
+    evidence lies:
+
+    - gender and age (eyes, hair, skin: all over the face) mix by area, w t_i + (1 - w) t_p;
+    - the mask (nose and mouth, below the cut, which never rises above 0.3 H) is the partner's,
+      wholly: task "mask" takes t_p;
+    - the 18 classes (task "all", mask x gender x age) take the partner's mask marginal times
+      the area mix of the gender-age marginals: P(m, ga) = P_p(m) (w P_i(ga) + (1 - w) P_p(ga)).
+
+    `task` None (a generic classifier) mixes by area.
     """
     n, height = len(images), images.shape[2]
     cut = cut.to(images.device).view(n)
@@ -241,14 +254,32 @@ def vertical_cutmix_with(
     mixed = torch.where(top, images, images[partner.to(images.device)])
     weight = (cut.float() / height).view(n, 1).to(soft_targets.device)
     other = soft_targets[partner.to(soft_targets.device)]
+    if task == "mask":
+        return mixed, other.clone()
+    if task == "all":
+        if soft_targets.shape[1] != 18:
+            raise ValueError(f"task 'all' has 18 classes, got {soft_targets.shape[1]}")
+        mine, theirs = soft_targets.view(n, 3, 6), other.view(n, 3, 6)
+        mask = theirs.sum(dim=2, keepdim=True)  # N x 3 x 1, the partner's
+        gender_age = weight.view(n, 1, 1) * mine.sum(dim=1, keepdim=True) + (
+            1.0 - weight.view(n, 1, 1)
+        ) * theirs.sum(dim=1, keepdim=True)  # N x 1 x 6
+        return mixed, (mask * gender_age).view(n, 18)
+    if task is not None and task not in AREA_TASKS:
+        raise ValueError(f"unknown task {task!r}; valid: all, mask, {', '.join(AREA_TASKS)}")
     return mixed, weight * soft_targets + (1.0 - weight) * other
 
 
 def vertical_cutmix(
-    images: Tensor, soft_targets: Tensor, p: float, generator: torch.Generator | None = None
+    images: Tensor,
+    soft_targets: Tensor,
+    p: float,
+    generator: torch.Generator | None = None,
+    task: str | None = None,
 ) -> tuple[Tensor, Tensor]:
     """With probability p (per batch), give each image the bottom rows of a partner image (a
-    random permutation of the batch), mixing labels by area; see `vertical_cutmix_with`.
+    random permutation of the batch); the mask label follows the bottom rows, gender and age mix
+    by area (see `vertical_cutmix_with`).
 
     The cut row is drawn per image, uniform over the integers in [0.3 H, 0.7 H]: each face then
     keeps at least 30% of the height, so the top (eyes, hair: gender and age cues) and the bottom
@@ -264,7 +295,7 @@ def vertical_cutmix(
     gen = _generator_on(images.device, generator)
     partner = _randperm(n, images.device, gen)
     cut = torch.randint(lo, hi + 1, (n,), generator=gen, device=images.device)
-    return vertical_cutmix_with(images, soft_targets, partner, cut)
+    return vertical_cutmix_with(images, soft_targets, partner, cut, task)
 
 
 def mixup_with(
@@ -337,10 +368,12 @@ class BatchAugment:
         targets: Tensor,
         num_classes: int,
         generator: torch.Generator | None = None,
+        task: str | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Augment a batch: float images in [0, 1] (N×3×H×W) and class indices (N) →
         (images of the same shape, dtype and device, float32 soft targets N×num_classes on the
-        images' device). Targets may already be soft (N×num_classes float).
+        images' device). Targets may already be soft (N×num_classes float). `task` (all, mask,
+        gender, age) decides how vertical CutMix mixes the label; None mixes by area.
         """
         _check_images(images)
         soft = soft_targets(targets, num_classes).to(images.device)
@@ -356,7 +389,7 @@ class BatchAugment:
             use_cutmix = _coin(0.5, generator)
             use_mixup = not use_cutmix
         if use_cutmix:
-            images, soft = vertical_cutmix(images, soft, self.cutmix_vertical, generator)
+            images, soft = vertical_cutmix(images, soft, self.cutmix_vertical, generator, task)
         elif use_mixup and _coin(self.mixup_prob, generator):
             images, soft = mixup(images, soft, self.mixup_alpha, generator)
         return images, soft

@@ -29,8 +29,9 @@ from pipeline.store import open_store, read_uri
 FINGERPRINT_KEY = "fingerprint.json"
 #: Top-level config keys that never change what a run learns.
 IGNORED_KEYS = ("run_id", "model_name", "tracking", "store", "slurm", "k8s")
-#: train.* keys that change speed or placement, not the models.
-IGNORED_TRAIN_KEYS = ("num_threads", "gpu_memory_budget", "compile")
+#: train.* keys that change speed or placement, not the models (not `compile`: a compiled step
+#: once trained frozen batch norms differently, so it is kept as part of what a run learns).
+IGNORED_TRAIN_KEYS = ("num_threads", "gpu_memory_budget")
 INPUT_PREFIXES = ("train", "eval")
 
 

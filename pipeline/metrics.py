@@ -11,10 +11,18 @@ from pipeline.labels import NUM_CLASSES
 
 
 def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int = NUM_CLASSES) -> float:
-    """Macro F1 over all `num_classes` classes (classes absent from both count as 0)."""
-    return float(
-        f1_score(y_true, y_pred, labels=list(range(num_classes)), average="macro", zero_division=0)
-    )
+    """The competition's macro F1: scikit-learn's `f1_score(average="macro")`, the mean F1 over
+    the classes present in the truth or the predictions. A class absent from both is not a class
+    of this split and does not count; averaging over all `num_classes` would score it 0 and, on
+    a split that lacks a class, rank a candidate that errs into that class above a better one.
+    `num_classes` only checks the labels' range. 0.0 for empty inputs."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    if len(y_true) == 0:
+        return 0.0
+    for name, y in (("truth", y_true), ("predictions", y_pred)):
+        if y.min() < 0 or y.max() >= num_classes:
+            raise ValueError(f"{name} hold labels outside 0..{num_classes - 1}")
+    return float(f1_score(y_true, y_pred, average="macro", zero_division=0))
 
 
 def classification_metrics(

@@ -148,7 +148,8 @@ def apply_label_fix(
 
     The CSV has a `person_id` (or `id`) or an `image_id` column (`<folder>/<photo stem>`) and any
     of gender, age, mask; empty cells leave a label alone. Rows naming unknown ids go to
-    bad_inputs.csv. Returns how many images changed.
+    bad_inputs.csv. Mask is per photo: a file that sets it by person_id is refused. Returns how
+    many images had a label changed (a row restating a label changes nothing).
     """
     fix = parse_csv(raw, uri, [])
     if "id" in fix.columns and "person_id" not in fix.columns:
@@ -161,6 +162,12 @@ def apply_label_fix(
             f"{list(LABEL_FIX_FIELDS)}; found {list(fix.columns)}"
         )
     key = keys[0]
+    if key == "person_id" and "mask" in fields and fix["mask"].astype(str).str.strip().ne("").any():
+        raise DataError(
+            f"{uri} sets mask by person_id, which would give all of a person's photos the same "
+            "mask state; mask is per photo: fix it by image_id (<folder>/<photo stem>) in a file "
+            "of its own"
+        )
     changed = pd.Series(False, index=train.index)
     for number, row in enumerate(fix.itertuples(index=False), start=2):
         where = f"{uri} line {number}"
@@ -171,8 +178,9 @@ def apply_label_fix(
         for field in fields:
             cell = str(getattr(row, field))
             if cell.strip():
-                train.loc[target, field] = parse_fix_value(field, cell, where)
-                changed |= target
+                value = parse_fix_value(field, cell, where)
+                changed |= target & (train[field] != value)
+                train.loc[target, field] = value
     train["age_group"] = thresholds.groups(train["age"].to_numpy())
     train["label"] = encode_array(train["mask"], train["gender"], train["age_group"])
     return int(changed.sum())
@@ -346,15 +354,19 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
     write_manifest(cfg)
     workers = int(cfg.store.workers)
     sources = [open_store(str(u), workers=workers) for u in [cfg.data.root, *cfg.data.extra_roots]]
+    # Val and eval are scored on the competition's age groups (< 30, 30-59, >= 60) whatever
+    # data.age_thresholds says: the thresholds shift the training targets only (below), so that
+    # every choice made on val scores measures the competition's task.
+    competition = AgeThresholds()
     thresholds = AgeThresholds(**cfg.data.age_thresholds)
     bad = BadInputs()
 
-    train, train_files = scan_train(sources[0], thresholds, bad)
+    train, train_files = scan_train(sources[0], competition, bad)
     if train.empty:
         raise DataError(f"no usable training photos under {sources[0].uri_of(TRAIN_IMAGES)}")
     train["source"] = 0
     for number, extra in enumerate(sources[1:], start=1):
-        rows, files = scan_train(extra, thresholds, bad.scoped(f"{extra.uri}/"))
+        rows, files = scan_train(extra, competition, bad.scoped(f"{extra.uri}/"))
         for column in ("image_id", "person_id"):
             rows[column] = f"extra{number}/" + rows[column]
         rows["source"] = number
@@ -366,12 +378,17 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
             raw = read_uri(fix_uri, workers=workers)
         except StoreKeyNotFound as e:
             raise DataError(f"data.label_fix file {fix_uri} not found") from e
-        fixed = apply_label_fix(train, raw, fix_uri, thresholds, bad)
+        fixed = apply_label_fix(train, raw, fix_uri, competition, bad)
     # Only data.root's people are split; extra sources train only.
     main = train["source"] == 0
     train["split"] = "train"
     train.loc[main, "split"] = assign_splits(
         train[main], float(cfg.data.val_fraction), int(cfg.seed)
+    )
+    shifted = train["split"] == "train"  # training targets only; val keeps the competition's
+    train.loc[shifted, "age_group"] = thresholds.groups(train.loc[shifted, "age"].to_numpy())
+    train.loc[shifted, "label"] = encode_array(
+        train.loc[shifted, "mask"], train.loc[shifted, "gender"], train.loc[shifted, "age_group"]
     )
     train["order"] = -1
     evals, eval_listed = scan_eval(sources[0], bad)

@@ -1,7 +1,8 @@
 """`python -m pipeline.results [--run latest|RUN_ID] [--out FILE] [store.root=...]`
 
 A Markdown table of a finished run: val macro F1 and accuracy of every model (in its own task's
-classes), every candidate (18 classes), the vote, and the eval scores when ground truth exists.
+classes), every candidate (18 classes) and the vote; for candidates and the vote also the eval
+(held-out) scores when the eval set has ground truth (the generated data has).
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ def results_table(run: Store) -> str:
     lines = [
         f"Run `{vote['run_id']}`.",
         "",
-        "| kind | name | task | val macro F1 | val accuracy |",
-        "|---|---|---|---:|---:|",
+        "| kind | name | task | val macro F1 | val accuracy | eval macro F1 | eval accuracy |",
+        "|---|---|---|---:|---:|---:|---:|",
     ]
     models = sorted({k.split("/")[1] for k in run.list("models") if k.endswith("metrics.json")})
     for name in models:
@@ -37,7 +38,12 @@ def results_table(run: Store) -> str:
     for c in vote["candidates"]:
         member = " (voted)" if c["name"] in vote["members"] else ""
         scores = {"macro_f1": c["val_macro_f1"], "accuracy": c["val_accuracy"]}
-        lines.append(row("candidate", c["name"] + member, "18 classes", scores))
+        held_out = (
+            {"macro_f1": c["eval_macro_f1"], "accuracy": c["eval_accuracy"]}
+            if "eval_macro_f1" in c
+            else None
+        )
+        lines.append(row("candidate", c["name"] + member, "18 classes", scores, held_out))
     ens = vote["ensemble"]
     lines.append(
         row(
@@ -45,6 +51,7 @@ def results_table(run: Store) -> str:
             f"top-{vote['top_k']} hard vote",
             "18 classes",
             {"macro_f1": ens["val_macro_f1"], "accuracy": ens["val_accuracy"]},
+            vote.get("eval"),
         )
     )
     if "eval" in vote:
@@ -57,9 +64,20 @@ def results_table(run: Store) -> str:
     return "\n".join(lines) + "\n"
 
 
-def row(kind: str, name: str, task: str, scores: dict[str, Any]) -> str:
-    """One table row."""
-    return f"| {kind} | {name} | {task} | {scores['macro_f1']:.4f} | {scores['accuracy']:.4f} |"
+def row(
+    kind: str,
+    name: str,
+    task: str,
+    scores: dict[str, Any],
+    held_out: dict[str, Any] | None = None,
+) -> str:
+    """One table row: val scores, and eval scores where the eval set has ground truth."""
+    cells = [f"{scores['macro_f1']:.4f}", f"{scores['accuracy']:.4f}"]
+    if held_out is None:
+        cells += ["—", "—"]
+    else:
+        cells += [f"{held_out['macro_f1']:.4f}", f"{held_out['accuracy']:.4f}"]
+    return f"| {kind} | {name} | {task} | {' | '.join(cells)} |"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

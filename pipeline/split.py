@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
-from sklearn.model_selection import StratifiedGroupKFold
+import pandas as pd
 
 from pipeline.errors import ConfigError, DataError
 
@@ -15,25 +13,31 @@ def split_by_person(
 ) -> np.ndarray:
     """Return a boolean array, True for rows that go to validation.
 
-    Rows are images; all images of a person land on the same side. The split is the first fold of
-    scikit-learn's StratifiedGroupKFold with round(1 / val_fraction) folds, so each side keeps the
-    distribution of `strata` (e.g. gender × age group). Deterministic for a given seed.
+    Rows are images; all images of a person land on the same side (a person's stratum is that of
+    their first row). round(val_fraction x people) people go to validation, apportioned to the
+    strata (e.g. gender x age group) by largest remainder, so each side keeps the strata's
+    proportions and the share of people in val is val_fraction to within half a person. Which
+    people: a seeded shuffle within each stratum (deterministic for a given seed).
     """
     if not 0.0 < val_fraction <= 0.5:
         raise ConfigError(f"data.val_fraction must be in (0, 0.5], got {val_fraction}")
-    n_splits = max(2, round(1.0 / val_fraction))
-    groups = np.asarray(person_ids)
-    n_people = len(np.unique(groups))
-    if n_people < n_splits:
+    rows = pd.DataFrame({"person": np.asarray(person_ids), "stratum": np.asarray(strata)})
+    people = rows.drop_duplicates("person")
+    n_people = len(people)
+    wanted = round(val_fraction * n_people)
+    if wanted < 1 or n_people - wanted < 1:
         raise DataError(
-            f"need at least {n_splits} people to hold out {val_fraction:.0%} for validation, "
-            f"found {n_people}"
+            f"need enough people to hold out {val_fraction:.0%} for validation and keep some "
+            f"for training, found {n_people}"
         )
-    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    with warnings.catch_warnings():
-        # Tiny datasets have strata with fewer people than folds; the split is still by person.
-        warnings.simplefilter("ignore", UserWarning)
-        _, val_rows = next(splitter.split(np.zeros(len(groups)), np.asarray(strata), groups))
-    is_val = np.zeros(len(groups), dtype=bool)
-    is_val[val_rows] = True
-    return is_val
+    sizes = people.groupby("stratum", sort=True).size()
+    exact = sizes * (wanted / n_people)
+    quota = np.floor(exact).astype(int)
+    remainder = (exact - quota).sort_values(ascending=False, kind="stable")
+    quota[remainder.index[: wanted - int(quota.sum())]] += 1
+    rng = np.random.default_rng(seed)
+    chosen: list[np.ndarray] = []
+    for stratum, group in people.groupby("stratum", sort=True):
+        order = rng.permutation(group["person"].to_numpy())
+        chosen.append(order[: quota[stratum]])
+    return rows["person"].isin(np.concatenate(chosen)).to_numpy()

@@ -11,6 +11,7 @@ cropped, augmented and normalised on the training device. Writes into the run:
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
@@ -42,7 +43,6 @@ from pipeline.predict import (
     input_shape,
     normalize,
     predict_for_spec,
-    predict_probs,
     probe_precision,
     to_unit,
 )
@@ -69,23 +69,58 @@ log = logging.getLogger(__name__)
 SCHEDULERS = ("none", "cosine", "step")
 
 
+def age_bands(value: Any) -> list[tuple[int, int]]:
+    """`train.drop_ages` as inclusive (low, high) bands: null, one [low, high] or a list of them,
+    e.g. [[27, 29], [57, 59]] (the best public recipe: the ages next to each group boundary)."""
+    if value is None:
+        return []
+    items = list(value)
+    bands = items if items and not isinstance(items[0], (int, float)) else [items]
+    out = []
+    for band in bands:
+        pair = list(band) if not isinstance(band, (int, float, str)) else [band]
+        if len(pair) != 2 or int(pair[0]) > int(pair[1]):
+            raise ConfigError(
+                "train.drop_ages must be null, one band [low, high] or a list of bands "
+                f"[[low, high], ...] with low <= high, got {value}"
+            )
+        out.append((int(pair[0]), int(pair[1])))
+    return out
+
+
 def select_rows(index: pd.DataFrame, spec: DictConfig) -> dict[str, pd.DataFrame]:
     """The model's training and validation rows.
 
     `mask_groups` restricts both sides to those mask groups (conditional models); `drop_ages`
-    removes an inclusive age band from training only, so validation still measures it.
+    removes inclusive age bands from training only, so validation still measures them.
     """
     parts = {s: index[index["split"] == s] for s in ("train", "val")}
     codes = mask_group_codes(spec.get("mask_groups"))
     if codes is not None:
         parts = {s: rows[rows["mask"].isin(codes)] for s, rows in parts.items()}
-    band = spec.train.get("drop_ages")
-    if band is not None:
-        if len(band) != 2 or int(band[0]) > int(band[1]):
-            raise ConfigError(f"train.drop_ages must be [low, high] with low <= high, got {band}")
+    for low, high in age_bands(spec.train.get("drop_ages")):
         train = parts["train"]
-        parts["train"] = train[~train["age"].between(int(band[0]), int(band[1]))]
+        parts["train"] = train[~train["age"].between(low, high)]
     return parts
+
+
+def model_seed(seed: int, name: str) -> int:
+    """The seed of model `name`: derived from the run's seed and the name, so that the models of
+    a suite see different batch orders and augmentations, and a rerun the same ones."""
+    digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+def check_patience(value: Any) -> int | None:
+    """`train.early_stopping_patience`: null (off) or a whole number of epochs >= 1."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(
+            "train.early_stopping_patience must be null (no early stopping) or a whole number "
+            f"of epochs >= 1, got {value!r}"
+        )
+    return value
 
 
 def batch_order(
@@ -112,6 +147,7 @@ def train_one_epoch(
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     generator: torch.Generator,
     scaler: torch.amp.GradScaler | None = None,
+    task: str | None = None,
 ) -> float:
     """One pass over the resident images; returns the mean training loss.
 
@@ -120,8 +156,10 @@ def train_one_epoch(
     """
     source = as_resident(images, rt.device)
     model.train()
-    for module in frozen_modules(model):
-        module.eval()  # frozen layers keep their batch-norm statistics too
+    # frozen layers keep their batch-norm statistics too; a compiled model's modules are those
+    # of the model it wraps (`_orig_mod`), it has none of its own
+    for module in frozen_modules(getattr(model, "_orig_mod", model)):
+        module.eval()
     if scaler is None:
         scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.precision == "fp16")
     order = batch_order(targets, num_classes, bool(train_cfg.balanced_sampling), generator)
@@ -133,7 +171,7 @@ def train_one_epoch(
             continue  # batch norm cannot train on a single image
         x = to_unit(source.batch(rows), train_cfg.center_crop)
         y = targets[rows].to(rt.device, non_blocking=True)
-        x, soft = augment(x, y, num_classes, generator)
+        x, soft = augment(x, y, num_classes, generator, task)
         with autocast(rt.device, rt.precision):
             logits = model(normalize(x))
         loss = loss_fn(logits.float(), soft)
@@ -188,7 +226,10 @@ def train_model(cfg: DictConfig, name: str) -> dict[str, Any]:
         label_smoothing=float(tcfg.label_smoothing),
         focal_gamma=float(tcfg.focal_gamma),
     )
-    torch.manual_seed(int(cfg.seed))
+    patience = check_patience(tcfg.get("early_stopping_patience"))
+    age_bands(tcfg.get("drop_ages"))  # refused now rather than after decoding
+    seed = model_seed(int(cfg.seed), name)
+    torch.manual_seed(seed)
     rt = setup_runtime(cfg)
     if tcfg.get("compile"):
         require_compiler(rt.device)  # before any data is decoded or any step is taken
@@ -243,7 +284,7 @@ def train_model(cfg: DictConfig, name: str) -> dict[str, Any]:
         rt = probe_precision(model, input_shape(size, tcfg.center_crop), rt)
     epochs = int(cfg.train.epochs)
     scheduler = make_scheduler(optimizer, str(tcfg.scheduler), epochs)
-    generator = torch.Generator().manual_seed(int(cfg.seed))
+    generator = torch.Generator().manual_seed(seed)
     history: list[dict[str, Any]] = []
     state = resume_state(run, name)
     if state:
@@ -255,7 +296,6 @@ def train_model(cfg: DictConfig, name: str) -> dict[str, Any]:
         history = state["history"]
         log.info("%s: resuming after epoch %d", stage, state["epoch"])
     best_f1 = max((h["val_macro_f1"] for h in history), default=-1.0)
-    patience = tcfg.get("early_stopping_patience")
 
     # torch.compile: faster steps after 20-70 s of compiling; the checkpoints keep plain keys
     # because they are saved from `model`, which shares its parameters with `step_model`.
@@ -282,19 +322,14 @@ def train_model(cfg: DictConfig, name: str) -> dict[str, Any]:
                 loss_fn=loss_fn,
                 generator=generator,
                 scaler=scaler,
+                task=str(spec.task),
             )
             seconds = time.time() - t0
             if scheduler is not None:
                 scheduler.step()
-            probs = predict_probs(
-                model,
-                images["val"],
-                device=rt.device,
-                precision=rt.precision,
-                batch_size=int(tcfg.eval_batch_size),
-                tta_flip=False,
-                center_crop=tcfg.center_crop,
-            )
+            # the best epoch is chosen with the predictor that is shipped: test-time flip and
+            # centre crop as predict uses them, so history[best] is the reported val score
+            probs = predict_for_spec(model, images["val"], rt, spec)
             preds = probs.argmax(axis=1)
             f1 = macro_f1(val_targets, preds, num_classes)
             history.append(
@@ -326,7 +361,7 @@ def train_model(cfg: DictConfig, name: str) -> dict[str, Any]:
                 },
             )
             best_epoch = max(history, key=lambda h: h["val_macro_f1"])["epoch"]
-            if patience is not None and epoch - best_epoch >= int(patience):
+            if patience is not None and epoch - best_epoch >= patience:
                 log.info("%s: no val improvement for %d epochs, stopping", stage, patience)
                 break
 

@@ -182,7 +182,11 @@ def vote(cfg: DictConfig) -> dict[str, Any]:
     }
     eval_truth = eval_rows["label"].to_numpy()
     if len(eval_truth) and (eval_truth >= 0).all():
+        # held-out scores, for the record only: nothing is chosen on them
         result["eval"] = classification_metrics(eval_truth, ensemble["eval"])
+        for c in ranking:
+            m = classification_metrics(eval_truth, answers["eval"][c["name"]])
+            c["eval_macro_f1"], c["eval_accuracy"] = m["macro_f1"], m["accuracy"]
     submission = pd.DataFrame({"ImageID": ids["eval"].to_numpy(), "ans": ensemble["eval"]})
     run.write_bytes(SUBMISSION_KEY, submission.to_csv(index=False).encode())
     run.write_json(VOTE_KEY, result)

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,10 +15,12 @@ import numpy as np
 import pandas as pd
 import pytest
 from omegaconf import DictConfig
+from sklearn.metrics import f1_score
 
 from pipeline.errors import StageFailed
 from pipeline.launch import main as launch_main
 from pipeline.launch import run_local
+from pipeline.prepare import read_index
 from pipeline.results import main as results_main
 from pipeline.runs import root_store, run_store
 from pipeline.store import Store, open_store
@@ -189,14 +192,50 @@ def test_seed_suite_trains_every_model_and_votes_the_top_five(
     submission = pd.read_csv(io.BytesIO(run.read_bytes("submission.csv")))
     assert submission["ImageID"].tolist() == info["ImageID"].tolist()
 
+    # The vote again with top_k=3: the three best on val, each candidate's score recomputed here
+    # from its val Parquet with scikit-learn, and the submission recomputed as a hard vote of the
+    # members' eval Parquet (majority; a tie goes to the best-ranked member's class).
+    run.delete("stages/vote.json")
+    cfg.suite.vote.top_k = 3
+    again = vote(cfg)
+    val = read_index(run).query("split == 'val'").set_index("image_id")["label"]
+
+    def answers(name: str, split: str) -> pd.Series:
+        frame = pd.read_parquet(io.BytesIO(run.read_bytes(f"candidates/{name}/{split}.parquet")))
+        return frame.set_index("image_id")["pred"]
+
+    def score(name: str) -> tuple[float, float, str]:  # the tie rule: accuracy, then name
+        pred = answers(name, "val").loc[val.index]
+        return -f1_score(val, pred, average="macro"), -float((pred == val).mean()), name
+
+    scores = {n: score(n) for n in names}
+    ranked = sorted(names, key=scores.__getitem__)
+    assert again["members"] == ranked[:3] != ranked[:5], scores
+    eval_ids = info["ImageID"].tolist()
+    ballots = [answers(m, "eval").loc[eval_ids].tolist() for m in again["members"]]
+    expected = []
+    for column in zip(*ballots, strict=True):
+        counts = Counter(column)
+        top = max(counts.values())
+        expected.append(next(c for c in column if counts[c] == top))
+    submission = pd.read_csv(io.BytesIO(run.read_bytes("submission.csv")))
+    assert submission["ans"].tolist() == expected
+
     table = tmp_path / "results.md"
     assert results_main(["--run", "seed", "--out", str(table), f"store.root={cfg.store.root}"]) == 0
     text = table.read_text()
     for name in [*SEED_MODELS, *names]:
         assert f"| {name}" in text
+    ens, held_out = again["ensemble"], again["eval"]
     assert (
-        f"| vote | top-5 hard vote | 18 classes | {result['ensemble']['val_macro_f1']:.4f}" in text
-    )
+        f"| vote | top-3 hard vote | 18 classes | {ens['val_macro_f1']:.4f} | "
+        f"{ens['val_accuracy']:.4f} | {held_out['macro_f1']:.4f} | {held_out['accuracy']:.4f} |"
+    ) in text
+    truth = pd.read_csv(tiny_dataset / "eval" / "ground_truth.csv").set_index("ImageID")["ans"]
+    best = again["candidates"][0]
+    pred = answers(best["name"], "eval").loc[truth.index]
+    assert best["eval_macro_f1"] == pytest.approx(f1_score(truth, pred, average="macro"))
+    assert f"{best['eval_macro_f1']:.4f} |" in text
 
 
 @pytest.mark.slow

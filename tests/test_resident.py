@@ -21,7 +21,6 @@ from pipeline.augment import BatchAugment
 from pipeline.device import Runtime
 from pipeline.errors import ConfigError, StageFailed
 from pipeline.images import decode_reduced_jpeg, decode_resized, load_images
-from pipeline.launch import run_local
 from pipeline.losses import build_loss
 from pipeline.models import build_model
 from pipeline.predict import for_inference, predict_probs
@@ -33,7 +32,7 @@ from pipeline.resident import (
     load_resident,
     plan_placement,
 )
-from pipeline.runs import load_torch, run_store
+from pipeline.runs import run_store
 from pipeline.train import train_one_epoch
 
 MakeCfg = Callable[..., DictConfig]
@@ -182,18 +181,6 @@ def test_load_resident_on_cpu_equals_load_images(tiny_dataset: Path, make_cfg: M
     resident = load_resident(run, ids, shards, (32, 24), device=CPU, threads=2, placement="host")
     assert resident.placement == "host"
     assert torch.equal(resident.images, load_images(run, ids, shards, (32, 24), 2))
-
-
-@pytest.mark.slow
-def test_compiled_training_saves_plain_checkpoints(tiny_dataset: Path, make_cfg: MakeCfg) -> None:
-    """train.compile=true (about 90 s of compiling on 2 cores): checkpoints load uncompiled."""
-    cfg = make_cfg(tiny_dataset, "train.compile=true")
-    result = run_local(cfg)
-    run = run_store(cfg)
-    state = load_torch(run, "models/single/checkpoint.pt")
-    assert not any(k.startswith("_orig_mod.") for k in state)
-    assert "fc.weight" in state
-    assert result["ensemble"]["val_macro_f1"] >= 0
 
 
 def test_inference_copy_folds_batch_norm_and_predicts_the_same() -> None:

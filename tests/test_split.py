@@ -39,5 +39,18 @@ def test_invalid_fraction(fraction: float) -> None:
 
 
 def test_too_few_people() -> None:
-    with pytest.raises(DataError, match="at least 5 people"):
+    with pytest.raises(DataError, match=r"hold out 20% for validation .* found 2"):
         split_by_person(np.array([1, 1, 2, 2]), np.array([0, 0, 1, 1]), 0.2, seed=0)
+
+
+@pytest.mark.parametrize("fraction", [0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.33, 0.4, 0.45, 0.5])
+def test_the_share_of_people_in_val_is_the_fraction_asked_for(fraction: float) -> None:
+    """Within one percentage point for any fraction in (0, 0.5] (k-fold splits gave 1/round(1/f):
+    0.4 -> 50 %, 0.15 -> 14 %), each stratum still near the fraction."""
+    persons, strata = people_rows(1000, seed=3)
+    is_val = split_by_person(persons, strata, fraction, seed=0)
+    assert abs(len(set(persons[is_val])) / 1000 - fraction) < 0.01
+    assert not set(persons[is_val]) & set(persons[~is_val])
+    for s in range(6):
+        people = len(set(persons[strata == s]))
+        assert abs(is_val[strata == s].mean() - fraction) <= 1 / people, (s, fraction)
