@@ -45,11 +45,12 @@ test: lint lint-deploy browser image
 	MASKSUITE_IMAGE=$(IMAGE) $(BIN)/python -m pytest
 	$(MAKE) test-v100
 
-# The CPU tests on the V100 route's torch (TORCH=v100) in a venv of their own: every test that
-# trains, predicts, saves or loads a model with torch, without the Slurm, pod and S3 ones (those
-# run the same library code, already covered on the default torch). README "Tests".
+# The CPU tests on the V100 route's torch (TORCH=v100) in a venv of their own: the fast tests
+# (models, losses, augmentations, precision, prediction, checkpoints) and the slow ones marked
+# v100 (a whole local run, training resumed, a corrupt checkpoint, the best epoch); not the Slurm,
+# pod and S3 ones, which run the same library code on the default torch. README "Tests".
 V100_VENV  ?= .venv-v100
-V100_TESTS ?= -m "not slurm and not image and not s3"
+V100_TESTS ?= -m "not slurm and not image and not s3 and (not slow or v100)"
 .PHONY: test-v100
 test-v100:
 	$(MAKE) install VENV=$(V100_VENV) TORCH=v100

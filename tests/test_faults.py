@@ -421,6 +421,7 @@ def test_storage_errors_while_resuming_are_not_mistaken_for_corruption(
 
 
 @pytest.mark.slow
+@pytest.mark.v100
 def test_corrupt_checkpoint_is_detected_at_predict_and_retrained(
     tiny_dataset: Path, make_cfg: MakeCfg, caplog: pytest.LogCaptureFixture
 ) -> None:

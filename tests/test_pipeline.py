@@ -58,6 +58,7 @@ def check_run_outputs(run: Store, data_info: pd.DataFrame) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.v100
 def test_launch_local_end_to_end_then_rerun_is_a_no_op(
     tiny_dataset: Path, make_cfg: MakeCfg, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -100,6 +101,7 @@ def test_launch_with_data_and_store_on_s3(
 
 
 @pytest.mark.slow
+@pytest.mark.v100
 def test_training_resumes_after_the_last_finished_epoch(
     tiny_dataset: Path, make_cfg: MakeCfg
 ) -> None:

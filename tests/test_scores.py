@@ -178,6 +178,7 @@ def test_flip_tta_averages_an_image_and_its_mirror() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.v100
 def test_the_best_epoch_is_chosen_with_the_predictor_that_is_shipped(
     tiny_dataset: Path, make_cfg: MakeCfg
 ) -> None:
