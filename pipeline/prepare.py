@@ -141,6 +141,19 @@ def parse_fix_value(field: str, value: str, where: str) -> int:
     raise DataError(f"{where}: age {value!r} is not a whole number in {MIN_AGE}..{MAX_AGE}")
 
 
+def relabel(df: pd.DataFrame, thresholds: AgeThresholds, rows: pd.Series | None = None) -> None:
+    """Recompute `age_group` and the 18-class `label` of `rows` (default: all) from their mask,
+    gender and age, in place: the one place where labels are derived."""
+    if rows is None:
+        df["age_group"] = thresholds.groups(df["age"].to_numpy())
+        df["label"] = encode_array(df["mask"], df["gender"], df["age_group"])
+        return
+    df.loc[rows, "age_group"] = thresholds.groups(df.loc[rows, "age"].to_numpy())
+    df.loc[rows, "label"] = encode_array(
+        df.loc[rows, "mask"], df.loc[rows, "gender"], df.loc[rows, "age_group"]
+    )
+
+
 def apply_label_fix(
     train: pd.DataFrame, raw: bytes, uri: str, thresholds: AgeThresholds, bad: BadInputs
 ) -> int:
@@ -181,8 +194,7 @@ def apply_label_fix(
                 value = parse_fix_value(field, cell, where)
                 changed |= target & (train[field] != value)
                 train.loc[target, field] = value
-    train["age_group"] = thresholds.groups(train["age"].to_numpy())
-    train["label"] = encode_array(train["mask"], train["gender"], train["age_group"])
+    relabel(train, thresholds)
     return int(changed.sum())
 
 
@@ -245,8 +257,7 @@ def scan_train(data: Store, thresholds: AgeThresholds, bad: BadInputs) -> tuple[
         if folder not in folders:
             bad.add(f"{TRAIN_IMAGES}{folder}", f"listed in {TRAIN_CSV} but there is no such folder")
     df = pd.DataFrame(rows, columns=["image_id", "person_id", "path", "mask", "gender", "age"])
-    df["age_group"] = thresholds.groups(df["age"].to_numpy())
-    df["label"] = encode_array(df["mask"], df["gender"], df["age_group"])
+    relabel(df, thresholds)
     return df, candidates
 
 
@@ -385,11 +396,8 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
     train.loc[main, "split"] = assign_splits(
         train[main], float(cfg.data.val_fraction), int(cfg.seed)
     )
-    shifted = train["split"] == "train"  # training targets only; val keeps the competition's
-    train.loc[shifted, "age_group"] = thresholds.groups(train.loc[shifted, "age"].to_numpy())
-    train.loc[shifted, "label"] = encode_array(
-        train.loc[shifted, "mask"], train.loc[shifted, "gender"], train.loc[shifted, "age_group"]
-    )
+    # training targets only; val keeps the competition's
+    relabel(train, thresholds, rows=train["split"] == "train")
     train["order"] = -1
     evals, eval_listed = scan_eval(sources[0], bad)
     evals["split"], evals["source"] = "eval", 0

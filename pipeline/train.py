@@ -76,15 +76,20 @@ def age_bands(value: Any) -> list[tuple[int, int]]:
         return []
     items = list(value)
     bands = items if items and not isinstance(items[0], (int, float)) else [items]
+    problem = ConfigError(
+        "train.drop_ages must be null, one band [low, high] or a list of bands "
+        f"[[low, high], ...] of whole ages with low <= high, got {value}"
+    )
     out = []
     for band in bands:
         pair = list(band) if not isinstance(band, (int, float, str)) else [band]
-        if len(pair) != 2 or int(pair[0]) > int(pair[1]):
-            raise ConfigError(
-                "train.drop_ages must be null, one band [low, high] or a list of bands "
-                f"[[low, high], ...] with low <= high, got {value}"
-            )
-        out.append((int(pair[0]), int(pair[1])))
+        try:
+            low, high = (int(a) for a in pair)
+        except (TypeError, ValueError):  # not two numbers, e.g. [27, "x"] or [27, 28, 29]
+            raise problem from None
+        if low > high:
+            raise problem
+        out.append((low, high))
     return out
 
 

@@ -104,7 +104,7 @@ def test_drop_ages_takes_several_bands_and_leaves_val_alone() -> None:
     assert kept == set(ages) - {27, 28, 29, 57, 58, 59}
     assert len(parts["val"]) == len(ages)
     assert age_bands([57, 59]) == [(57, 59)] and age_bands(None) == []
-    for bad in ([59, 57], [[27, 29], [5]], [1, 2, 3]):
+    for bad in ([59, 57], [[27, 29], [5]], [1, 2, 3], [27, "x"], [["a", "b"]]):
         with pytest.raises(ConfigError, match="drop_ages must be null, one band"):
             age_bands(bad)
 

@@ -59,8 +59,12 @@ def test_balanced_sampling_evens_out_classes() -> None:
 
 def test_seed_suite_models_and_per_model_train_overrides() -> None:
     specs = spec_for("train.epochs=3")
-    assert set(specs) == {"single", "mask", "gender", "age", "age_masked", "age_unmasked"}
+    assert set(specs) == {"single", "mask", "gender", "age", "age_masked", "age_unmasked",
+                          "single_lb", "age_masked_focal", "age_unmasked_focal"}  # fmt: skip
     assert list(specs["single"].freeze) == ["layer1", "layer2"]
+    assert specs["single_lb"].freeze == [] and specs["single_lb"].train.loss.f1 == 0.5
+    assert list(specs["single_lb"].train.drop_ages) == [[27, 29], [57, 59]]
+    assert specs["age_masked_focal"].train.augment.hflip  # a nested override keeps the rest
     assert list(specs["mask"].train.center_crop) == [0.586, 0.521]
     assert specs["single"].train.center_crop is None
     assert all(s.train.epochs == 3 for s in specs.values())  # run-wide keys reach every model
