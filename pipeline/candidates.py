@@ -117,25 +117,38 @@ def task_probs(probs: np.ndarray, model_task: str, task: str) -> np.ndarray:
     return cube.sum(axis=axes)
 
 
+def candidate_probs(
+    c: Candidate, probs: dict[str, np.ndarray], tasks: dict[str, str]
+) -> np.ndarray:
+    """A candidate's distribution over the 18 classes (images × 18) from its models' aligned
+    probabilities: an 18-class model's own; for a combination, the product of its mask, gender and
+    age probabilities (the tasks taken as independent), the age model of a conditional candidate
+    chosen per image by the candidate's predicted mask. Its argmax is the candidate's answer."""
+    if c.all:
+        return probs[c.all]
+    assert c.mask and c.gender  # guaranteed by parse_candidate
+
+    def part(model: str, task: str) -> np.ndarray:
+        return task_probs(probs[model], tasks[model], task)
+
+    mask = part(c.mask, "mask")
+    gender = part(c.gender, "gender")
+    if c.age:
+        age = part(c.age, "age")
+    else:
+        assert c.age_by_mask
+        routes = mask.argmax(axis=1)
+        age = np.zeros((len(mask), 3), dtype=np.float64)
+        for code, model in enumerate(c.age_by_mask):
+            routed = routes == code
+            age[routed] = part(model, "age")[routed]
+    joint = mask[:, :, None, None] * gender[:, None, :, None] * age[:, None, None, :]
+    return joint.reshape(len(mask), 18)
+
+
 def predict_candidate(
     c: Candidate, probs: dict[str, np.ndarray], tasks: dict[str, str]
 ) -> np.ndarray:
-    """18-class predictions of a candidate from its models' aligned probabilities."""
-    if c.all:
-        return probs[c.all].argmax(axis=1)
-    assert c.mask and c.gender  # guaranteed by parse_candidate
-
-    def answer(model: str, task: str) -> np.ndarray:
-        return task_probs(probs[model], tasks[model], task).argmax(axis=1)
-
-    mask = answer(c.mask, "mask")
-    gender = answer(c.gender, "gender")
-    if c.age:
-        age = answer(c.age, "age")
-    else:
-        assert c.age_by_mask
-        age = np.zeros_like(mask)
-        for code, model in enumerate(c.age_by_mask):
-            routed = mask == code
-            age[routed] = answer(model, "age")[routed]
-    return mask * 6 + gender * 3 + age
+    """18-class predictions of a candidate: each task's most probable class (the age of a
+    conditional candidate from the model its predicted mask routes to)."""
+    return candidate_probs(c, probs, tasks).argmax(axis=1)

@@ -48,7 +48,7 @@ def results_table(run: Store) -> str:
     lines.append(
         row(
             "vote",
-            f"top-{vote['top_k']} hard vote",
+            f"top-{vote['top_k']} {vote.get('method', 'hard')} vote",
             "18 classes",
             {"macro_f1": ens["val_macro_f1"], "accuracy": ens["val_accuracy"]},
             vote.get("eval"),

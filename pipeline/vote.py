@@ -1,9 +1,10 @@
-"""The vote stage: hard majority of the top-k candidates into `submission.csv` and `vote.json`.
+"""The vote stage: the top-k candidates voted into `submission.csv` and `vote.json`.
 
-Candidates (pipeline.candidates) are ranked by val macro F1; the ensemble's answer for an image
-is the class most of the chosen members predict, a tie going to the class of the best-ranked
-member among the tied ones. Each candidate's val/eval answers and metrics are kept under
-`candidates/<name>/`.
+Candidates (pipeline.candidates) are ranked by val macro F1. `suite.vote.method` says how the
+chosen members are combined per image: `hard` (the seed's), the class most members predict, a
+tie going to the class of the best-ranked member among the tied ones; `soft`, the class of
+highest mean probability over the members' 18-class distributions. Each candidate's val/eval
+answers and metrics are kept under `candidates/<name>/`.
 The submission has exactly the rows and order of `eval/info.csv`, or the stage fails.
 Then the run's report (pipeline.report) is written, and after everything else
 `<store.root>/latest.json` is moved to this run (pipeline.history: only forward, never to a failed
@@ -21,7 +22,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
-from pipeline.candidates import Candidate, candidate_specs, predict_candidate
+from pipeline.candidates import Candidate, candidate_probs, candidate_specs
 from pipeline.config import model_specs
 from pipeline.errors import ConfigError, StageFailed, StoreKeyNotFound
 from pipeline.history import publish
@@ -90,17 +91,32 @@ def read_probs(run: Store, name: str, split: str, image_ids: pd.Series) -> np.nd
     return np.stack(df["probs"].to_numpy())[position.to_numpy(dtype=np.int64)]
 
 
-def candidate_answers(
+def candidate_distributions(
     run: Store,
     candidates: dict[str, Candidate],
     tasks: dict[str, str],
     split: str,
     image_ids: pd.Series,
 ) -> dict[str, np.ndarray]:
-    """18-class predictions of every candidate for a split, each model's file read once."""
+    """18-class distributions (images × 18) of every candidate for a split, each model's file
+    read once; a candidate's answers are their argmax."""
     needed = dict.fromkeys(m for c in candidates.values() for m in c.models())
     probs = {m: read_probs(run, m, split, image_ids) for m in needed}
-    return {name: predict_candidate(c, probs, tasks) for name, c in candidates.items()}
+    return {name: candidate_probs(c, probs, tasks) for name, c in candidates.items()}
+
+
+def soft_vote(member_probs: np.ndarray) -> np.ndarray:
+    """Class of highest mean probability per image over `member_probs` (members × images × 18);
+    an exact tie goes to the lower class number."""
+    stacked = np.asarray(member_probs, dtype=np.float64)
+    if stacked.ndim != 3 or stacked.shape[0] == 0:
+        raise ValueError(
+            f"need a members × images × classes array with at least one member, got {stacked.shape}"
+        )
+    return stacked.mean(axis=0).argmax(axis=1)
+
+
+VOTE_METHODS = ("hard", "soft")
 
 
 def rank_candidates(val_answers: dict[str, np.ndarray], truth: np.ndarray) -> list[dict[str, Any]]:
@@ -147,6 +163,9 @@ def vote(cfg: DictConfig) -> dict[str, Any]:
     top_k = int(cfg.suite.vote.top_k)
     if top_k < 1:
         raise ConfigError(f"suite.vote.top_k must be at least 1, got {top_k}")
+    method = str(cfg.suite.vote.get("method", "hard"))
+    if method not in VOTE_METHODS:
+        raise ConfigError(f"suite.vote.method must be one of {list(VOTE_METHODS)}, got {method!r}")
     candidates = candidate_specs(cfg)
     tasks = {n: str(s.task) for n, s in model_specs(cfg).items()}
 
@@ -154,7 +173,8 @@ def vote(cfg: DictConfig) -> dict[str, Any]:
     val_rows = index[index["split"] == "val"]
     eval_rows = eval_rows_in_order(run, index)
     ids = {"val": val_rows["image_id"], "eval": eval_rows["image_id"]}
-    answers = {s: candidate_answers(run, candidates, tasks, s, ids[s]) for s in ids}
+    dists = {s: candidate_distributions(run, candidates, tasks, s, ids[s]) for s in ids}
+    answers = {s: {n: d.argmax(axis=1) for n, d in dists[s].items()} for s in ids}
     val_truth = val_rows["label"].to_numpy()
     ranking = rank_candidates(answers["val"], val_truth)
     members = [c["name"] for c in ranking[:top_k]]
@@ -167,11 +187,15 @@ def vote(cfg: DictConfig) -> dict[str, Any]:
             classification_metrics(val_truth, answers["val"][name]),
         )
 
-    ensemble = {s: hard_vote(np.stack([answers[s][m] for m in members])) for s in ids}
+    if method == "soft":
+        ensemble = {s: soft_vote(np.stack([dists[s][m] for m in members])) for s in ids}
+    else:
+        ensemble = {s: hard_vote(np.stack([answers[s][m] for m in members])) for s in ids}
     val_metrics = classification_metrics(val_truth, ensemble["val"])
     result: dict[str, Any] = {
         "run_id": cfg.run_id,
         "top_k": top_k,
+        "method": method,
         "members": members,
         "candidates": ranking,
         "ensemble": {

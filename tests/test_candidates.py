@@ -8,6 +8,7 @@ from omegaconf import OmegaConf
 
 from pipeline.candidates import (
     Candidate,
+    candidate_probs,
     candidate_specs,
     parse_candidate,
     predict_candidate,
@@ -115,3 +116,27 @@ def test_seed_suite_members_are_diverse_and_none_neglects_the_rare_age_group() -
     age_models = [s.train for s in specs.values() if s.task in ("age", "all")]
     assert len({str(t.center_crop) for t in age_models}) >= 3
     assert len({str(dict(t.loss)) for t in age_models}) >= 3
+
+
+def test_candidate_distribution_is_the_product_of_its_task_models() -> None:
+    rng = np.random.default_rng(1)
+    sizes = {"single": 18, "mask": 3, "gender": 2, "age": 3, "age_m": 3, "age_n": 3}
+    probs = {m: rng.dirichlet(np.ones(n), size=4) for m, n in sizes.items()}
+    per_task = parse_candidate("p", {"mask": "mask", "gender": "gender", "age": "age"}, TASKS)
+    dist = candidate_probs(per_task, probs, TASKS)
+    assert dist.shape == (4, 18) and np.allclose(dist.sum(axis=1), 1.0)
+    # class 10 = mask 1 (incorrect), gender 1 (female), age 1 (30-59)
+    assert np.allclose(
+        dist[:, 10], probs["mask"][:, 1] * probs["gender"][:, 1] * probs["age"][:, 1]
+    )
+    assert (dist.argmax(axis=1) == predict_candidate(per_task, probs, TASKS)).all()
+    routes = {"wear": "age_m", "incorrect": "age_m", "not_worn": "age_n"}
+    conditional = parse_candidate(
+        "c", {"mask": "mask", "gender": "gender", "age_by_mask": routes}, TASKS
+    )
+    dist = candidate_probs(conditional, probs, TASKS)
+    for i, m in enumerate(probs["mask"].argmax(axis=1)):
+        age = probs["age_n" if m == 2 else "age_m"][i]
+        assert np.allclose(dist[i].reshape(3, 2, 3).sum(axis=(0, 1)), age)
+    single = parse_candidate("s", {"all": "single"}, TASKS)
+    assert np.array_equal(candidate_probs(single, probs, TASKS), probs["single"])

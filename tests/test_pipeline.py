@@ -17,7 +17,9 @@ import pytest
 from omegaconf import DictConfig
 from sklearn.metrics import f1_score
 
-from pipeline.errors import StageFailed
+from pipeline.candidates import candidate_probs, candidate_specs
+from pipeline.config import model_specs
+from pipeline.errors import ConfigError, StageFailed
 from pipeline.launch import main as launch_main
 from pipeline.launch import run_local
 from pipeline.prepare import read_index
@@ -195,11 +197,12 @@ def test_seed_suite_trains_every_model_and_votes_the_top_five(
     submission = pd.read_csv(io.BytesIO(run.read_bytes("submission.csv")))
     assert submission["ImageID"].tolist() == info["ImageID"].tolist()
 
-    # The vote again with top_k=3: the three best on val, each candidate's score recomputed here
-    # from its val Parquet with scikit-learn, and the submission recomputed as a hard vote of the
-    # members' eval Parquet (majority; a tie goes to the best-ranked member's class).
+    # The hard vote again with top_k=3: the three best on val, each candidate's score recomputed
+    # here from its val Parquet with scikit-learn, and the submission recomputed as a hard vote of
+    # the members' eval Parquet (majority; a tie goes to the best-ranked member's class).
+    assert result["method"] == "soft"  # the seed suite's default
     run.delete("stages/vote.json")
-    cfg.suite.vote.top_k = 3
+    cfg.suite.vote.top_k, cfg.suite.vote.method = 3, "hard"
     again = vote(cfg)
     val = read_index(run).query("split == 'val'").set_index("image_id")["label"]
 
@@ -239,6 +242,28 @@ def test_seed_suite_trains_every_model_and_votes_the_top_five(
     pred = answers(best["name"], "eval").loc[truth.index]
     assert best["eval_macro_f1"] == pytest.approx(f1_score(truth, pred, average="macro"))
     assert f"{best['eval_macro_f1']:.4f} |" in text
+
+    # The soft vote of the same members: the class of highest mean 18-class probability, each
+    # distribution rebuilt here from the members' models' eval Parquet; an unknown method refused.
+    run.delete("stages/vote.json")
+    cfg.suite.vote.method = "mean"
+    with pytest.raises(ConfigError, match=r"suite.vote.method must be one of \['hard', 'soft'\]"):
+        vote(cfg)
+    cfg.suite.vote.method = "soft"
+    soft = vote(cfg)
+    assert soft["method"] == "soft" and soft["members"] == again["members"]
+    specs, tasks = candidate_specs(cfg), {n: str(s.task) for n, s in model_specs(cfg).items()}
+
+    def model_probs(model: str) -> np.ndarray:
+        frame = pd.read_parquet(io.BytesIO(run.read_bytes(f"predictions/{model}/eval.parquet")))
+        return np.stack(frame.set_index("image_id").loc[eval_ids, "probs"].to_numpy())
+
+    probs = {m: model_probs(m) for m in tasks}
+    mean = np.mean([candidate_probs(specs[m], probs, tasks) for m in soft["members"]], axis=0)
+    submission = pd.read_csv(io.BytesIO(run.read_bytes("submission.csv")))
+    assert submission["ans"].tolist() == mean.argmax(axis=1).tolist()
+    assert results_main(["--run", "seed", "--out", str(table), f"store.root={cfg.store.root}"]) == 0
+    assert "| vote | top-3 soft vote |" in table.read_text()
 
 
 @pytest.mark.slow

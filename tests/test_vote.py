@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from pipeline.vote import hard_vote
+from pipeline.vote import hard_vote, soft_vote
 
 
 def test_majority_wins_per_image_in_order() -> None:
@@ -26,3 +26,19 @@ def test_single_member_is_identity() -> None:
 def test_rejects_empty() -> None:
     with pytest.raises(ValueError, match="at least one member"):
         hard_vote(np.zeros((0, 3), dtype=int))
+
+
+def test_soft_vote_keeps_the_members_confidence() -> None:
+    """Two members lean weakly to class 1, one is sure of class 2: hard says 1, soft says 2."""
+    weak = np.full(18, 0.25 / 16)
+    weak[1], weak[2] = 0.4, 0.35
+    sure = np.full(18, 0.05 / 16)
+    sure[2], sure[1] = 0.9, 0.05
+    members = np.stack([weak, weak, sure])[:, None, :]  # members × 1 image × 18
+    assert hard_vote(members.argmax(axis=2)).tolist() == [1]
+    assert soft_vote(members).tolist() == [2]
+    tie = np.zeros((2, 1, 18))
+    tie[0, 0, 7], tie[1, 0, 4] = 1.0, 1.0
+    assert soft_vote(tie).tolist() == [4]  # an exact tie: the lower class
+    with pytest.raises(ValueError, match="at least one member"):
+        soft_vote(np.zeros((0, 3, 18)))
