@@ -32,7 +32,7 @@ from pipeline.prepare import prepare
 from pipeline.report import REPORT_KEY
 from pipeline.runs import mark_stage_failed, new_run_id, root_store, run_store
 from pipeline.train import train_model
-from pipeline.vote import SUBMISSION_KEY, VOTE_KEY, vote
+from pipeline.vote import SUBMISSION_KEY, VOTE_KEY, vote, vote_settings
 
 CLUSTERS = ("local", "slurm", "k8s")
 
@@ -185,6 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.wait and args.cluster == "local":
             raise ConfigError("--wait applies to --cluster slurm (a local run always waits)")
         cfg = load_config(args.overrides)
+        vote_settings(cfg)  # the suite's candidates and vote, before a job or a run exists
         if args.cluster == "k8s":
             from pipeline.k8s import check_cluster_paths
 

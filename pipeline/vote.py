@@ -119,6 +119,18 @@ def soft_vote(member_probs: np.ndarray) -> np.ndarray:
 VOTE_METHODS = ("hard", "soft")
 
 
+def vote_settings(cfg: DictConfig) -> tuple[int, str, dict[str, Candidate]]:
+    """`suite.vote.top_k`, `suite.vote.method` and the parsed candidates, checked: ConfigError
+    saying what is valid. Launch calls it before any work, the vote stage again."""
+    top_k = int(cfg.suite.vote.top_k)
+    if top_k < 1:
+        raise ConfigError(f"suite.vote.top_k must be at least 1, got {top_k}")
+    method = str(cfg.suite.vote.get("method", "hard"))
+    if method not in VOTE_METHODS:
+        raise ConfigError(f"suite.vote.method must be one of {list(VOTE_METHODS)}, got {method!r}")
+    return top_k, method, candidate_specs(cfg)
+
+
 def rank_candidates(val_answers: dict[str, np.ndarray], truth: np.ndarray) -> list[dict[str, Any]]:
     """Score each candidate on val and sort best first (macro F1, then accuracy, then name)."""
     scored = []
@@ -160,13 +172,7 @@ def vote(cfg: DictConfig) -> dict[str, Any]:
         log.info("vote already done for run %s: nothing to do", cfg.run_id)
         publish(cfg, run)  # in case the job died between the marker and latest.json
         return run.read_json(VOTE_KEY)
-    top_k = int(cfg.suite.vote.top_k)
-    if top_k < 1:
-        raise ConfigError(f"suite.vote.top_k must be at least 1, got {top_k}")
-    method = str(cfg.suite.vote.get("method", "hard"))
-    if method not in VOTE_METHODS:
-        raise ConfigError(f"suite.vote.method must be one of {list(VOTE_METHODS)}, got {method!r}")
-    candidates = candidate_specs(cfg)
+    top_k, method, candidates = vote_settings(cfg)
     tasks = {n: str(s.task) for n, s in model_specs(cfg).items()}
 
     index = read_index(run)

@@ -1,6 +1,10 @@
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 
+from pipeline.launch import main as launch_main
 from pipeline.vote import hard_vote, soft_vote
 
 
@@ -42,3 +46,28 @@ def test_soft_vote_keeps_the_members_confidence() -> None:
     assert soft_vote(tie).tolist() == [4]  # an exact tie: the lower class
     with pytest.raises(ValueError, match="at least one member"):
         soft_vote(np.zeros((0, 3, 18)))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "suite.vote.method=mean",
+            r"suite.vote.method must be one of \['hard', 'soft'\], got 'mean'",
+        ),
+        ("suite.vote.top_k=0", "suite.vote.top_k must be at least 1, got 0"),
+        ("suite.candidates.per_task.age=nosuch", "names model 'nosuch' for age"),
+    ],
+)
+def test_a_bad_vote_setting_stops_the_launch_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], override: str, message: str
+) -> None:
+    """Found at the vote, these would cost a whole night's training; launch refuses them first,
+    on every cluster, before reading data or making a run (no data folder exists here)."""
+    store = tmp_path / "store"
+    for cluster in ("local", "slurm", "k8s"):
+        argv = ["--cluster", cluster, "suite=seed", override, f"data.root={tmp_path / 'none'}",
+                f"store.root={store}"]  # fmt: skip
+        assert launch_main(argv) == 1
+        assert re.search(message, capsys.readouterr().err)
+    assert not store.exists()
