@@ -6,6 +6,8 @@ BIN    := $(VENV)/bin
 #   default  torch 2.14.1 / torchvision 0.29.1 (CUDA 13.0: kernels for sm_75 and newer GPUs);
 #   v100     torch 2.7.1 / torchvision 0.22.1 (CUDA 12.6: kernels sm_50 ... sm_90, V100 = sm_70
 #            included; the image's torch). `make install TORCH=v100` on a V100 cluster.
+empty :=
+space := $(empty) $(empty)
 TORCH  ?= default
 TORCH_BUILDS := $(patsubst constraints/torch-%.txt,%,$(wildcard constraints/torch-*.txt))
 ifeq ($(filter $(TORCH),$(TORCH_BUILDS)),)
@@ -85,6 +87,29 @@ results: $(STAMP)
 BENCH_ARGS ?=
 bench: $(STAMP)
 	$(BIN)/python -m bench.throughput $(BENCH_ARGS)
+
+# The GPU check (issue 15; README "GPU figures"): one prepared run on a GPU machine, results as
+# JSON under GPU_CHECK_OUT. `make gpu-wheels` first where the GPU machine has no network: it saves
+# the wheels of the dependencies such a machine lacks (its Python is 3.12; versions as in .venv)
+# to .whl/, which bench/gpu_check.sh installs before it starts. GPU_CHECK_ARGS="--scale tiny
+# --device cpu" runs the same code at a tiny size on this CPU (tests/test_gpu_check.py does).
+GPU_CHECK_OUT  ?= bench/results/gpu-check-$(shell date -u +%Y%m%dT%H%M%SZ)
+GPU_CHECK_ARGS ?=
+GPU_WHEELS     := hydra-core omegaconf boto3 botocore s3transfer jmespath
+GPU_PYTHON     ?= 3.12
+.PHONY: gpu-check gpu-wheels
+gpu-check: $(STAMP)
+	PYTHON=$(BIN)/python bash bench/gpu_check.sh $(GPU_CHECK_OUT) $(GPU_CHECK_ARGS)
+
+gpu-wheels: $(STAMP)
+	rm -rf .whl && mkdir -p .whl
+	$(BIN)/pip download --quiet --no-deps --only-binary=:all: -d .whl \
+	  --python-version $(GPU_PYTHON) --implementation cp --platform manylinux2014_x86_64 \
+	  $$($(BIN)/pip freeze | grep -iE '^($(subst $(space),|,$(GPU_WHEELS)))==')
+	# antlr4-python3-runtime (omegaconf's parser) is published as source only: build its wheel
+	$(BIN)/pip wheel --quiet --no-deps -w .whl \
+	  $$($(BIN)/pip freeze | grep -i '^antlr4-python3-runtime==')
+	ls .whl
 
 # Deployment checks (Dockerfile, k8s/, the Jobs that --cluster k8s creates): hadolint, schema
 # validation against Kubernetes $(K8S_VERSION) and checkov. checkov pins older boto3, packaging and
