@@ -39,6 +39,29 @@ def read_latest(root: Store) -> dict[str, Any] | None:
     return record
 
 
+#: What latest.json's "files" names, by key in the run (README "Reading the results"):
+#: "predictions" is the folder of every answers file (one Parquet dataset, pipeline/answers.py).
+PUBLISHED_FILES = {
+    "submission": "submission.csv",
+    "vote": "vote.json",
+    "vote_eval": "predictions/vote/eval.parquet",
+    "vote_val": "predictions/vote/val.parquet",
+    "predictions": "predictions",
+    "report": "report/index.html",
+    "manifest": "manifest.json",
+    "bad_inputs": "bad_inputs.csv",
+}
+
+
+def published_files(run: Store) -> dict[str, str]:
+    """URIs (s3://… or absolute paths) of a finished run's outputs, by name; folders end in /."""
+    files = {}
+    for name, key in PUBLISHED_FILES.items():
+        uri = run.uri_of(key)
+        files[name] = uri + "/" if "." not in key.rsplit("/", 1)[-1] else uri
+    return files
+
+
 def move_latest(root: Store, run: Store, run_id: str) -> bool:
     """Point latest.json at `run_id` (whose vote just succeeded) unless it or a newer run is
     already there (a rerun of a finished vote changes nothing). Returns whether it moved.
@@ -56,7 +79,10 @@ def move_latest(root: Store, run: Store, run_id: str) -> bool:
         "run_id": run_id,
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
         "members": vote.get("members", []),
+        "method": vote.get("method"),
         "val_macro_f1": vote.get("ensemble", {}).get("val_macro_f1"),
+        "eval_macro_f1": (vote.get("eval") or {}).get("macro_f1"),
+        "files": published_files(run),
         "fingerprint": run.read_json(FINGERPRINT_KEY) if run.exists(FINGERPRINT_KEY) else None,
     }
     root.write_json(LATEST_KEY, record)

@@ -30,6 +30,7 @@ import re
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import yaml
@@ -81,16 +82,22 @@ def pass_through(overrides: Iterable[str]) -> list[str]:
     return kept
 
 
-def check_cluster_paths(cfg: DictConfig) -> None:
-    """Refuse paths the pods cannot share: `store.root` must be object storage (every pod writes
-    to it and the next stage reads it), and a local `data.root` must be absolute (a folder baked
-    into the image; a relative one would resolve against each pod's empty working directory)."""
-    store_root, data_root = str(cfg.store.root), str(cfg.data.root)
+def check_shared_store(cfg: DictConfig) -> None:
+    """Refuse a local `store.root`: every pod writes to it and the next one reads it."""
+    store_root = str(cfg.store.root)
     if not store_root.startswith("s3://"):
         raise ConfigError(
             f"store.root={store_root!r} is a local folder: Kubernetes pods run on different nodes "
             "and cannot share it; use object storage, e.g. store.root=s3://bucket/prefix"
         )
+
+
+def check_cluster_paths(cfg: DictConfig) -> None:
+    """Refuse paths the pods cannot share: `store.root` must be object storage (every pod writes
+    to it and the next stage reads it), and a local `data.root` must be absolute (a folder baked
+    into the image; a relative one would resolve against each pod's empty working directory)."""
+    check_shared_store(cfg)
+    data_root = str(cfg.data.root)
     if not data_root.startswith("s3://") and not data_root.startswith("/"):
         raise ConfigError(
             f"data.root={data_root!r} is a relative local path, which no pod has; use "
@@ -338,6 +345,57 @@ def render_jobs(
     check_cluster_paths(cfg)
     model_specs(cfg)  # a suite without models fails here, before anything is created
     return [stage_job(cfg, stage, overrides, fingerprint) for stage in STAGES]
+
+
+def infer_job(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """The Job of one `python -m pipeline.infer` batch with run `cfg.run_id` (pinned by the
+    caller): `python -m jobs.infer` with the user's overrides, resources `k8s.resources.infer`."""
+    check_shared_store(cfg)
+    for key in ("input", "output"):
+        value = cfg.infer.get(key)
+        if value and not str(value).startswith(("s3://", "/")):
+            raise ConfigError(
+                f"infer.{key}={value!r} is a relative local path, which no pod has; use "
+                "s3://bucket/prefix"
+            )
+    k = cfg.k8s
+    name = job_name(cfg, f"infer-{datetime.now(UTC):%H%M%S}")
+    labels = {**run_labels(cfg, "infer", None), STAGE_LABEL: "infer"}
+    command = ["python", "-m", "jobs.infer", *pass_through(overrides),
+               f"run_id={require_run_id(cfg)}"]  # fmt: skip
+    main = container(cfg, "infer", command, stage_resources(cfg, "infer"))
+    selector = dict(_plain(k.node_selector) or {})
+    pod = pod_spec(cfg, main, service_account=str(k.service_account), token=False,
+                   scratch_size=str(k.scratch_size), node_selector=selector,
+                   tolerations=list(_plain(k.tolerations) or []))  # fmt: skip
+    spec: dict[str, Any] = {
+        "activeDeadlineSeconds": int(k.active_deadline_seconds.infer),
+        "ttlSecondsAfterFinished": int(k.ttl_seconds_after_finished),
+        "podFailurePolicy": {"rules": [DISRUPTION_RULE]},
+        "template": {"metadata": {"labels": dict(labels)}, "spec": pod},
+        "completions": 1,
+        "parallelism": 1,
+        "backoffLimit": int(k.backoff_limit),
+    }
+    return job_manifest(cfg, name, labels, CHECKOV_SKIPS, spec)
+
+
+def launch_infer_k8s(
+    cfg: DictConfig, overrides: Sequence[str], *, dry_run: bool, api: JobsApi | None = None
+) -> int:
+    """Create the infer Job (or print it with `dry_run`); returns an exit status."""
+    try:
+        manifest = infer_job(cfg, overrides)
+        if dry_run:
+            sys.stdout.write(to_yaml([manifest]))
+            return 0
+        create_job(api or kube_jobs_api(), manifest, poll_seconds=float(cfg.k8s.poll_seconds))
+    except PipelineError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    name, ns = manifest["metadata"]["name"], manifest["metadata"]["namespace"]
+    print(f"infer job {ns}/{name} created (run {cfg.run_id}): kubectl logs -f -n {ns} job/{name}")
+    return 0
 
 
 #: Resources of the launcher's container: it only lists the data and follows Jobs.

@@ -1,26 +1,25 @@
 """The predict stage: class probabilities for val and eval, written as Parquet per model.
 
-predictions/<model>/val.parquet, eval.parquet: image_id, model, pred, probs (float32 list), label
+predictions/models/<model>/{val,eval}.parquet: the answers schema (pipeline/answers.py) with
+kind=model, task the model's and its probabilities.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import io
 import logging
 import time
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 from omegaconf import DictConfig
 from torch import nn
 from torch.fx.experimental.optimization import fuse
 
+from pipeline.answers import answers_key, answers_table, write_answers
 from pipeline.config import model_specs, selected_models
 from pipeline.device import Runtime, autocast, setup_runtime
 from pipeline.errors import ConfigError, StageFailed, StoreError
@@ -204,28 +203,25 @@ def load_checkpoint(run: Store, name: str) -> dict[str, torch.Tensor]:
 
 def prediction_key(name: str, split: str) -> str:
     """Key of a model's predictions for a split in the run."""
-    return join_key("predictions", name, f"{split}.parquet")
+    return answers_key("model", name, split)
 
 
 def write_predictions(
-    run: Store, key: str, name: str, image_ids: list[str], probs: np.ndarray, labels: np.ndarray
+    run: Store,
+    run_id: str,
+    name: str,
+    task: str,
+    split: str,
+    image_ids: list[str],
+    probs: np.ndarray,
+    labels: np.ndarray,
 ) -> None:
-    """Write one predictions file atomically."""
-    n_classes = probs.shape[1]
-    table = pa.table(
-        {
-            "image_id": pa.array(image_ids, pa.string()),
-            "model": pa.array([name] * len(image_ids), pa.string()),
-            "pred": pa.array(probs.argmax(axis=1).astype(np.int16)),
-            "probs": pa.FixedSizeListArray.from_arrays(
-                pa.array(probs.astype(np.float32).ravel()), n_classes
-            ),
-            "label": pa.array(np.asarray(labels, dtype=np.int16)),
-        }
-    )
-    sink = io.BytesIO()
-    pq.write_table(table, sink)
-    run.write_bytes(key, sink.getvalue())
+    """Write one model's predictions for a split (the answers schema), atomically."""
+    table = answers_table(
+        run_id=run_id, split=split, image_ids=image_ids, kind="model", name=name, task=task,
+        probs=probs, labels=labels,
+    )  # fmt: skip
+    write_answers(run, prediction_key(name, split), table)
 
 
 def predict_model(cfg: DictConfig, name: str) -> dict[str, Any]:
@@ -274,7 +270,9 @@ def predict_model(cfg: DictConfig, name: str) -> dict[str, Any]:
         )
         if len(ids) == 0:
             probs = np.zeros((0, num_classes), dtype=np.float32)
-        write_predictions(run, prediction_key(name, split), name, ids, probs, rows["label"])
+        write_predictions(
+            run, str(cfg.run_id), name, str(spec.task), split, ids, probs, rows["label"].to_numpy()
+        )
         counts[split] = len(ids)
     mark_stage_done(run, stage, {"model": name, "images": counts}, started)
     return counts

@@ -4,7 +4,7 @@ Download a run's results from the store (local folder or S3; `store.root=...` as
 verify every file's size against the store, and print what was pulled: run id, date, members and
 val macro F1. WHAT is one of:
     submission    submission.csv and vote.json
-    predictions   predictions/<model>/{val,eval}.parquet and candidates/<name>/*
+    predictions   predictions/ (every answers file) and candidates/<name>/metrics.json
     report        report/index.html (self-contained: open it in a browser)
     all           everything of the run but the packed images (shards/) and model checkpoints
 Files land in DIR/<same key as in the run> (default DIR: pulled/<run_id>); each file is written

@@ -133,6 +133,49 @@ class StageJob(Checkpointable):
         return super().checkpoint(*args, **kwargs)
 
 
+class InferJob(Checkpointable):
+    """A `python -m pipeline.infer --cluster slurm` batch as one Slurm job. Requeued on the
+    warning signal like the stages; a requeued batch classifies what it has not recorded yet."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = config
+
+    def __call__(self) -> str:
+        from pipeline.cli import setup_logging
+        from pipeline.infer import format_summary, infer
+
+        setup_logging()
+        return format_summary(infer(job_config(self.config)))
+
+
+def submit_infer(cfg: DictConfig) -> str:
+    """Submit one infer job (resources `slurm.stages.infer`); returns what to tell the user."""
+    cfg = copy.deepcopy(cfg)
+    cfg.store.root = absolute_local(str(cfg.store.root))
+    for key in ("input", "output"):
+        if cfg.infer.get(key):
+            cfg.infer[key] = absolute_local(str(cfg.infer[key]))
+    scfg = cfg.slurm
+    folder = Path(absolute_local(str(scfg.folder))) / "infer"
+    executor = slurm_executor(scfg, folder)
+    job = submit(executor, scfg, "infer", [InferJob(OmegaConf.to_container(cfg, resolve=True))],
+                 None)[0]  # fmt: skip
+    return f"infer job {job.job_id} submitted for run {cfg.run_id} (log: {job.paths.stderr})"
+
+
+def slurm_executor(scfg: DictConfig, folder: Path) -> submitit.SlurmExecutor:
+    """submitit's executor for jobs whose files go to `folder`; ConfigError without Slurm."""
+    try:
+        return submitit.SlurmExecutor(
+            folder=folder, max_num_timeout=int(scfg.max_requeues), python=python_command(scfg)
+        )
+    except RuntimeError as e:  # no srun on this machine
+        raise ConfigError(
+            f"Slurm is not available here ({e}); on this machine, `make slurm-up` starts a "
+            "one-node cluster"
+        ) from e
+
+
 def job_config(config: dict[str, Any]) -> DictConfig:
     """The run's config inside a job (`train.num_threads` unset = the job's CPUs, see
     pipeline.device.available_cpus)."""
@@ -265,15 +308,7 @@ def launch_slurm(cfg: DictConfig, *, wait: bool) -> int:
     specs = model_specs(cfg)  # fail on a bad suite before submitting anything
     run = run_store(cfg)
     folder = Path(absolute_local(str(scfg.folder))) / str(cfg.run_id)
-    try:
-        executor = submitit.SlurmExecutor(
-            folder=folder, max_num_timeout=int(scfg.max_requeues), python=python_command(scfg)
-        )
-    except RuntimeError as e:  # no srun on this machine
-        raise ConfigError(
-            f"Slurm is not available here ({e}); on this machine, `make slurm-up` starts a "
-            "one-node cluster"
-        ) from e
+    executor = slurm_executor(scfg, folder)
     still_active = run_status(cfg, queue_states).active_jobs if read_submissions(run) else []
     if still_active:
         raise ConfigError(

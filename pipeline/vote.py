@@ -4,7 +4,8 @@ Candidates (pipeline.candidates) are ranked by val macro F1. `suite.vote.method`
 chosen members are combined per image: `hard` (the seed's), the class most members predict, a
 tie going to the class of the best-ranked member among the tied ones; `soft`, the class of
 highest mean probability over the members' 18-class distributions. Each candidate's val/eval
-answers and metrics are kept under `candidates/<name>/`.
+answers go to `predictions/candidates/<name>/`, the vote's to `predictions/vote/` (the answers
+schema, pipeline/answers.py), each candidate's metrics to `candidates/<name>/metrics.json`.
 The submission has exactly the rows and order of `eval/info.csv`, or the stage fails.
 Then the run's report (pipeline.report) is written, and after everything else
 `<store.root>/latest.json` is moved to this run (pipeline.history: only forward, never to a failed
@@ -22,6 +23,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
+from pipeline.answers import answers_key, answers_table, write_answers
 from pipeline.candidates import Candidate, candidate_probs, candidate_specs
 from pipeline.config import model_specs
 from pipeline.errors import ConfigError, StageFailed, StoreKeyNotFound
@@ -149,19 +151,45 @@ def rank_candidates(val_answers: dict[str, np.ndarray], truth: np.ndarray) -> li
 
 def write_candidate_outputs(
     run: Store,
+    run_id: str,
     name: str,
     split_ids: dict[str, pd.Series],
-    answers: dict[str, np.ndarray],
+    dists: dict[str, np.ndarray],
+    labels: dict[str, np.ndarray],
     metrics: dict[str, Any],
 ) -> None:
-    """candidates/<name>/{val,eval}.parquet (image_id, pred) and metrics.json."""
+    """predictions/candidates/<name>/{val,eval}.parquet (the answers schema: the candidate's
+    18-class distribution and its argmax, the answer) and candidates/<name>/metrics.json."""
     for split, ids in split_ids.items():
-        sink = io.BytesIO()
-        pd.DataFrame({"image_id": ids.to_numpy(), "pred": answers[split]}).to_parquet(
-            sink, index=False
-        )
-        run.write_bytes(join_key("candidates", name, f"{split}.parquet"), sink.getvalue())
+        table = answers_table(
+            run_id=run_id, split=split, image_ids=ids.tolist(), kind="candidate", name=name,
+            task="all", probs=dists[split], labels=labels[split],
+        )  # fmt: skip
+        write_answers(run, answers_key("candidate", name, split), table)
     run.write_json(join_key("candidates", name, "metrics.json"), metrics)
+
+
+def vote_shares(member_answers: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
+    """Share of the members (rows of `member_answers`, members × images) voting for each class:
+    images × classes, rows summing to 1."""
+    members = np.asarray(member_answers)
+    shares = np.zeros((members.shape[1], num_classes), dtype=np.float64)
+    for row in members:
+        shares[np.arange(members.shape[1]), row] += 1.0
+    return shares / max(len(members), 1)
+
+
+def combine(method: str, member_dists: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The vote of members (best-ranked first) given their 18-class distributions (images × 18):
+    (probabilities, answers). Soft: the mean distribution and its argmax; hard: the members' vote
+    shares and the hard vote of their argmaxes."""
+    stacked = np.stack(member_dists)
+    if method == "soft":
+        return stacked.mean(axis=0), soft_vote(stacked)
+    if method == "hard":
+        votes = stacked.argmax(axis=2)
+        return vote_shares(votes), hard_vote(votes)
+    raise ConfigError(f"suite.vote.method must be one of {list(VOTE_METHODS)}, got {method!r}")
 
 
 def vote(cfg: DictConfig) -> dict[str, Any]:
@@ -184,19 +212,26 @@ def vote(cfg: DictConfig) -> dict[str, Any]:
     val_truth = val_rows["label"].to_numpy()
     ranking = rank_candidates(answers["val"], val_truth)
     members = [c["name"] for c in ranking[:top_k]]
+    labels = {"val": val_truth, "eval": eval_rows["label"].to_numpy()}
     for name in candidates:
         write_candidate_outputs(
             run,
+            str(cfg.run_id),
             name,
             ids,
-            {s: answers[s][name] for s in ids},
+            {s: dists[s][name] for s in ids},
+            labels,
             classification_metrics(val_truth, answers["val"][name]),
         )
 
-    if method == "soft":
-        ensemble = {s: soft_vote(np.stack([dists[s][m] for m in members])) for s in ids}
-    else:
-        ensemble = {s: hard_vote(np.stack([answers[s][m] for m in members])) for s in ids}
+    ensemble, shares = {}, {}
+    for s in ids:
+        shares[s], ensemble[s] = combine(method, [dists[s][m] for m in members])
+        table = answers_table(
+            run_id=str(cfg.run_id), split=s, image_ids=ids[s].tolist(), kind="vote", name="vote",
+            task="all", probs=shares[s], answers=ensemble[s], labels=labels[s],
+        )  # fmt: skip
+        write_answers(run, answers_key("vote", "vote", s), table)
     val_metrics = classification_metrics(val_truth, ensemble["val"])
     result: dict[str, Any] = {
         "run_id": cfg.run_id,

@@ -254,7 +254,7 @@ def test_pull_fetches_exactly_what_was_written(
             == 0
         )
         got = {p.relative_to(to).as_posix() for p in to.rglob("*") if p.is_file()}
-        assert "predictions/single/eval.parquet" in got and "manifest.json" in got
+        assert "predictions/models/single/eval.parquet" in got and "manifest.json" in got
         assert not any(k.endswith(".pt") or k.startswith("shards/") for k in got)
     assert pull_main(["--run", "20990101T000000Z-000000", f"store.root={local_store}"]) == 1
 

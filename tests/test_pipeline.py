@@ -17,6 +17,7 @@ import pytest
 from omegaconf import DictConfig
 from sklearn.metrics import f1_score
 
+from pipeline.answers import SCHEMA as ANSWERS_SCHEMA
 from pipeline.candidates import candidate_probs, candidate_specs
 from pipeline.config import model_specs
 from pipeline.errors import ConfigError, StageFailed
@@ -37,20 +38,28 @@ REPO = Path(__file__).resolve().parents[1]
 def check_run_outputs(run: Store, data_info: pd.DataFrame) -> dict:
     """Assert the run layout of a finished single-model run and return vote.json."""
     keys = set(run.list())
-    for key in ("manifest.json", "index.parquet", "bad_inputs.csv", "submission.csv", "vote.json",
-                "models/single/checkpoint.pt", "models/single/metrics.json",
-                "predictions/single/val.parquet", "predictions/single/eval.parquet"):  # fmt: skip
+    expected = ["manifest.json", "index.parquet", "bad_inputs.csv", "submission.csv", "vote.json",
+                "models/single/checkpoint.pt", "models/single/metrics.json"]  # fmt: skip
+    for kind in ("models/single", "candidates/single", "vote"):
+        expected += [f"predictions/{kind}/val.parquet", f"predictions/{kind}/eval.parquet"]
+    for key in expected:
         assert key in keys, key
     submission = pd.read_csv(io.BytesIO(run.read_bytes("submission.csv")))
     assert list(submission.columns) == ["ImageID", "ans"]
     assert submission["ImageID"].tolist() == data_info["ImageID"].tolist()
     assert submission["ans"].between(0, 17).all()
-    preds = pd.read_parquet(io.BytesIO(run.read_bytes("predictions/single/eval.parquet")))
-    assert set(preds.columns) >= {"image_id", "model", "pred", "probs"}
+    preds = pd.read_parquet(io.BytesIO(run.read_bytes("predictions/models/single/eval.parquet")))
+    assert list(preds.columns) == ANSWERS_SCHEMA.names
+    assert set(preds["kind"]) == {"model"} and set(preds["name"]) == {"single"}
+    assert set(preds["split"]) == {"eval"} and set(preds["task"]) == {"all"}
     probs = np.stack(preds["probs"].to_numpy())
     assert probs.shape == (len(data_info), 18)
     assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-3)
-    assert (probs.argmax(axis=1) == preds["pred"].to_numpy()).all()
+    assert (probs.argmax(axis=1) == preds["class"].to_numpy()).all()
+    assert (preds["class"] == preds["mask"] * 6 + preds["gender"] * 3 + preds["age_group"]).all()
+    voted = pd.read_parquet(io.BytesIO(run.read_bytes("predictions/vote/eval.parquet")))
+    assert voted["image_id"].tolist() == submission["ImageID"].tolist()
+    assert voted["class"].tolist() == submission["ans"].tolist()
     result = json.loads(run.read_bytes("vote.json"))
     assert result["members"] == ["single"]
     assert result["candidates"][0]["name"] == "single"
@@ -181,9 +190,14 @@ def test_seed_suite_trains_every_model_and_votes_the_top_five(
     for model, classes in SEED_MODELS.items():
         for split in ("val", "eval"):
             preds = pd.read_parquet(
-                io.BytesIO(run.read_bytes(f"predictions/{model}/{split}.parquet"))
+                io.BytesIO(run.read_bytes(f"predictions/models/{model}/{split}.parquet"))
             )
             assert np.stack(preds["probs"].to_numpy()).shape[1] == classes
+            answered = {"all": ["class", "mask", "gender", "age_group"], "age": ["age_group"]}
+            task = preds["task"].iloc[0]
+            columns = answered.get(task, [task])
+            for column in ("class", "mask", "gender", "age_group"):
+                assert preds[column].notna().all() == (column in columns), (model, column)
         metrics = json.loads(run.read_bytes(f"models/{model}/metrics.json"))
         assert len(metrics["val"]["confusion"]) == classes
     names = [c["name"] for c in result["candidates"]]
@@ -207,8 +221,9 @@ def test_seed_suite_trains_every_model_and_votes_the_top_five(
     val = read_index(run).query("split == 'val'").set_index("image_id")["label"]
 
     def answers(name: str, split: str) -> pd.Series:
-        frame = pd.read_parquet(io.BytesIO(run.read_bytes(f"candidates/{name}/{split}.parquet")))
-        return frame.set_index("image_id")["pred"]
+        key = f"predictions/candidates/{name}/{split}.parquet"
+        frame = pd.read_parquet(io.BytesIO(run.read_bytes(key)))
+        return frame.set_index("image_id")["class"]
 
     def score(name: str) -> tuple[float, float, str]:  # the tie rule: accuracy, then name
         pred = answers(name, "val").loc[val.index]
@@ -255,7 +270,8 @@ def test_seed_suite_trains_every_model_and_votes_the_top_five(
     specs, tasks = candidate_specs(cfg), {n: str(s.task) for n, s in model_specs(cfg).items()}
 
     def model_probs(model: str) -> np.ndarray:
-        frame = pd.read_parquet(io.BytesIO(run.read_bytes(f"predictions/{model}/eval.parquet")))
+        key = f"predictions/models/{model}/eval.parquet"
+        frame = pd.read_parquet(io.BytesIO(run.read_bytes(key)))
         return np.stack(frame.set_index("image_id").loc[eval_ids, "probs"].to_numpy())
 
     probs = {m: model_probs(m) for m in tasks}
