@@ -131,6 +131,8 @@ lint-deploy: $(STAMP) $(TOOLS_STAMP)
 	  store.root=s3://mask-runs/nightly data.root=s3://datasets/mask > $(RENDERED)/launcher.yaml
 	$(BIN)/python -m pipeline.launch --cluster k8s --show-jobs suite=seed run_id=20260101T000000Z-000000 \
 	  store.root=s3://mask-runs/nightly data.root=s3://datasets/mask > $(RENDERED)/jobs.yaml
+	$(BIN)/python -m pipeline.infer --cluster k8s --dry-run run_id=20260101T000000Z-000000 \
+	  store.root=s3://mask-runs/nightly infer.input=s3://incoming/2026-01-01 > $(RENDERED)/infer.yaml
 	$(BIN)/kubernetes-validate --strict --quiet -k $(K8S_VERSION) k8s/*.yaml k8s/*/*.yaml $(RENDERED)/*.yaml
 	$(TOOLS)/bin/checkov --quiet --compact --skip-download -f Dockerfile
 	$(TOOLS)/bin/checkov --quiet --compact --skip-download -d k8s

@@ -299,8 +299,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if not cfg.infer.get("input"):
             raise ConfigError("infer.input is not set: give a folder or s3://bucket/prefix")
-        run_id, _ = resolve_run(cfg)  # pinned: the job classifies with the run chosen now
-        cfg.run_id = run_id
+        if not (args.dry_run and cfg.get("run_id")):  # a dry run of a given run reads nothing
+            cfg.run_id, _ = resolve_run(cfg)  # pinned: the job uses the run chosen now
         overrides = [o for o in args.overrides if not o.startswith("run_id=")]
         if args.cluster == "k8s":
             from pipeline.k8s import launch_infer_k8s

@@ -446,8 +446,10 @@ def launcher_job(cfg: DictConfig, launch_args: Sequence[str]) -> dict[str, Any]:
 
 
 def launcher_deadline(cfg: DictConfig) -> int:
-    """The launcher's activeDeadlineSeconds: the stages' deadlines together, plus a margin."""
-    return sum(int(v) for v in cfg.k8s.active_deadline_seconds.values()) + LAUNCHER_MARGIN_SECONDS
+    """The launcher's activeDeadlineSeconds: the run's stages' deadlines together, plus a margin
+    (`infer` is no stage of a run: its Jobs are created by `pipeline.infer`)."""
+    deadlines = cfg.k8s.active_deadline_seconds
+    return sum(int(deadlines[s]) for s in STAGES) + LAUNCHER_MARGIN_SECONDS
 
 
 class _PlainDumper(yaml.SafeDumper):

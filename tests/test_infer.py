@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from omegaconf import DictConfig
 
 from pipeline.answers import SCHEMA
 from pipeline.config import load_config
+from pipeline.history import published_files
 from pipeline.infer import main as infer_main
 from pipeline.launch import run_local
 from pipeline.runs import root_store, run_store
@@ -175,3 +177,44 @@ def test_on_s3_read_as_a_dataset_and_run_as_the_rendered_kubernetes_job(
     voted = result.query("kind == 'vote'").set_index("image_id")["class"].sort_index()
     expected = submission.assign(image_id="day1/" + submission["ImageID"])
     assert voted.equals(expected.set_index("image_id")["ans"].sort_index().astype(voted.dtype))
+
+
+def readme_examples() -> list[tuple[str, str]]:
+    """The (language, code) blocks of README's "Reading the results", in order."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Reading the results") : text.index("## Classifying new photos")]
+    return [(lang, code) for lang, code in re.findall(r"```(\w+)\n(.*?)```", section, re.S)
+            if lang in ("python", "bash")]  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.s3
+def test_readme_reading_examples_run_as_written(
+    finished: DictConfig, tmp_path: Path, s3_root: str, seaweed: SeaweedServer
+) -> None:
+    # README's setting: `make demo`'s store at outputs/store, and the same store on S3
+    (tmp_path / "outputs").mkdir()
+    (tmp_path / "outputs" / "store").symlink_to(Path(str(finished.store.root)))
+    store = f"{s3_root}/store"
+    s3_store = upload_tree(Path(str(finished.store.root)), store)
+    # latest.json as a run on S3 writes it: its files' URIs on S3
+    latest = json.loads(s3_store.read_bytes("latest.json"))
+    latest["files"] = published_files(s3_store.child(f"runs/{finished.run_id}"))
+    assert latest["files"]["predictions"].startswith("s3://")
+    s3_store.write_json("latest.json", latest)
+    env = {**os.environ, **seaweed.env(), "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin"}
+    examples = readme_examples()
+    assert [lang for lang, _ in examples] == ["python", "python", "bash", "python"]
+    outputs = []
+    for lang, code in examples:
+        code = code.replace("my-bucket/masksuite", store.removeprefix("s3://"))
+        argv = ["bash", "-euc", code] if lang == "bash" else [sys.executable, "-c", code]
+        proc = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=300)  # fmt: skip
+        assert proc.returncode == 0, f"{code}\n{proc.stderr[-3000:]}"
+        outputs.append(proc.stdout)
+    pandas_out, s3_out, _, duck_out = outputs
+    assert "vote       vote    eval" in pandas_out and "age_group  label" in pandas_out
+    eval_images = len(pd.read_csv(io.BytesIO(run_store(finished).read_bytes("submission.csv"))))
+    assert s3_out.strip() == f"{eval_images} eval answers of run {finished.run_id}"
+    assert duck_out.count("│ vote      │ vote    │") == 2  # val and eval, with their accuracy

@@ -553,3 +553,33 @@ def test_a_job_that_reaches_its_time_limit_requeues_itself_and_resumes(
     metrics = run.read_json("models/single/metrics.json")
     assert [h["epoch"] for h in metrics["history"]] == list(range(1, epochs + 1))
     check_submission(run, tiny_dataset)
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_new_photos_are_classified_by_a_slurm_job(
+    slurm_cluster: None, tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import submitit
+
+    from pipeline.infer import main as infer_main
+    from pipeline.launch import run_local
+
+    store = str(tmp_path / "store")
+    cfg = load_config([f"data.root={tiny_dataset}", f"store.root={store}", *TINY_OVERRIDES])
+    run_local(cfg)
+    photos = tmp_path / "new"
+    shutil.copytree(tiny_dataset / "eval" / "images", photos)
+    folder = tmp_path / "slurm"
+    args = ["--cluster", "slurm", "slurm=local", f"slurm.folder={folder}", f"store.root={store}",
+            f"infer.input={photos}", "train.num_threads=1"]  # fmt: skip
+    assert infer_main(args) == 0
+    out = capsys.readouterr().out
+    job_id = re.search(rf"infer job (\S+) submitted for run {cfg.run_id}", out).group(1)
+    summary = submitit.SlurmJob(folder=folder / "infer", job_id=job_id).result()
+    eval_images = len(list(photos.glob("*.jpg")))
+    assert summary.startswith(f"infer: {eval_images} photo(s) classified by run {cfg.run_id}")
+    (csv,) = (Path(store) / "infer" / "new" / "classes").glob("*.csv")
+    answers = pd.read_csv(csv).set_index("image")["class"].sort_index()
+    submission = pd.read_csv(io.BytesIO(run_store(cfg).read_bytes("submission.csv")))
+    assert answers.equals(submission.set_index("ImageID")["ans"].sort_index())
