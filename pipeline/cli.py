@@ -9,6 +9,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from pipeline.checks import check_config
 from pipeline.config import load_config
 from pipeline.errors import PipelineError
 
@@ -34,15 +35,18 @@ def run_job(stage: Callable[[DictConfig], Any], argv: Sequence[str] | None = Non
     status: 0 on success, 1 with a one-line error for input, config or environment problems."""
     setup_logging()
     overrides = list(sys.argv[1:] if argv is None else argv)
-    cfg = None
     try:
         cfg = load_config(overrides)
+        check_config(cfg)  # a job can be started by hand: the launcher's check again
+    except PipelineError as e:  # nothing has run: no run folder is touched
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    try:
         stage(cfg)
         print(f"{stage.__name__} done: run_id={cfg.run_id}")
     except PipelineError as e:
         print(f"error: {e}", file=sys.stderr)
-        if cfg is not None:
-            record_failure(cfg, stage.__name__, e)
+        record_failure(cfg, stage.__name__, e)
         return 1
     return 0
 

@@ -46,6 +46,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.answers import answers_table, parquet_bytes
 from pipeline.candidates import candidate_probs, candidate_specs
+from pipeline.checks import check_config
 from pipeline.config import load_config, model_specs
 from pipeline.device import cpu_threads, setup_runtime
 from pipeline.errors import ConfigError, DataError, PipelineError
@@ -293,6 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         cfg = load_config(args.overrides)
+        check_config(cfg)
         if args.cluster == "local":
             summary = infer(cfg)
             print(format_summary(summary))

@@ -20,8 +20,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from pipeline.checks import check_config
 from pipeline.cli import setup_logging
 from pipeline.config import load_config, model_specs
 from pipeline.errors import ConfigError, PipelineError
@@ -32,7 +33,7 @@ from pipeline.prepare import prepare
 from pipeline.report import REPORT_KEY
 from pipeline.runs import mark_stage_failed, new_run_id, root_store, run_store
 from pipeline.train import train_model
-from pipeline.vote import SUBMISSION_KEY, VOTE_KEY, vote, vote_settings
+from pipeline.vote import SUBMISSION_KEY, VOTE_KEY, vote
 
 CLUSTERS = ("local", "slurm", "k8s")
 
@@ -174,6 +175,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="run even when data and configuration are unchanged since the latest run",
     )
+    parser.add_argument(
+        "--show-config",
+        action="store_true",
+        help="print the resolved configuration a run would use (YAML), check it, and stop",
+    )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. train.epochs=3")
     args = parser.parse_args(argv)
     setup_logging()
@@ -185,7 +191,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.wait and args.cluster == "local":
             raise ConfigError("--wait applies to --cluster slurm (a local run always waits)")
         cfg = load_config(args.overrides)
-        vote_settings(cfg)  # the suite's candidates and vote, before a job or a run exists
+        if args.show_config:
+            sys.stdout.write(OmegaConf.to_yaml(cfg))
+        # every problem at once, before a fingerprint, a run id, a run folder or a job exists
+        check_config(cfg)
+        if args.show_config:
+            return 0
         if args.cluster == "k8s":
             from pipeline.k8s import check_cluster_paths
 

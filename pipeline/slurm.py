@@ -179,8 +179,11 @@ def slurm_executor(scfg: DictConfig, folder: Path) -> submitit.SlurmExecutor:
 def job_config(config: dict[str, Any]) -> DictConfig:
     """The run's config inside a job (`train.num_threads` unset = the job's CPUs, see
     pipeline.device.available_cpus)."""
+    from pipeline.checks import check_config
+
     cfg = OmegaConf.create(config)
     OmegaConf.set_struct(cfg, False)
+    check_config(cfg)  # as at launch: a job can be started (or its config edited) by hand
     return cfg
 
 
