@@ -220,6 +220,7 @@ def _top_rules() -> dict[str, Check]:
         "data.age_thresholds.young_below": whole(1, 150),
         "data.age_thresholds.old_from": whole(1, 150),
         "data.max_bad_fraction": number(0.0, 1.0),
+        "data.allow_missing_eval": boolean,
         "data.shard_mb": whole(1),
         "data.label_fix": optional(text),
         "data.extra_roots": strings,

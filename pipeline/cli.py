@@ -28,6 +28,24 @@ def setup_logging(level: int = logging.INFO) -> None:
     )
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(max(level, logging.INFO))
+    credentials = logging.getLogger("botocore.credentials")
+    if not any(isinstance(f, OnceFilter) for f in credentials.filters):
+        credentials.addFilter(OnceFilter())  # every S3 client says where its keys came from
+
+
+class OnceFilter(logging.Filter):
+    """Let each distinct message through once per process."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message in self.seen:
+            return False
+        self.seen.add(message)
+        return True
 
 
 def run_job(stage: Callable[[DictConfig], Any], argv: Sequence[str] | None = None) -> int:

@@ -53,15 +53,19 @@ def model_config(cfg: DictConfig) -> dict[str, Any]:
 def input_files(cfg: DictConfig) -> dict[str, tuple[int, str]]:
     """Every input object's full URI → (size, content id)."""
     files: dict[str, tuple[int, str]] = {}
-    for root in [str(cfg.data.root), *(str(r) for r in cfg.data.get("extra_roots") or [])]:
-        store = open_store(root, workers=int(cfg.store.workers))
+    roots = [("data.root", str(cfg.data.root))]
+    roots += [
+        (f"data.extra_roots[{i}]", str(r)) for i, r in enumerate(cfg.data.get("extra_roots") or [])
+    ]
+    for key, root in roots:
+        store = open_store(root, workers=int(cfg.store.workers), key=key)
         for prefix in INPUT_PREFIXES:
             sizes = store.sizes(prefix)
             for key, checksum in store.checksums(prefix).items():
                 files[store.uri_of(key)] = (sizes.get(key, -1), checksum)
     if cfg.data.get("label_fix"):
         uri = str(cfg.data.label_fix)
-        data = read_uri(uri)
+        data = read_uri(uri, key="data.label_fix")
         files[uri] = (len(data), f"sha256:{hashlib.sha256(data).hexdigest()}")
     return files
 

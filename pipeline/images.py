@@ -23,12 +23,15 @@ def check_image(data: bytes, name: str) -> tuple[int, int]:
     """
     if not data:
         raise DataError(f"{name}: empty file (0 bytes)")
+    buffer = io.BytesIO(data)
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with Image.open(buffer) as im:
             im.load()
             return im.size
     except Exception as e:  # PIL raises many types (OSError, SyntaxError, ValueError, ...)
-        raise DataError(f"{name}: not a readable image ({type(e).__name__}: {e})") from e
+        # PIL names the in-memory buffer ("<_io.BytesIO object at 0x…>"): name the file instead
+        reason = str(e).replace(repr(buffer), repr(name))
+        raise DataError(f"{name}: not a readable image ({type(e).__name__}: {reason})") from e
 
 
 JPEG_MAGIC = b"\xff\xd8"

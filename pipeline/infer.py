@@ -89,7 +89,7 @@ def output_uri(cfg: DictConfig) -> str:
 def resolve_run(cfg: DictConfig) -> tuple[str, Store]:
     """The run to classify with (run_id, or latest.json's) and its store; ConfigError when there
     is none or its vote has not finished."""
-    root = open_store(str(cfg.store.root), workers=int(cfg.store.workers))
+    root = open_store(str(cfg.store.root), workers=int(cfg.store.workers), key="store.root")
     run_id = cfg.get("run_id")
     if not run_id:
         latest = read_latest(root)
@@ -167,8 +167,8 @@ def infer(cfg: DictConfig) -> dict[str, Any]:
     result = run.read_json(VOTE_KEY)
     members, method = list(result["members"]), str(result.get("method") or "hard")
     workers = int(cfg.store.workers)
-    src = open_store(str(cfg.infer.input), workers=workers)
-    out = open_store(output_uri(cfg), workers=workers)
+    src = open_store(str(cfg.infer.input), workers=workers, key="infer.input")
+    out = open_store(output_uri(cfg), workers=workers, key="infer.output")
     batch = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + f"-{run_id}"
     bad = BadInputs()
     keys = list_photos(src, bad)

@@ -364,7 +364,11 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
         return run.read_json(stage_key(STAGE))
     write_manifest(cfg)
     workers = int(cfg.store.workers)
-    sources = [open_store(str(u), workers=workers) for u in [cfg.data.root, *cfg.data.extra_roots]]
+    sources = [open_store(str(cfg.data.root), workers=workers, key="data.root")]
+    sources += [
+        open_store(str(u), workers=workers, key=f"data.extra_roots[{i}]")
+        for i, u in enumerate(cfg.data.extra_roots)
+    ]
     # Val and eval are scored on the competition's age groups (< 30, 30-59, >= 60) whatever
     # data.age_thresholds says: the thresholds shift the training targets only (below), so that
     # every choice made on val scores measures the competition's task.
@@ -386,7 +390,7 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
     if cfg.data.get("label_fix"):
         fix_uri = str(cfg.data.label_fix)
         try:
-            raw = read_uri(fix_uri, workers=workers)
+            raw = read_uri(fix_uri, workers=workers, key="data.label_fix")
         except StoreKeyNotFound as e:
             raise DataError(f"data.label_fix file {fix_uri} not found") from e
         fixed = apply_label_fix(train, raw, fix_uri, competition, bad)
@@ -420,6 +424,7 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
 
     check_bad_share(train_files, index, bad, float(cfg.data.max_bad_fraction))
     run.write_bytes(BAD_INPUTS_KEY, bad.to_csv())
+    check_eval_complete(run, index, eval_listed, bad, bool(cfg.data.get("allow_missing_eval")))
     sink = io.BytesIO()
     index.to_parquet(sink, index=False)
     run.write_bytes(INDEX_KEY, sink.getvalue())
@@ -435,6 +440,33 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
     mark_stage_done(run, STAGE, summary, started)
     log.info("prepare done for run %s: %s, %d bad inputs", cfg.run_id, counts, len(bad.rows))
     return summary
+
+
+def check_eval_complete(
+    run: Store, index: pd.DataFrame, listed: int, bad: BadInputs, allowed: bool
+) -> None:
+    """Stop the run here when some eval images of info.csv cannot be used: no submission could be
+    made, so no model should train for hours first (unless `data.allow_missing_eval`)."""
+    usable = int((index["split"] == "eval").sum())
+    if usable == listed:
+        return
+    missing = [
+        p
+        for p, why in bad.rows
+        if p.startswith(EVAL_IMAGES) and f"not listed in {EVAL_CSV}" not in why
+    ]
+    shown = ", ".join(missing[:5]) + (", …" if len(missing) > 5 else "")
+    message = (
+        f"{listed - usable} of the {listed} eval images listed in {EVAL_CSV} are missing or "
+        f"unreadable ({shown}; all reasons in {run.uri_of(BAD_INPUTS_KEY)}): this run could not "
+        "make a submission"
+    )
+    if not allowed:
+        raise DataError(
+            f"{message}. Add the images or remove their rows from {EVAL_CSV}, or set "
+            "data.allow_missing_eval=true to train anyway"
+        )
+    log.warning("%s; training anyway (data.allow_missing_eval=true)", message)
 
 
 def check_bad_share(wanted: int, index: pd.DataFrame, bad: BadInputs, max_fraction: float) -> None:

@@ -80,7 +80,7 @@ def require_run_id(cfg: DictConfig) -> str:
 
 def root_store(cfg: DictConfig) -> Store:
     """The store every run of this configuration writes under."""
-    return open_store(str(cfg.store.root), workers=int(cfg.store.workers))
+    return open_store(str(cfg.store.root), workers=int(cfg.store.workers), key="store.root")
 
 
 def run_store(cfg: DictConfig) -> Store:

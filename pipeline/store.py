@@ -442,7 +442,10 @@ class S3Store(Store):
         multipart_threshold: int = 64 * _MiB,
         client: Any = None,
         check_bucket: bool = True,
+        key: str | None = None,
     ) -> None:
+        """`key`: the configuration key the URI comes from (e.g. data.root), for messages."""
+        self.config_key = key
         if not uri.startswith("s3://"):
             raise StoreError(f"not an S3 uri: {uri!r}; expected s3://bucket[/prefix]")
         bucket, _, prefix = uri[len("s3://") :].partition("/")
@@ -495,7 +498,7 @@ class S3Store(Store):
             if code in ("404", "NoSuchBucket", "NotFound"):
                 raise StoreError(
                     f"bucket {self.bucket} does not exist at endpoint {self.endpoint}; "
-                    "create it or fix store.root"
+                    f"create it or fix {self.config_key or 'the URI'}={self.uri}"
                 ) from e
             if code in ("403", "AccessDenied", "Forbidden"):
                 raise StoreError(
@@ -700,8 +703,10 @@ def open_store(
     max_attempts: int | None = None,
     connect_timeout: float = 10.0,
     read_timeout: float = 60.0,
+    key: str | None = None,
 ) -> Store:
     """Open ``s3://bucket[/prefix]`` as an S3Store (checking the bucket once), else a LocalStore.
+    `key` names the configuration key the URI comes from in messages (e.g. "data.root").
 
     `max_attempts`, `connect_timeout` and `read_timeout` tune the S3 client (botocore's standard
     retry mode with backoff; `max_attempts` None = AWS_MAX_ATTEMPTS or 10); they are ignored for
@@ -717,15 +722,16 @@ def open_store(
             max_attempts=max_attempts,
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
+            key=key,
         )
     if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", uri) and not uri.startswith("file://"):
         raise StoreError(f"unsupported store uri {uri!r}; use a folder path or s3://bucket/prefix")
     return LocalStore(uri, workers=workers)
 
 
-def read_uri(uri: str, *, workers: int = 4) -> bytes:
+def read_uri(uri: str, *, workers: int = 4, key: str | None = None) -> bytes:
     """The bytes of one file named by a full path or s3:// URI (StoreKeyNotFound when missing)."""
     folder, name = posixpath.split(uri.strip().rstrip("/"))
     if not name:
         raise StoreError(f"{uri!r} does not name a file")
-    return open_store(folder or ".", workers=workers).read_bytes(name)
+    return open_store(folder or ".", workers=workers, key=key).read_bytes(name)

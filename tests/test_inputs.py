@@ -276,13 +276,22 @@ def test_zero_byte_files_are_reported(dataset_copy: Path, make_cfg: MakeCfg) -> 
     empty.write_bytes(b"")
     first = eval_ids(dataset_copy)[0]
     (dataset_copy / "eval" / "images" / first).write_bytes(b"")
-    _, index, bad = run_prepare(make_cfg(dataset_copy, "data.max_bad_fraction=0.2"))
+    cfg = make_cfg(dataset_copy, "data.max_bad_fraction=0.2", "data.allow_missing_eval=true")
+    _, index, bad = run_prepare(cfg)
     assert bad[empty.relative_to(dataset_copy).as_posix()] == "empty file (0 bytes)"
     assert bad[f"eval/images/{first}"] == "empty file (0 bytes)"
     assert f"{folder.name}/mask1" not in set(index["image_id"])
     assert first not in set(index["image_id"])
     with pytest.raises(DataError, match="empty file"):
         check_image(b"", "x.jpg")
+
+
+def test_an_unreadable_image_is_named_in_its_reason() -> None:
+    with pytest.raises(DataError) as raised:
+        check_image(b"not an image at all", "p001/mask1.jpg")
+    reason = str(raised.value)
+    assert "BytesIO" not in reason and "0x" not in reason
+    assert reason.count("p001/mask1.jpg") == 2  # the prefix, and where PIL named its buffer
 
 
 # ------------------------------------------------------------------------------ train.csv
@@ -352,7 +361,7 @@ def test_csvs_with_bom_crlf_and_extra_columns(
 def test_eval_image_listed_but_missing_is_reported(dataset_copy: Path, make_cfg: MakeCfg) -> None:
     ids = eval_ids(dataset_copy)
     (dataset_copy / "eval" / "images" / ids[3]).unlink()
-    summary, index, bad = run_prepare(make_cfg(dataset_copy))
+    summary, index, bad = run_prepare(make_cfg(dataset_copy, "data.allow_missing_eval=true"))
     assert bad == {f"eval/images/{ids[3]}": "listed in eval/info.csv but missing"}
     evals = index[index["split"] == "eval"].sort_values("order")
     assert evals["image_id"].tolist() == ids[:3] + ids[4:]

@@ -20,7 +20,7 @@ from sklearn.metrics import f1_score
 from pipeline.answers import SCHEMA as ANSWERS_SCHEMA
 from pipeline.candidates import candidate_probs, candidate_specs
 from pipeline.config import model_specs
-from pipeline.errors import ConfigError, StageFailed
+from pipeline.errors import ConfigError, DataError, StageFailed
 from pipeline.launch import main as launch_main
 from pipeline.launch import run_local
 from pipeline.prepare import read_index
@@ -129,10 +129,26 @@ def test_training_resumes_after_the_last_finished_epoch(
 
 
 @pytest.mark.slow
+def test_a_missing_eval_image_stops_the_run_at_prepare(
+    dataset_copy: Path, make_cfg: MakeCfg
+) -> None:
+    info = pd.read_csv(dataset_copy / "eval" / "info.csv")
+    missing = info["ImageID"][0]
+    (dataset_copy / "eval" / "images" / missing).unlink()
+    cfg = make_cfg(dataset_copy, "run_id=stopped")
+    with pytest.raises(DataError, match=rf"1 of the {len(info)} eval images .*{missing}") as e:
+        run_local(cfg)
+    assert "data.allow_missing_eval=true" in str(e.value)
+    run = run_store(cfg)
+    assert not run.list("stages") and not run.exists("models/single/last.pt")  # nothing trained
+    assert missing in run.read_bytes("bad_inputs.csv").decode()  # and why, for the user
+
+
+@pytest.mark.slow
 def test_vote_refuses_a_short_submission(dataset_copy: Path, make_cfg: MakeCfg) -> None:
     info = pd.read_csv(dataset_copy / "eval" / "info.csv")
     (dataset_copy / "eval" / "images" / info["ImageID"][0]).unlink()
-    cfg = make_cfg(dataset_copy, "run_id=short")
+    cfg = make_cfg(dataset_copy, "run_id=short", "data.allow_missing_eval=true")
     with pytest.raises(StageFailed, match=r"would lack 1 of \d+ rows of eval/info.csv"):
         run_local(cfg)
     store = root_store(cfg)

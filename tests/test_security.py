@@ -172,7 +172,7 @@ def test_eval_ids_naming_other_files_are_not_read(dataset_copy: Path, make_cfg: 
     escapes = ["../../train/train.csv", "/etc/passwd", "..%2f..%2ftrain%2ftrain.csv"]
     extra = pd.DataFrame({"ImageID": escapes, "ans": ""})
     pd.concat([info, extra], ignore_index=True).to_csv(info_path, index=False)
-    cfg = make_cfg(dataset_copy)
+    cfg = make_cfg(dataset_copy, "data.allow_missing_eval=true")
     prepare(cfg)
     run = run_store(cfg)
     index = pd.read_parquet(io.BytesIO(run.read_bytes("index.parquet")))
@@ -195,7 +195,7 @@ def test_unsafe_object_keys_in_an_s3_data_root_are_reported_not_read(
     info = pd.read_csv(tiny_dataset / "eval" / "info.csv", dtype=str, keep_default_na=False)
     listed = pd.concat([info, pd.DataFrame({"ImageID": [unsafe], "ans": [""]})])
     data.write_bytes("eval/info.csv", listed.to_csv(index=False).encode())
-    cfg = make_cfg(f"{s3_root}/data", store=f"{s3_root}/store")
+    cfg = make_cfg(f"{s3_root}/data", "data.allow_missing_eval=true", store=f"{s3_root}/store")
     summary = prepare(cfg)
     run = run_store(cfg)
     bad = pd.read_csv(io.BytesIO(run.read_bytes("bad_inputs.csv")))

@@ -348,7 +348,23 @@ def test_missing_bucket_is_clear(s3_root: str) -> None:
         open_store(f"s3://{bucket}/root")
     message = str(info.value)
     assert f"bucket {bucket} does not exist at endpoint {os.environ['AWS_ENDPOINT_URL']}" in message
-    assert "create it or fix store.root" in message
+    assert f"create it or fix the URI=s3://{bucket}/root" in message
+    with pytest.raises(StoreError, match=f"create it or fix store.root=s3://{bucket}/root"):
+        open_store(f"s3://{bucket}/root", key="store.root")
+
+
+@pytest.mark.s3
+def test_a_missing_data_bucket_names_data_root(
+    s3_root: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pipeline.launch import main as launch_main
+
+    bucket = f"missing-{uuid.uuid4().hex[:12]}"
+    args = [f"data.root=s3://{bucket}/mask", f"store.root={s3_root}/store"]
+    assert launch_main(args) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: bucket {bucket} does not exist") and len(err.splitlines()) == 1
+    assert f"create it or fix data.root=s3://{bucket}/mask" in err
 
 
 @pytest.mark.s3
@@ -358,3 +374,22 @@ def test_s3_errors_do_not_leak_secrets(s3_root: str) -> None:
         st.read_bytes("nope")
     assert os.environ["AWS_SECRET_ACCESS_KEY"] not in str(info.value)
     assert os.environ["AWS_SECRET_ACCESS_KEY"] not in repr(st)
+
+
+@pytest.mark.s3
+def test_where_the_keys_came_from_is_logged_once(
+    s3_root: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from pipeline.cli import OnceFilter, setup_logging
+
+    credentials = logging.getLogger("botocore.credentials")
+    for f in [f for f in credentials.filters if isinstance(f, OnceFilter)]:
+        credentials.removeFilter(f)
+    setup_logging()
+    with caplog.at_level(logging.INFO):
+        for _ in range(4):  # a run opens several clients: data, store, one per stage
+            open_store(s3_root).list("")
+    found = [r for r in caplog.records if "Found credentials" in r.getMessage()]
+    assert len(found) == 1
