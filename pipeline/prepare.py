@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 
 from pipeline.device import cpu_threads
 from pipeline.errors import DataError, StageFailed, StoreError, StoreKeyNotFound
+from pipeline.fingerprint import FINGERPRINT_KEY, data_fingerprint
 from pipeline.images import check_image
 from pipeline.labels import (
     GENDER_CODE,
@@ -362,6 +363,10 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
     if stage_done(run, STAGE):
         log.info("prepare already done for run %s: nothing to do", cfg.run_id)
         return run.read_json(stage_key(STAGE))
+    if not run.exists(FINGERPRINT_KEY):
+        # A run made stage by stage (python -m jobs.prepare, ...) is fingerprinted like a launched
+        # one, so the next identical launch says "skipped" instead of training again.
+        run.write_json(FINGERPRINT_KEY, data_fingerprint(cfg))
     write_manifest(cfg)
     workers = int(cfg.store.workers)
     sources = [open_store(str(cfg.data.root), workers=workers, key="data.root")]

@@ -176,6 +176,10 @@ def test_job_entry_points_run_the_stages_in_turn(tiny_dataset: Path, tmp_path: P
         assert done.returncode == 0, done.stderr[-2000:]
         assert "run_id=jobs" in done.stdout
     assert (tmp_path / "store" / "runs" / "jobs" / "submission.csv").is_file()
+    # a run made stage by stage is fingerprinted like a launched one: the same launch skips
+    launched = run_job("pipeline.launch", *[o for o in common if o != "run_id=jobs"])
+    assert launched.returncode == 0, launched.stderr[-2000:]
+    assert launched.stdout.startswith("skipped: data and configuration unchanged since run jobs")
 
 
 def test_job_errors_are_one_clear_line(tmp_path: Path) -> None:

@@ -416,6 +416,8 @@ def test_the_nightly_chain_reads_its_credentials_from_its_env_file_and_never_req
                                text=True, check=True).stdout  # fmt: skip
         assert "Requeue=0" in shown and "Dependency=singleton" in shown, shown
         assert "JobState=PENDING" in shown and "StartTime=" in shown
+        # its log goes to outputs/slurm/ (git-ignored), not loose into the repository root
+        assert f"StdOut={REPO}/outputs/slurm/nightly-{tomorrow[0]}.log" in shown, shown
     finally:
         subprocess.run(["scancel", "--name=masksuite-nightly"], check=False)
         for run_id in {k.split("/")[1] for k in store.list("runs")}:
