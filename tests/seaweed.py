@@ -233,3 +233,33 @@ def s3_root(seaweed: SeaweedServer, monkeypatch: pytest.MonkeyPatch) -> str:
     bucket = f"test-{uuid.uuid4().hex[:16]}"
     seaweed.client().create_bucket(Bucket=bucket)
     return f"s3://{bucket}/root"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m tests.seaweed [DIR]`: a local S3 server for trying the suite (README "Object
+    storage"), the same SeaweedFS the tests start, its data under DIR (default outputs/s3), until
+    Ctrl-C. Prints the AWS_* variables that point the suite, boto3 and pyarrow at it."""
+    args = sys.argv[1:] if argv is None else argv
+    workdir = Path(args[0] if args else "outputs/s3").resolve()
+    server = start_seaweed(workdir)
+
+    def interrupt(*_: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)  # `kill` stops the server too, not only Ctrl-C
+    print(f"SeaweedFS S3 at {server.endpoint}, data in {workdir}; in another shell:")
+    for name, value in server.env().items():
+        print(f"export {name}={value}")
+    print("Ctrl-C stops it", flush=True)
+    try:
+        while server.process.poll() is None:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
