@@ -210,8 +210,12 @@ MODEL_RULES: dict[str, Check] = {
 }
 
 
+#: slurm.container.runtime (pipeline.slurm reads it from here: checking a config imports no
+#: cluster client, so it runs where submitit or kubernetes are not installed).
+CONTAINER_RUNTIMES = ("none", "pyxis", "apptainer")
+
+
 def _top_rules() -> dict[str, Check]:
-    from pipeline.slurm import CONTAINER_RUNTIMES
     from pipeline.tracking import MODES
 
     rules: dict[str, Check] = {

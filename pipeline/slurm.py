@@ -33,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from submitit.core.utils import FailedJobError, FailedSubmissionError
 from submitit.helpers import Checkpointable
 
+from pipeline.checks import CONTAINER_RUNTIMES
 from pipeline.config import model_specs
 from pipeline.errors import ConfigError, PipelineError, StageFailed
 from pipeline.runs import mark_stage_failed, record_stage_state, run_store, stage_done
@@ -50,7 +51,6 @@ log = logging.getLogger(__name__)
 
 #: Job kinds and the keys of `slurm.stages`.
 KINDS = ("prepare", "model", "vote")
-CONTAINER_RUNTIMES = ("none", "pyxis", "apptainer")
 
 
 # --------------------------------------------------------------------------------------------

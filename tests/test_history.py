@@ -225,8 +225,9 @@ def test_retention_keeps_the_newest_runs_and_always_the_latest(tmp_path: Path) -
 @pytest.mark.slow
 @pytest.mark.s3
 def test_pull_fetches_exactly_what_was_written(
-    tiny_dataset: Path, s3_root: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+    tiny_dataset: Path, s3_root: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
     local_store = tmp_path / "store"
     assert launch(tiny_dataset, local_store) == 0
     s3_store = f"{s3_root}/pull-store"
@@ -257,6 +258,10 @@ def test_pull_fetches_exactly_what_was_written(
         assert "predictions/models/single/eval.parquet" in got and "manifest.json" in got
         assert not any(k.endswith(".pt") or k.startswith("shards/") for k in got)
     assert pull_main(["--run", "20990101T000000Z-000000", f"store.root={local_store}"]) == 1
+    # without --to: pulled/<run id>/ under the current folder, as README says
+    monkeypatch.chdir(tmp_path / "pulled")
+    assert pull_main([f"store.root={local_store}"]) == 0
+    assert (tmp_path / "pulled" / "pulled" / run_id / "submission.csv").is_file()
 
 
 def test_a_size_mismatch_is_refused_and_removed(tmp_path: Path) -> None:
