@@ -242,11 +242,11 @@ def _top_rules() -> dict[str, Check]:
         "slurm.array_parallelism": whole(1),
         "slurm.signal_delay_s": whole(0),
         "slurm.max_requeues": whole(0),
-        "slurm.poll_seconds": number(0.0, low_open=True),
+        "slurm.poll_seconds": number(0.0),
         "slurm.container.runtime": choice(CONTAINER_RUNTIMES),
         "k8s.namespace": text,
         "k8s.image": text,
-        "k8s.poll_seconds": number(0.0, low_open=True),
+        "k8s.poll_seconds": number(0.0),
         "k8s.backoff_limit": whole(0),
         "k8s.ttl_seconds_after_finished": whole(0),
     }

@@ -23,6 +23,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from pipeline.errors import DataError, StoreKeyNotFound
 from pipeline.runs import code_version
 from pipeline.store import open_store, read_uri
 
@@ -65,7 +66,10 @@ def input_files(cfg: DictConfig) -> dict[str, tuple[int, str]]:
                 files[store.uri_of(key)] = (sizes.get(key, -1), checksum)
     if cfg.data.get("label_fix"):
         uri = str(cfg.data.label_fix)
-        data = read_uri(uri, key="data.label_fix")
+        try:
+            data = read_uri(uri, key="data.label_fix")
+        except StoreKeyNotFound as e:  # as prepare says it
+            raise DataError(f"data.label_fix file {uri} not found") from e
         files[uri] = (len(data), f"sha256:{hashlib.sha256(data).hexdigest()}")
     return files
 

@@ -69,7 +69,8 @@ BAD = [
     (["+suite.models.single.train.lr=-1"], "suite.models.single.train.lr"),
     (["+suite.models.single.arch=resnet99"], "suite.models.single.arch"),
     (["slurm.container.runtime=docker"], "slurm.container.runtime"),
-    (["k8s.poll_seconds=0"], "k8s.poll_seconds"),
+    (["k8s.poll_seconds=-1"], "k8s.poll_seconds"),
+    (["k8s.backoff_limit=-2"], "k8s.backoff_limit"),
 ]
 
 

@@ -207,17 +207,22 @@ def test_failed_model_blocks_the_vote_then_resume_redoes_only_what_is_missing(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     store = str(tmp_path / "store")  # a shared path works as well as S3
-    broken = ["+suite.models.broken.task=all", "+suite.models.broken.arch=no_such_net"]
+    # a failure only the job can find (the launch checks every value of the configuration):
+    # weights that are no state dict
+    weights = tmp_path / "broken.pt"
+    weights.write_bytes(b"not a state dict")
+    broken = ["+suite.models.broken.task=all", f"+suite.models.broken.weights={weights}"]
     code, out, err = launch(capsys, "--wait", *overrides(tiny_dataset, store, tmp_path, *broken))
     assert code == 1, out + err
     run_id = run_id_of(out)
-    assert "model broken failed in train-broken" in err and "no_such_net" in err, err
+    assert "model broken failed in train-broken" in err and "broken.pt" in err, err
 
     run = open_store(store).child(f"runs/{run_id}")
     assert not run.exists("submission.csv") and not open_store(store).exists("latest.json")
     code, shown = status(capsys, run_id, store)
     assert code == 1 and f"run {run_id}: failed" in shown
-    assert re.search(r"train-broken\s+failed\s+\S+\s+ConfigError: model.arch='no_such_net'", shown)
+    failed = r"train-broken\s+failed\s+\S+\s+ConfigError: model weights \S+broken.pt"
+    assert re.search(failed, shown), shown
     assert re.search(r"vote\s+(blocked|cancelled)", shown), shown
     assert re.search(r"predict-single\s+done", shown), shown
     done_before = markers(run)
@@ -225,7 +230,7 @@ def test_failed_model_blocks_the_vote_then_resume_redoes_only_what_is_missing(
                                                               "predict-single")}  # fmt: skip
 
     # Fixed, the run is resumed: only the broken model and the vote are submitted and run.
-    fixed = ["+suite.models.broken.task=all", "+suite.models.broken.arch=resnet18"]
+    fixed = ["+suite.models.broken.task=all", "+suite.models.broken.weights=null"]
     args = overrides(tiny_dataset, store, tmp_path, *fixed)
     code, out, err = launch(capsys, "--resume", run_id, "--wait", *args)
     assert code == 0, out + err
