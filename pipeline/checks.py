@@ -18,6 +18,8 @@ checked with the same rules under their own names.
 from __future__ import annotations
 
 import difflib
+import functools
+import json
 import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -268,8 +270,17 @@ def _get(cfg: Any, dotted: str) -> Any:
 
 
 def _show(value: Any) -> str:
+    """A value as an override writes it: 'abc', 3, true, null, [64, 48], {ce: 1.0}."""
     value = _plain(value)
-    return repr(value) if isinstance(value, str) else str(value).replace("None", "null")
+    if isinstance(value, str):
+        return repr(value)
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_show(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_show(v)}" for k, v in value.items()) + "}"
+    return str(value)
 
 
 def _apply(rules: Mapping[str, Check], cfg: Any, prefix: str, problems: list[str],
@@ -298,6 +309,43 @@ def _leaves(node: Any, prefix: str = "") -> set[str]:
     return out
 
 
+#: Groups whose keys are fixed (the suite, slurm and k8s groups have options of their own).
+FIXED_GROUPS = ("data", "store", "model", "train", "tracking", "infer")
+#: Mappings whose keys are checked by their own rule (loss names), not as unknown keys.
+OPEN_MAPPINGS = ("train.loss",)
+
+
+def _paths(node: Any, prefix: str) -> set[str]:
+    node = _plain(node)
+    if not isinstance(node, dict) or prefix in OPEN_MAPPINGS:
+        return {prefix}
+    return {p for k, v in node.items() for p in _paths(v, f"{prefix}.{k}")}
+
+
+@functools.cache
+def _packaged() -> DictConfig:
+    """The packaged defaults, the reference of which keys exist."""
+    from pipeline.config import load_config
+
+    return load_config([])
+
+
+def _unknown_keys(cfg: DictConfig, problems: list[str]) -> None:
+    """Keys added with `+key=value` that no code reads (a typo would otherwise be ignored)."""
+    reference = _packaged()
+    for group in FIXED_GROUPS:
+        if group not in cfg or group not in reference:
+            continue
+        known = _paths(reference[group], group)
+        for path in sorted(_paths(cfg[group], group) - known):
+            parent = path.rsplit(".", 1)[0]
+            siblings = sorted(k.rsplit(".", 1)[1] for k in known if k.rsplit(".", 1)[0] == parent)
+            value = _show(_get(cfg, path))
+            problems.append(
+                f"{path}={value}: unknown key; valid under {parent}: {', '.join(siblings)}"
+            )
+
+
 def _cross_field(cfg: DictConfig, problems: list[str]) -> None:
     from pipeline.labels import AgeThresholds
 
@@ -308,7 +356,11 @@ def _cross_field(cfg: DictConfig, problems: list[str]) -> None:
             "or fp32 on a CPU, or train.device=cuda|auto"
         )
     ages = _plain(_get(cfg, "data.age_thresholds"))
-    if isinstance(ages, dict) and all(_is_int(a) for a in ages.values()):
+    if (
+        isinstance(ages, dict)
+        and set(ages) == {"young_below", "old_from"}
+        and all(_is_int(a) for a in ages.values())
+    ):
         try:
             AgeThresholds(**ages)
         except (DataError, TypeError) as e:
@@ -361,6 +413,7 @@ def config_problems(cfg: DictConfig) -> list[str]:
     """Every problem of `cfg`, one line each (empty when it is valid)."""
     problems: list[str] = []
     _apply(_top_rules(), cfg, "", problems)
+    _unknown_keys(cfg, problems)
     _cross_field(cfg, problems)
     _suite(cfg, problems)
     return problems

@@ -70,6 +70,9 @@ BAD = [
     (["+suite.models.single.arch=resnet99"], "suite.models.single.arch"),
     (["slurm.container.runtime=docker"], "slurm.container.runtime"),
     (["k8s.poll_seconds=-1"], "k8s.poll_seconds"),
+    (["+train.augment.blur=0.3"], "train.augment.blur=0.3: unknown key"),
+    (["+model.pretrained=true"], "model.pretrained=true: unknown key"),
+    (["+data.age_thresholds.middle=45"], "data.age_thresholds.middle"),
     (["k8s.backoff_limit=-2"], "k8s.backoff_limit"),
 ]
 
