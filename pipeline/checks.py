@@ -232,7 +232,7 @@ def _top_rules() -> dict[str, Check]:
         "data.extra_roots": strings,
         "store.root": text,
         "store.workers": whole(1),
-        "store.keep_checkpoints": whole(0),
+        "store.keep_checkpoints": whole(1),
         "seed": whole(0),
         "run_id": optional(text),
         "model_name": optional(text),

@@ -55,6 +55,7 @@ from pipeline.labels import AGE_NAMES, GENDER_NAMES, MASK_NAMES
 from pipeline.layout import check_image_extension, junk_reason
 from pipeline.models import model_from_checkpoint, task_target
 from pipeline.predict import (
+    checkpoint_key,
     for_inference,
     input_shape,
     load_checkpoint,
@@ -166,6 +167,15 @@ def infer(cfg: DictConfig) -> dict[str, Any]:
     run_cfg = OmegaConf.create(manifest["config"])
     result = run.read_json(VOTE_KEY)
     members, method = list(result["members"]), str(result.get("method") or "hard")
+    candidates = candidate_specs(run_cfg)
+    needed = dict.fromkeys(m for c in members for m in candidates[c].models())
+    pruned = [m for m in needed if not run.exists(checkpoint_key(m))]
+    if pruned:
+        raise ConfigError(
+            f"run {run_id} no longer has the checkpoints of {', '.join(pruned)} (older runs' "
+            "checkpoints are deleted beyond store.keep_checkpoints): classify with a newer run, "
+            "or leave run_id unset for the latest"
+        )
     workers = int(cfg.store.workers)
     src = open_store(str(cfg.infer.input), workers=workers, key="infer.input")
     out = open_store(output_uri(cfg), workers=workers, key="infer.output")

@@ -124,6 +124,13 @@ def test_infer_refuses_what_it_cannot_do(
     assert "has no finished vote" in capsys.readouterr().err
     assert infer_main(["--cluster", "k8s", "--dry-run", store, photos]) == 1
     assert "is a local folder: Kubernetes pods" in capsys.readouterr().err
+    # a run whose checkpoints retention deleted (store.keep_checkpoints)
+    pruned = tmp_path / "pruned"
+    shutil.copytree(Path(str(finished.store.root)), pruned, symlinks=True)
+    (pruned / "runs" / str(finished.run_id) / "models" / "single" / "checkpoint.pt").unlink()
+    assert infer_main([f"store.root={pruned}", photos]) == 1  # said before any photo is read
+    err = capsys.readouterr().err
+    assert "no longer has the checkpoints of single" in err and "keep_checkpoints" in err
 
 
 @pytest.mark.slow
