@@ -296,19 +296,6 @@ def _apply(rules: Mapping[str, Check], cfg: Any, prefix: str, problems: list[str
             problems.append(f"{prefix}{key}={_show(value)}: {problem}")
 
 
-def _leaves(node: Any, prefix: str = "") -> set[str]:
-    node = _plain(node)
-    if not isinstance(node, dict):
-        return {prefix.rstrip(".")}
-    out: set[str] = set()
-    for k, v in node.items():
-        if isinstance(v, dict) and k in ("augment",):
-            out |= _leaves(v, f"{prefix}{k}.")
-        else:
-            out.add(f"{prefix}{k}")
-    return out
-
-
 #: Groups whose keys are fixed (the suite, slurm and k8s groups have options of their own).
 FIXED_GROUPS = ("data", "store", "model", "train", "tracking", "infer")
 #: Mappings whose keys are checked by their own rule (loss names), not as unknown keys.
@@ -390,7 +377,7 @@ def _suite(cfg: DictConfig, problems: list[str]) -> None:
         entry = _plain(cfg.suite.models[name]) or {}
         prefix = f"suite.models.{name}."
         _apply(MODEL_RULES, spec, prefix, problems, only=set(entry) - {"train"})
-        overridden = _leaves(entry.get("train") or {})
+        overridden = {p.removeprefix("train.") for p in _paths(entry.get("train") or {}, "train")}
         _apply(train_rules, spec.train, f"{prefix}train.", problems, only=overridden)
         inherited = _plain(spec.get("mask_groups")) == _plain(cfg.model.get("mask_groups"))
         top_level_reported = cfg.model.get("mask_groups") is not None and cfg.model.task != "age"

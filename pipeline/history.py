@@ -39,14 +39,15 @@ def read_latest(root: Store) -> dict[str, Any] | None:
     return record
 
 
-#: What latest.json's "files" names, by key in the run (README "Reading the results"):
-#: "predictions" is the folder of every answers file (one Parquet dataset, pipeline/answers.py).
+#: What latest.json's "files" names, by key in the run (README "Reading the results"); a key
+#: ending in / is a folder: "predictions/" holds every answers file (one Parquet dataset,
+#: pipeline/answers.py).
 PUBLISHED_FILES = {
     "submission": "submission.csv",
     "vote": "vote.json",
     "vote_eval": "predictions/vote/eval.parquet",
     "vote_val": "predictions/vote/val.parquet",
-    "predictions": "predictions",
+    "predictions": "predictions/",
     "report": "report/index.html",
     "manifest": "manifest.json",
     "bad_inputs": "bad_inputs.csv",
@@ -55,11 +56,10 @@ PUBLISHED_FILES = {
 
 def published_files(run: Store) -> dict[str, str]:
     """URIs (s3://… or absolute paths) of a finished run's outputs, by name; folders end in /."""
-    files = {}
-    for name, key in PUBLISHED_FILES.items():
-        uri = run.uri_of(key)
-        files[name] = uri + "/" if "." not in key.rsplit("/", 1)[-1] else uri
-    return files
+    return {
+        name: run.uri_of(key.rstrip("/")) + ("/" if key.endswith("/") else "")
+        for name, key in PUBLISHED_FILES.items()
+    }
 
 
 def move_latest(root: Store, run: Store, run_id: str) -> bool:

@@ -168,7 +168,7 @@ def infer(cfg: DictConfig) -> dict[str, Any]:
     result = run.read_json(VOTE_KEY)
     members, method = list(result["members"]), str(result.get("method") or "hard")
     candidates = candidate_specs(run_cfg)
-    needed = dict.fromkeys(m for c in members for m in candidates[c].models())
+    needed = list(dict.fromkeys(m for c in members for m in candidates[c].models()))
     pruned = [m for m in needed if not run.exists(checkpoint_key(m))]
     if pruned:
         raise ConfigError(
@@ -212,7 +212,9 @@ def infer(cfg: DictConfig) -> dict[str, Any]:
             log.info("infer: nothing new to classify under %s (%d already classified by run %s, "
                      "%d bad)", src.uri, counts["already_seen"], run_id, len(bad.rows))  # fmt: skip
             return summary
-        dists = member_distributions(cfg, run_cfg, run, members, packed, ids, shard_of)
+        model_probs = model_probabilities(cfg, run_cfg, run, needed, packed, ids, shard_of)
+    tasks = {n: str(s.task) for n, s in model_specs(run_cfg).items()}
+    dists = {c: candidate_probs(candidates[c], model_probs, tasks) for c in members}
     probs, answers = combine(method, [dists[m] for m in members])
     common: dict[str, Any] = {"run_id": run_id, "split": "new", "image_ids": ids, "task": "all"}
     tables = [answers_table(**common, kind="vote", name="vote", probs=probs, answers=answers)]
@@ -245,20 +247,18 @@ def infer(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
-def member_distributions(
+def model_probabilities(
     cfg: DictConfig,
     run_cfg: DictConfig,
     run: Store,
-    members: list[str],
+    needed: list[str],
     packed: Store,
     ids: list[str],
     shard_of: dict[str, str],
 ) -> dict[str, np.ndarray]:
-    """Each member candidate's 18-class distribution over the new photos (images × 18), every
-    model the members need predicting once, with the run's own settings."""
+    """Each model in `needed` predicting the new photos once (images × its task's classes), with
+    the run's own settings; the photos are decoded once for all of them."""
     specs = model_specs(run_cfg)
-    candidates = candidate_specs(run_cfg)
-    needed = list(dict.fromkeys(m for c in members for m in candidates[c].models()))
     rt = setup_runtime(cfg)
     size = list(run_cfg.train.image_size)
     images = load_resident(
@@ -279,8 +279,7 @@ def member_distributions(
         probs[name] = predict_for_spec(for_inference(model), images, model_rt, spec)
         log.info("infer: model %d of %d (%s): %d photos, %.0f photos/s", number, len(needed),
                  name, len(ids), len(ids) / max(time.time() - t0, 1e-9))  # fmt: skip
-    tasks = {n: str(s.task) for n, s in specs.items()}
-    return {c: candidate_probs(candidates[c], probs, tasks) for c in members}
+    return probs
 
 
 def parser() -> argparse.ArgumentParser:
