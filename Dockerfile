@@ -10,7 +10,7 @@
 # (sm_70), which its CUDA 12.8+ builds dropped; the driver on the nodes must support CUDA 12.6.
 # It brings Python 3.11 (/opt/conda/bin first on PATH, pip included), torch 2.7.1 and torchvision
 # 0.22.1, so pip keeps them and only adds the suite's other dependencies. It has no C compiler, so
-# train.compile=true is refused in this image (pipeline/device.py require_compiler).
+# train.compile=true is refused in this image (pipeline/ml/device.py require_compiler).
 FROM pytorch/pytorch:2.7.1-cuda12.6-cudnn9-runtime
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -34,7 +34,7 @@ ENV HOME=/scratch \
     XDG_CACHE_HOME=/scratch/cache \
     TORCH_HOME=/scratch/cache/torch
 WORKDIR /scratch
-# The code version the runs record and fingerprint (pipeline/runs.py code_version): the package
+# The code version the runs record and fingerprint (pipeline/run/state.py code_version): the package
 # version plus the commit the image was built from (make image passes it).
 ARG CODE_VERSION=""
 ENV MASKSUITE_CODE_VERSION=${CODE_VERSION}

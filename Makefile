@@ -175,5 +175,5 @@ podman:
 image: podman $(STAMP)
 	bash container/standin-base.sh $(BASE_IMAGE)
 	podman build --quiet --pull=never --network=host -t $(IMAGE) \
-	  --build-arg CODE_VERSION=$$($(BIN)/python -c 'from pipeline.runs import code_version; print(code_version())') .
+	  --build-arg CODE_VERSION=$$($(BIN)/python -c 'from pipeline.run.state import code_version; print(code_version())') .
 	podman image prune --force >/dev/null   # earlier builds of the tag (~0.8 GB each)

@@ -8,7 +8,7 @@ the command, plus `summary.json` with every step's state:
 1. `throughput-<precision>.json`: `python -m bench.throughput` at the competition's 512×384, the
    seed-style baseline and ours in the same run, eager and `--compile`, for bf16 and for fp16 (the
    V100 path: fp16 autocast + GradScaler);
-2. `decode.json`: nvJPEG (torchvision's `decode_jpeg` on the device, as pipeline.resident decodes)
+2. `decode.json`: nvJPEG (torchvision's `decode_jpeg` on the device, as pipeline.ml.resident decodes)
    against the CPU decoder on the same generated photos: maximum and mean pixel difference of the
    raw decode and of the decoded-and-resized tensors training uses, and images/s each way;
 3. `placement.json`: training images/s with the images resident on the GPU against pinned host
@@ -46,10 +46,10 @@ import torch
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from bench.throughput import Ours, make_photos, timed
-from pipeline.device import Runtime, pick_device, pick_precision
-from pipeline.resident import load_resident
-from pipeline.shards import encode_shard
-from pipeline.store import open_store
+from pipeline.ml.device import Runtime, pick_device, pick_precision
+from pipeline.ml.resident import load_resident
+from pipeline.storage.shards import encode_shard
+from pipeline.storage.store import open_store
 
 #: Seconds kept back at the end of the budget for writing the summary.
 RESERVE_S = 15.0
@@ -330,7 +330,7 @@ def run_check(out: Path, scale_name: str, device_name: str, budget_s: float) -> 
     out.mkdir(parents=True, exist_ok=True)
     check = Check(out, device, budget_s)
     # A CPU takes `auto`: an explicit bf16 is refused where oneDNN's bf16 kernels go wrong for
-    # the small inputs of the tiny scale (pipeline.predict.probe_precision).
+    # the small inputs of the tiny scale (pipeline.stages.predict.probe_precision).
     precisions = ("bf16", "fp16") if device.type == "cuda" else ("auto",)
     threads = len(os.sched_getaffinity(0))
     rt = Runtime(device, pick_precision("bf16", device), threads)

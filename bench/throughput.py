@@ -7,9 +7,9 @@ same generated photos (512×384 JPEGs, the real data's size):
   torchvision transforms (Resize, ToTensor, Normalize) in a DataLoader with one worker per core,
   fp32 model, every epoch decoding every image again;
 - ours: the project's own path — images decoded once at the input size into resident uint8 tensors
-  (pipeline.resident), batches augmented on the device, precision and memory layout picked by the
-  device (pipeline.device; bf16 autocast + channels_last where the hardware has it), the training
-  step of pipeline.train and the prediction loop of pipeline.predict.
+  (pipeline.ml.resident), batches augmented on the device, precision and memory layout picked by the
+  device (pipeline.ml.device; bf16 autocast + channels_last where the hardware has it), the training
+  step of pipeline.stages.train and the prediction loop of pipeline.stages.predict.
 
 Each round times, in turn: a training epoch of the baseline and of ours, then a prediction job
 each way over all the photos — the baseline's DataLoader decoding them, ours decoding them once
@@ -42,15 +42,15 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from pipeline.augment import BatchAugment
-from pipeline.device import Runtime, pick_device, pick_precision
-from pipeline.losses import build_loss
-from pipeline.predict import for_inference, predict_probs, probe_precision
-from pipeline.resident import ResidentImages, image_bytes, load_resident, plan_placement
-from pipeline.shards import encode_shard
-from pipeline.store import open_store
-from pipeline.synth import encode_image, plan_dataset, render_person
-from pipeline.train import train_one_epoch
+from pipeline.domain.synth import encode_image, plan_dataset, render_person
+from pipeline.ml.augment import BatchAugment
+from pipeline.ml.device import Runtime, pick_device, pick_precision
+from pipeline.ml.inference import for_inference, predict_probs, probe_precision
+from pipeline.ml.losses import build_loss
+from pipeline.ml.resident import ResidentImages, image_bytes, load_resident, plan_placement
+from pipeline.stages.train import train_one_epoch
+from pipeline.storage.shards import encode_shard
+from pipeline.storage.store import open_store
 
 SOURCE_SIZE = (512, 384)
 NUM_CLASSES = 18
@@ -162,7 +162,7 @@ class Baseline:
 
 
 class Ours:
-    """The project's path: decode once (pipeline.resident), train_one_epoch, predict_probs."""
+    """The project's path: decode once (pipeline.ml.resident), train_one_epoch, predict_probs."""
 
     def __init__(self, store: Any, ids: list[str], labels: list[int], size: tuple[int, int],
                  rt: Runtime, placement: str, batch: int, eval_batch: int,

@@ -1,7 +1,8 @@
-"""`python -m jobs.predict [overrides]`: the predict stage of one run (see pipeline.predict)."""
+"""`python -m jobs.predict [overrides]`: predict val and eval with the suite's models (`model_name=<name>` for one; see pipeline.stages.predict).
 
-from pipeline.cli import run_job
-from pipeline.predict import predict
+The stages come from the one stage graph (pipeline/orchestration/graph.py)."""
+
+from pipeline.commands.cli import run_job
 
 if __name__ == "__main__":
-    raise SystemExit(run_job(predict))
+    raise SystemExit(run_job("predict"))

@@ -1,7 +1,8 @@
-"""`python -m jobs.train [overrides]`: the train stage of one run (see pipeline.train)."""
+"""`python -m jobs.train [overrides]`: train the suite's models (`model_name=<name>` for one; see pipeline.stages.train).
 
-from pipeline.cli import run_job
-from pipeline.train import train
+The stages come from the one stage graph (pipeline/orchestration/graph.py)."""
+
+from pipeline.commands.cli import run_job
 
 if __name__ == "__main__":
-    raise SystemExit(run_job(train))
+    raise SystemExit(run_job("train"))

@@ -1,7 +1,8 @@
-"""`python -m jobs.vote [overrides]`: the vote stage of one run (see pipeline.vote)."""
+"""`python -m jobs.vote [overrides]`: rank the candidates, vote, write the submission and move latest.json (see pipeline.stages.vote).
 
-from pipeline.cli import run_job
-from pipeline.vote import vote
+The stages come from the one stage graph (pipeline/orchestration/graph.py)."""
+
+from pipeline.commands.cli import run_job
 
 if __name__ == "__main__":
-    raise SystemExit(run_job(vote))
+    raise SystemExit(run_job("vote"))

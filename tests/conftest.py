@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from omegaconf import DictConfig
 
-from pipeline.config import load_config
-from pipeline.synth import generate
+from pipeline.core.config import load_config
+from pipeline.domain.synth import generate
 
 pytest_plugins = ["tests.seaweed"]
 

@@ -28,7 +28,7 @@ import boto3
 import botocore.config
 import pytest
 
-from pipeline.store import Store, open_store
+from pipeline.storage.store import Store, open_store
 
 ACCESS_KEY = "seaweed-test-key"  # SeaweedFS without an IAM config accepts any key pair
 SECRET_KEY = "seaweed-test-secret"

@@ -1,4 +1,4 @@
-"""The answers schema (pipeline/answers.py): every Parquet answer file reads as one dataset."""
+"""The answers schema (pipeline/run/answers.py): every Parquet answer file reads as one dataset."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.answers import SCHEMA, answers_key, answers_table, write_answers
-from pipeline.store import open_store
+from pipeline.run.answers import SCHEMA, answers_table, write_answers
+from pipeline.storage.run_layout import answers_key
+from pipeline.storage.store import open_store
 
 IDS = ["a.jpg", "b.jpg", "c.jpg"]
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.augment import (
+from pipeline.core.errors import ConfigError
+from pipeline.ml.augment import (
     CUT_RANGE,
     BatchAugment,
     color_jitter,
@@ -17,7 +18,6 @@ from pipeline.augment import (
     vertical_cutmix,
     vertical_cutmix_with,
 )
-from pipeline.errors import ConfigError
 
 C = 5  # classes
 

@@ -6,7 +6,10 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from pipeline.candidates import (
+from pipeline.core.config import load_config, model_specs
+from pipeline.core.errors import ConfigError
+from pipeline.domain.labels import encode
+from pipeline.ml.ensemble import (
     Candidate,
     candidate_probs,
     candidate_specs,
@@ -14,9 +17,6 @@ from pipeline.candidates import (
     predict_candidate,
     task_probs,
 )
-from pipeline.config import load_config, model_specs
-from pipeline.errors import ConfigError
-from pipeline.labels import encode
 
 TASKS = {"single": "all", "mask": "mask", "gender": "gender", "age": "age", "age_m": "age",
          "age_n": "age"}  # fmt: skip

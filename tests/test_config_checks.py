@@ -1,5 +1,5 @@
 """A mistake in the configuration is caught at launch, before any work: one line per problem
-naming the key, exit 1, no traceback, no run folder, no job (pipeline/checks.py)."""
+naming the key, exit 1, no traceback, no run folder, no job (pipeline/orchestration/checks.py)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.checks import config_problems
-from pipeline.cli import run_job
-from pipeline.config import load_config
-from pipeline.launch import main as launch_main
-from pipeline.prepare import prepare
+from pipeline.commands.cli import run_job
+from pipeline.commands.launch import main as launch_main
+from pipeline.core.config import load_config
+from pipeline.orchestration.checks import config_problems
 from tests.test_slurm import slurm_cluster  # noqa: F401  (the fixture)
 
 # (overrides, the key the message must name); at least one per config group
@@ -113,7 +112,7 @@ def test_the_packaged_configs_are_valid() -> None:
 
 def test_a_job_started_by_hand_checks_again(tmp_path: Path, capsys) -> None:
     store = tmp_path / "store"
-    code = run_job(prepare, [f"store.root={store}", "train.batch_size=1", "run_id=x"])
+    code = run_job("prepare", [f"store.root={store}", "train.batch_size=1", "run_id=x"])
     err = capsys.readouterr().err
     assert code == 1 and "train.batch_size=1: must be a whole number >= 2" in err
     assert not store.exists()

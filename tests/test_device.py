@@ -9,7 +9,8 @@ import pytest
 import torch
 import torchvision
 
-from pipeline.device import (
+from pipeline.core.errors import ConfigError
+from pipeline.ml.device import (
     Runtime,
     available_cpus,
     cgroup_cpu_quota,
@@ -22,8 +23,7 @@ from pipeline.device import (
     require_kernels,
     runs_on,
 )
-from pipeline.errors import ConfigError
-from pipeline.predict import input_shape, probe_precision
+from pipeline.ml.inference import input_shape, probe_precision
 
 
 def test_pick_device_and_precision() -> None:
@@ -52,7 +52,7 @@ def test_gpus_given_but_not_seen_are_reported(
     monkeypatch.setattr(torch.version, "cuda", None)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
     monkeypatch.delenv("NVIDIA_VISIBLE_DEVICES", raising=False)
-    with caplog.at_level("WARNING", logger="pipeline.device"):
+    with caplog.at_level("WARNING", logger="pipeline.ml.device"):
         assert pick_device("auto").type == "cpu"
     assert "gave this job GPU(s) (CUDA_VISIBLE_DEVICES=3)" in caplog.text
     assert "a CPU-only torch build" in caplog.text and "training on the CPU" in caplog.text
@@ -127,7 +127,7 @@ def test_threads_follow_the_slurm_jobs_cpus_and_never_exceed_the_cores(
     cores = len(os.sched_getaffinity(0))
     none = tmp_path / "no-cgroup"
     assert available_cpus({"SLURM_CPUS_PER_TASK": "1"}, none) == 1
-    with caplog.at_level("WARNING", logger="pipeline.device"):
+    with caplog.at_level("WARNING", logger="pipeline.ml.device"):
         assert available_cpus({"SLURM_CPUS_PER_TASK": str(cores)}, none) == cores
         assert caplog.text == ""
         assert available_cpus({"SLURM_CPUS_PER_TASK": str(cores + 6)}, none) == cores

@@ -24,13 +24,15 @@ import pytest
 import torch
 from omegaconf import DictConfig
 
-from pipeline.errors import StageFailed, StoreError
-from pipeline.predict import load_checkpoint, predict_model
-from pipeline.prepare import prepare
-from pipeline.runs import run_store, save_torch
-from pipeline.shards import read_shard
-from pipeline.store import LocalStore, S3Store, Store, open_store
-from pipeline.train import resume_state, train, train_model
+from pipeline.core.errors import StageFailed, StoreError
+from pipeline.ml.checkpoints import load_checkpoint, save_torch
+from pipeline.orchestration.graph import run_job_stages
+from pipeline.run.state import run_store
+from pipeline.stages.predict import predict_model
+from pipeline.stages.prepare import prepare
+from pipeline.stages.train import resume_state, train_model
+from pipeline.storage.shards import read_shard
+from pipeline.storage.store import LocalStore, S3Store, Store, open_store
 from tests.seaweed import SeaweedServer, start_seaweed
 
 MakeCfg = Callable[..., DictConfig]
@@ -272,9 +274,9 @@ def test_training_killed_mid_run_resumes_from_its_last_epoch(
     done = saved["epoch"]
     assert 1 <= done < 4
 
-    caplog.set_level(logging.INFO, logger="pipeline.train")
-    metrics = train(cfg)["single"]
-    history = metrics["history"]
+    caplog.set_level(logging.INFO, logger="pipeline.stages.train")
+    run_job_stages(cfg, "train")  # in the stage frame, as a job runs it
+    history = run.read_json("models/single/metrics.json")["history"]
     assert [h["epoch"] for h in history] == [1, 2, 3, 4]
     assert history[:done] == saved["history"]  # the epochs before the kill were not retrained
     log = caplog.text
@@ -321,7 +323,9 @@ def test_scratch_disk_full_is_a_clear_error_and_a_rerun_completes(
         assert not (store / "runs" / "full" / "stages" / "prepare.json").exists()
 
         subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
-        summary = prepare(make_cfg(tiny_dataset, "run_id=full", store=str(store)))
+        (summary,) = run_job_stages(
+            make_cfg(tiny_dataset, "run_id=full", store=str(store)), "prepare"
+        )
         assert summary["images"]["eval"] == len(pd.read_csv(tiny_dataset / "eval" / "info.csv"))
         assert (store / "runs" / "full" / "stages" / "prepare.json").is_file()
 
@@ -335,12 +339,12 @@ def test_local_store_disk_full(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     def full(fd: int) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("pipeline.store.os.fsync", full)
+    monkeypatch.setattr("pipeline.storage.store.os.fsync", full)
     with pytest.raises(StoreError, match=r"cannot write .*/store/new: no space left on device"):
         store.write_bytes("new", b"x" * 1000)
     with pytest.raises(StoreError, match="no space left on device"):
         store.write_bytes("kept", b"new")
-    monkeypatch.setattr("pipeline.store.os.fsync", real_fsync)
+    monkeypatch.setattr("pipeline.storage.store.os.fsync", real_fsync)
     assert store.list() == ["kept"] and store.read_bytes("kept") == b"old"
     assert temp_leftovers(tmp_path) == []
 
@@ -389,7 +393,7 @@ def test_corrupt_training_state_means_training_from_scratch(
     run = LocalStore(tmp_path)
     write_state(run)
     run.write_bytes(key, damage(run.read_bytes(key)))
-    with caplog.at_level(logging.WARNING, logger="pipeline.train"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.stages.train"):
         assert resume_state(run, "m") is None
     assert f"{tmp_path}/{key} is unusable" in caplog.text
     assert "training model m from scratch" in caplog.text
@@ -401,7 +405,7 @@ def test_training_state_with_missing_parts_means_training_from_scratch(
     run = LocalStore(tmp_path)
     write_state(run)
     save_torch(run, "models/m/last.pt", {"epoch": 3})
-    with caplog.at_level(logging.WARNING, logger="pipeline.train"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.stages.train"):
         assert resume_state(run, "m") is None
     assert "not a training state" in caplog.text
 
@@ -438,7 +442,7 @@ def test_corrupt_checkpoint_is_detected_at_predict_and_retrained(
     with pytest.raises(StageFailed):
         load_checkpoint(run, "single")
 
-    with caplog.at_level(logging.WARNING, logger="pipeline.train"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.stages.train"):
         metrics = train_model(cfg, "single")
     assert "last.pt is unusable" in caplog.text
     assert [h["epoch"] for h in metrics["history"]] == [1]

@@ -14,21 +14,21 @@ import pytest
 from omegaconf import DictConfig
 from PIL import Image
 
-from pipeline.errors import StoreError
-from pipeline.fingerprint import data_fingerprint
-from pipeline.history import (
+from pipeline.commands.launch import main as launch_main
+from pipeline.commands.pull import main as pull_main
+from pipeline.commands.pull import verify
+from pipeline.commands.runs import main as runs_main
+from pipeline.core.errors import StoreError
+from pipeline.run.fingerprint import data_fingerprint
+from pipeline.run.history import (
     move_latest,
     prune_checkpoints,
     read_latest,
     run_ids,
     run_summary,
 )
-from pipeline.launch import main as launch_main
-from pipeline.pull import main as pull_main
-from pipeline.pull import verify
-from pipeline.runs import code_version
-from pipeline.runs import main as runs_main
-from pipeline.store import LocalStore, open_store
+from pipeline.run.state import code_version
+from pipeline.storage.store import LocalStore, open_store
 from tests.conftest import TINY_OVERRIDES
 from tests.seaweed import upload_tree
 
@@ -141,7 +141,7 @@ def test_a_new_code_version_retrains_once(
     it retrains instead of being skipped until someone passes --force."""
     base = data_fingerprint(make_cfg(tiny_dataset))
     assert base["code_version"] == code_version()
-    monkeypatch.setattr("pipeline.fingerprint.code_version", lambda: "0.2.0+gabcdef0")
+    monkeypatch.setattr("pipeline.run.fingerprint.code_version", lambda: "0.2.0+gabcdef0")
     released = data_fingerprint(make_cfg(tiny_dataset))
     assert released["sha256"] != base["sha256"] and released["code_version"] == "0.2.0+gabcdef0"
     assert (released["data_sha256"], released["config_sha256"]) == (

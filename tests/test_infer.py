@@ -22,12 +22,12 @@ import pytest
 import yaml
 from omegaconf import DictConfig
 
-from pipeline.answers import SCHEMA
-from pipeline.config import load_config
-from pipeline.history import published_files
-from pipeline.infer import main as infer_main
-from pipeline.launch import run_local
-from pipeline.runs import root_store, run_store
+from pipeline.commands.infer import main as infer_main
+from pipeline.core.config import load_config
+from pipeline.orchestration.local import run_local
+from pipeline.run.answers import SCHEMA
+from pipeline.run.history import published_files
+from pipeline.run.state import root_store, run_store
 from tests.conftest import TINY_OVERRIDES
 from tests.seaweed import ACCESS_KEY, REGION, SECRET_KEY, SeaweedServer, upload_tree
 

@@ -21,12 +21,12 @@ import torch
 from omegaconf import DictConfig
 from PIL import Image
 
-from pipeline.errors import DataError
-from pipeline.images import check_image, decode_resized, load_images
-from pipeline.labels import PHOTO_MASK
-from pipeline.layout import parse_folder_name
-from pipeline.prepare import prepare
-from pipeline.runs import run_store
+from pipeline.core.errors import DataError
+from pipeline.domain.dataset import parse_folder_name
+from pipeline.domain.labels import PHOTO_MASK
+from pipeline.ml.images import check_image, decode_resized, load_images
+from pipeline.run.state import run_store
+from pipeline.stages.prepare import prepare
 
 MakeCfg = Callable[..., DictConfig]
 
@@ -84,7 +84,7 @@ def replace_photo(folder: Path, stem: str, data: bytes, ext: str) -> Path:
 
 
 def indexed_blob(cfg: DictConfig, index: pd.DataFrame, image_id: str) -> bytes:
-    from pipeline.shards import read_shard
+    from pipeline.storage.shards import read_shard
 
     row = index.set_index("image_id").loc[image_id]
     return read_shard(run_store(cfg), row["shard"])[image_id]

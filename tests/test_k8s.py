@@ -20,22 +20,22 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from omegaconf import DictConfig
 
-from pipeline.config import load_config, model_specs
-from pipeline.errors import ConfigError, StageFailed
-from pipeline.k8s import (
+from pipeline.commands.launch import main as launch_main
+from pipeline.core.config import load_config, model_specs
+from pipeline.core.errors import ConfigError, StageFailed
+from pipeline.ml.device import CPU_LIMIT_ENV
+from pipeline.orchestration.graph import indexed_model
+from pipeline.orchestration.k8s import (
     CHECKOV_SKIPS,
-    CPU_LIMIT_ENV,
     DISRUPTION_RULE,
     STAGES,
     active_run,
-    indexed_model,
     launch_k8s,
     launcher_job,
     render_jobs,
     run_jobs,
 )
-from pipeline.launch import main as launch_main
-from pipeline.store import open_store
+from pipeline.storage.store import open_store
 from tests.conftest import TINY_OVERRIDES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -510,7 +510,7 @@ def test_a_new_launch_follows_the_run_a_dead_launcher_left_instead_of_starting_a
             return super().read_namespaced_job(name, namespace)
 
     api = Dying(polls=2)
-    monkeypatch.setattr("pipeline.k8s.kube_jobs_api", lambda: api)
+    monkeypatch.setattr("pipeline.orchestration.k8s.kube_jobs_api", lambda: api)
     args = ["--cluster", "k8s", f"data.root={tiny_dataset}", f"store.root={s3_root}/store",
             "k8s.poll_seconds=0", *TINY_OVERRIDES]  # fmt: skip
     with pytest.raises(LauncherKilled):

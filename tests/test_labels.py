@@ -1,8 +1,15 @@
 import numpy as np
 import pytest
 
-from pipeline.errors import DataError
-from pipeline.labels import NUM_CLASSES, AgeThresholds, class_name, decode, encode, encode_array
+from pipeline.core.errors import DataError
+from pipeline.domain.labels import (
+    NUM_CLASSES,
+    AgeThresholds,
+    class_name,
+    decode,
+    encode,
+    encode_array,
+)
 
 
 def test_class_arithmetic_matches_competition_table() -> None:

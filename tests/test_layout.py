@@ -1,7 +1,7 @@
 import pytest
 
-from pipeline.errors import DataError
-from pipeline.layout import junk_reason, parse_folder_name, parse_photo_name
+from pipeline.core.errors import DataError
+from pipeline.domain.dataset import junk_reason, parse_folder_name, parse_photo_name
 
 
 def test_parse_folder_name() -> None:

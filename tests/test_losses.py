@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.augment import one_hot
-from pipeline.errors import ConfigError
-from pipeline.losses import LOSS_NAMES, build_loss, cross_entropy, focal_loss, soft_f1_loss
+from pipeline.core.errors import ConfigError
+from pipeline.ml.augment import one_hot
+from pipeline.ml.losses import LOSS_NAMES, build_loss, cross_entropy, focal_loss, soft_f1_loss
 
 C = 6
 

@@ -9,12 +9,12 @@ import torch
 import torchvision
 from omegaconf import OmegaConf
 
-from pipeline.augment import BatchAugment
-from pipeline.device import Runtime
-from pipeline.errors import ConfigError
-from pipeline.losses import build_loss
-from pipeline.models import build_model, classification_archs
-from pipeline.train import train_one_epoch
+from pipeline.core.errors import ConfigError
+from pipeline.ml.augment import BatchAugment
+from pipeline.ml.device import Runtime
+from pipeline.ml.losses import build_loss
+from pipeline.ml.models import build_model, classification_archs
+from pipeline.stages.train import train_one_epoch
 
 
 def spec(**over: object) -> OmegaConf:

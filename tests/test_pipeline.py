@@ -17,18 +17,17 @@ import pytest
 from omegaconf import DictConfig
 from sklearn.metrics import f1_score
 
-from pipeline.answers import SCHEMA as ANSWERS_SCHEMA
-from pipeline.candidates import candidate_probs, candidate_specs
-from pipeline.config import model_specs
-from pipeline.errors import ConfigError, DataError, StageFailed
-from pipeline.launch import main as launch_main
-from pipeline.launch import run_local
-from pipeline.prepare import read_index
-from pipeline.results import main as results_main
-from pipeline.runs import root_store, run_store
-from pipeline.store import Store, open_store
-from pipeline.train import train_model
-from pipeline.vote import vote
+from pipeline.commands.launch import main as launch_main
+from pipeline.commands.results import main as results_main
+from pipeline.core.config import model_specs
+from pipeline.core.errors import ConfigError, DataError, StageFailed
+from pipeline.ml.ensemble import candidate_probs, candidate_specs
+from pipeline.orchestration.local import run_local
+from pipeline.run.answers import SCHEMA as ANSWERS_SCHEMA
+from pipeline.run.state import read_index, root_store, run_store
+from pipeline.stages.train import train_model
+from pipeline.stages.vote import vote
+from pipeline.storage.store import Store, open_store
 from tests.seaweed import upload_tree
 
 MakeCfg = Callable[..., DictConfig]

@@ -23,11 +23,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline.config import load_config
-from pipeline.k8s import FINGERPRINT_LABEL, render_jobs
-from pipeline.launch import main as launch_main
-from pipeline.runs import code_version
-from pipeline.store import open_store
+from pipeline.commands.launch import main as launch_main
+from pipeline.core.config import load_config
+from pipeline.orchestration.k8s import FINGERPRINT_LABEL, render_jobs
+from pipeline.run.state import code_version
+from pipeline.storage.store import open_store
 from tests.conftest import TINY_OVERRIDES
 from tests.fake_apiserver import FakeApiServer
 from tests.kubelet import IMAGE, REPO, PodRun, podman_env, run_pod
@@ -83,7 +83,7 @@ print(json.dumps({
     "compilers": [c for c in ("cc", "gcc", "g++", "c++") if shutil.which(c)],
     "writable": {p: writable(p) for p in ("/", "/opt/conda", "/scratch", "/tmp", "/var/tmp")},
     "cpu_limit": os.environ.get("MASKSUITE_CPU_LIMIT"),
-    "code_version": __import__("pipeline.runs").runs.code_version(),
+    "code_version": __import__("pipeline.run.state").run.state.code_version(),
 }))
 """
     pod = stage_pod(s3_root)

@@ -11,12 +11,13 @@ import pandas as pd
 import pytest
 from omegaconf import DictConfig
 
-from pipeline.errors import DataError, StageFailed
-from pipeline.labels import encode
-from pipeline.layout import parse_folder_name
-from pipeline.prepare import prepare
-from pipeline.runs import run_store
-from pipeline.shards import read_shard
+from pipeline.core.errors import DataError, StageFailed
+from pipeline.domain.dataset import parse_folder_name
+from pipeline.domain.labels import encode
+from pipeline.orchestration.graph import job_stages
+from pipeline.run.state import run_stage, run_store
+from pipeline.stages.prepare import prepare
+from pipeline.storage.shards import read_shard
 
 MakeCfg = Callable[..., DictConfig]
 
@@ -69,10 +70,18 @@ def test_clean_dataset_is_indexed_split_by_person_and_packed(
 
 
 def test_prepare_twice_is_a_no_op(tiny_dataset: Path, make_cfg: MakeCfg) -> None:
+    """The stage frame skips a done stage: the second run returns the marker, untouched."""
     cfg = make_cfg(tiny_dataset, "run_id=r1")
-    prepare(cfg)
-    marker = run_store(cfg).read_bytes("stages/prepare.json")
-    assert prepare(cfg)["images"] and run_store(cfg).read_bytes("stages/prepare.json") == marker
+    (stage,) = job_stages(cfg, "prepare")
+    run = run_store(cfg)
+    run_stage(run, stage.name, lambda: stage.run(cfg))
+    marker = run.read_bytes("stages/prepare.json")
+
+    def again() -> dict:
+        raise AssertionError("a done stage ran again")
+
+    assert run_stage(run, stage.name, again)["images"]
+    assert run.read_bytes("stages/prepare.json") == marker
 
 
 def test_missing_train_csv_names_the_file(dataset_copy: Path, make_cfg: MakeCfg) -> None:

@@ -17,23 +17,23 @@ from omegaconf import DictConfig
 from PIL import Image
 from torchvision.io import decode_jpeg
 
-from pipeline.augment import BatchAugment
-from pipeline.device import Runtime
-from pipeline.errors import ConfigError, StageFailed
-from pipeline.images import decode_reduced_jpeg, decode_resized, load_images
-from pipeline.losses import build_loss
-from pipeline.models import build_model
-from pipeline.predict import for_inference, predict_probs
-from pipeline.prepare import prepare, read_index
-from pipeline.resident import (
+from pipeline.core.errors import ConfigError, StageFailed
+from pipeline.ml.augment import BatchAugment
+from pipeline.ml.device import Runtime
+from pipeline.ml.images import decode_reduced_jpeg, decode_resized, load_images
+from pipeline.ml.inference import for_inference, predict_probs
+from pipeline.ml.losses import build_loss
+from pipeline.ml.models import build_model
+from pipeline.ml.resident import (
     ResidentImages,
     decode_batch,
     image_bytes,
     load_resident,
     plan_placement,
 )
-from pipeline.runs import run_store
-from pipeline.train import train_one_epoch
+from pipeline.run.state import read_index, run_store
+from pipeline.stages.prepare import prepare
+from pipeline.stages.train import train_one_epoch
 
 MakeCfg = Callable[..., DictConfig]
 CPU = torch.device("cpu")

@@ -16,17 +16,18 @@ from omegaconf import DictConfig, OmegaConf
 from sklearn.metrics import f1_score
 from torch import nn
 
-from pipeline.augment import vertical_cutmix_with
-from pipeline.errors import ConfigError, DataError
-from pipeline.fingerprint import model_config
-from pipeline.labels import AgeThresholds, encode
-from pipeline.launch import run_local
-from pipeline.layout import parse_folder_name
-from pipeline.metrics import macro_f1
-from pipeline.predict import predict_probs
-from pipeline.prepare import prepare, read_index
-from pipeline.runs import load_torch, run_store
-from pipeline.train import age_bands, check_patience, model_seed, select_rows, train_model
+from pipeline.core.errors import ConfigError, DataError
+from pipeline.domain.dataset import parse_folder_name
+from pipeline.domain.labels import AgeThresholds, encode
+from pipeline.domain.metrics import macro_f1
+from pipeline.ml.augment import vertical_cutmix_with
+from pipeline.ml.checkpoints import load_torch
+from pipeline.ml.inference import predict_probs
+from pipeline.orchestration.local import run_local
+from pipeline.run.fingerprint import model_config
+from pipeline.run.state import read_index, run_store
+from pipeline.stages.prepare import prepare
+from pipeline.stages.train import age_bands, check_patience, model_seed, select_rows, train_model
 
 MakeCfg = Callable[..., DictConfig]
 

@@ -17,16 +17,17 @@ import pytest
 import torch
 from omegaconf import DictConfig
 
-from pipeline.errors import ConfigError, StageFailed, StoreError
-from pipeline.launch import main as launch_main
-from pipeline.launch import run_local
-from pipeline.models import read_weights
-from pipeline.predict import checkpoint_key, load_checkpoint
-from pipeline.prepare import prepare
-from pipeline.runs import run_store
-from pipeline.shards import shard_key
-from pipeline.store import LocalStore, S3Store, open_store
-from pipeline.train import model_key, resume_state
+from pipeline.commands.launch import main as launch_main
+from pipeline.core.errors import ConfigError, StageFailed, StoreError
+from pipeline.ml.checkpoints import load_checkpoint
+from pipeline.ml.models import read_weights
+from pipeline.orchestration.local import run_local
+from pipeline.run.state import run_store
+from pipeline.stages.prepare import prepare
+from pipeline.stages.train import resume_state
+from pipeline.storage.run_layout import checkpoint_key, model_key
+from pipeline.storage.shards import shard_key
+from pipeline.storage.store import LocalStore, S3Store, open_store
 from tests.seaweed import upload_tree
 
 MakeCfg = Callable[..., DictConfig]
@@ -68,7 +69,7 @@ def test_malicious_last_pt_is_refused_not_executed(
     marker = tmp_path / "pwned"
     run = LocalStore(tmp_path / "run")
     run.write_bytes(model_key("m", "last.pt"), malicious_checkpoint(marker))
-    with caplog.at_level(logging.WARNING, logger="pipeline.train"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.stages.train"):
         assert resume_state(run, "m") is None
     assert "is unusable (UnpicklingError" in caplog.text
     assert not marker.exists()
@@ -226,7 +227,7 @@ def test_credentials_never_reach_logs_or_any_written_file(
     for name, value in secrets.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("WANDB_MODE", "offline")  # a key but no network: recorded offline
-    # The jobs log at INFO (pipeline.cli.setup_logging); our own code is captured at DEBUG too.
+    # The jobs log at INFO (pipeline.commands.cli.setup_logging); our own code is captured at DEBUG too.
     # (botocore's DEBUG output prints request headers, the session token among them: never enable
     # DEBUG for botocore in production.)
     caplog.set_level(logging.INFO)

@@ -22,14 +22,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipeline.cli import run_job
-from pipeline.config import load_config
-from pipeline.errors import ConfigError, DataError
-from pipeline.launch import main as launch_main
-from pipeline.runs import main as runs_main
-from pipeline.runs import run_store, write_manifest
-from pipeline.slurm import follow
-from pipeline.store import Store, open_store
+from pipeline.commands.cli import run_job
+from pipeline.commands.launch import main as launch_main
+from pipeline.commands.runs import main as runs_main
+from pipeline.core.config import load_config
+from pipeline.core.errors import ConfigError, DataError
+from pipeline.orchestration.slurm import follow
+from pipeline.run.state import run_store, write_manifest
+from pipeline.storage.store import Store, open_store
 from tests.conftest import TINY_OVERRIDES
 from tests.seaweed import SeaweedServer
 
@@ -276,16 +276,17 @@ def test_cancel_stops_every_queued_job_of_the_run(
 
 
 def test_a_failed_stage_job_records_why_for_status(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = str(tmp_path / "store")
     args = [f"store.root={store}", "run_id=20260101T000000Z-000000", "model_name=single"]
     write_manifest(load_config(args))
 
-    def train(cfg: object) -> None:
+    def train_model(cfg: object, name: str) -> None:
         raise DataError("shard train-00003 is truncated")
 
-    assert run_job(train, args) == 1
+    monkeypatch.setattr("pipeline.orchestration.graph.train_model", train_model)
+    assert run_job("train", args) == 1
     assert capsys.readouterr().err.strip() == "error: shard train-00003 is truncated"
     code, shown = status(capsys, "20260101T000000Z-000000", store)
     assert code == 1 and "run 20260101T000000Z-000000: failed" in shown
@@ -302,9 +303,9 @@ def test_a_requeue_that_raises_through_the_stage_is_not_recorded_as_a_failure(
     through the stage, and the stage must stay "requeued" for status, not "failed"."""
     from omegaconf import OmegaConf
 
-    import pipeline.train
-    from pipeline.runs import read_stage_state
-    from pipeline.slurm import StageJob
+    import pipeline.orchestration.graph
+    from pipeline.orchestration.slurm import StageJob
+    from pipeline.run.state import read_stage_state
 
     store = str(tmp_path / "store")
     args = [f"store.root={store}", "run_id=20260101T000000Z-000000", "tracking.mode=disabled"]
@@ -316,7 +317,7 @@ def test_a_requeue_that_raises_through_the_stage_is_not_recorded_as_a_failure(
         job.checkpoint()  # what submitit's USR2 handler calls, then `scontrol requeue`
         raise subprocess.CalledProcessError(-15, ["scontrol", "requeue", "183"])
 
-    monkeypatch.setattr(pipeline.train, "train_model", killed_while_requeuing)
+    monkeypatch.setattr(pipeline.orchestration.graph, "train_model", killed_while_requeuing)
     with pytest.raises(subprocess.CalledProcessError):
         job()
     run = run_store(cfg)
@@ -325,7 +326,7 @@ def test_a_requeue_that_raises_through_the_stage_is_not_recorded_as_a_failure(
     def broken(cfg: object, name: str) -> None:
         raise DataError("shard train-00003 is truncated")
 
-    monkeypatch.setattr(pipeline.train, "train_model", broken)
+    monkeypatch.setattr(pipeline.orchestration.graph, "train_model", broken)
     with pytest.raises(DataError):
         job()  # the requeued job starts afresh: a real failure is recorded as one
     record = read_stage_state(run, "train-single")
@@ -337,7 +338,7 @@ def test_the_wckey_is_configurable_or_left_out(tmp_path: Path) -> None:
     own, others get none. Checked in the sbatch script submitit itself writes."""
     from submitit.slurm.slurm import _make_sbatch_string
 
-    from pipeline.slurm import sbatch_parameters
+    from pipeline.orchestration.slurm import sbatch_parameters
 
     def script(*overrides: str) -> str:
         scfg = load_config(list(overrides)).slurm
@@ -438,7 +439,7 @@ def test_a_jobs_step_gets_every_cpu_the_job_asked_for(slurm_cluster: None, tmp_p
     this checks the outcome users need, not the bug itself."""
     import submitit
 
-    from pipeline.slurm import sbatch_parameters
+    from pipeline.orchestration.slurm import sbatch_parameters
 
     cpus = len(os.sched_getaffinity(0))
     assert cpus >= 2, "this check needs a machine with at least 2 CPUs"
@@ -485,7 +486,7 @@ def test_the_readme_default_slurm_config_runs_with_a_gpu_per_model_job(
 
 
 def test_a_model_job_gets_one_gpu_at_most() -> None:
-    from pipeline.slurm import sbatch_parameters
+    from pipeline.orchestration.slurm import sbatch_parameters
 
     scfg = load_config(["slurm.stages.model.gpus=1"]).slurm
     assert sbatch_parameters(scfg, "model")["gpus_per_node"] == 1
@@ -569,8 +570,8 @@ def test_new_photos_are_classified_by_a_slurm_job(
 ) -> None:
     import submitit
 
-    from pipeline.infer import main as infer_main
-    from pipeline.launch import run_local
+    from pipeline.commands.infer import main as infer_main
+    from pipeline.orchestration.local import run_local
 
     store = str(tmp_path / "store")
     cfg = load_config([f"data.root={tiny_dataset}", f"store.root={store}", *TINY_OVERRIDES])

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from pipeline.errors import ConfigError, DataError
-from pipeline.split import split_by_person
+from pipeline.core.errors import ConfigError, DataError
+from pipeline.domain.split import split_by_person
 
 
 def people_rows(n_people: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

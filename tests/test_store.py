@@ -1,4 +1,4 @@
-"""Tests of pipeline.store against a local folder and a real S3 server (SeaweedFS)."""
+"""Tests of pipeline.storage.store against a local folder and a real S3 server (SeaweedFS)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import store as store_mod
-from pipeline.errors import StoreError, StoreKeyNotFound
-from pipeline.store import LocalStore, S3Store, Store, join_key, open_store
+from pipeline.core.errors import StoreError, StoreKeyNotFound
+from pipeline.storage import store as store_mod
+from pipeline.storage.store import LocalStore, S3Store, Store, join_key, open_store
 
 MiB = 1024 * 1024
 
@@ -357,7 +357,7 @@ def test_missing_bucket_is_clear(s3_root: str) -> None:
 def test_a_missing_data_bucket_names_data_root(
     s3_root: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from pipeline.launch import main as launch_main
+    from pipeline.commands.launch import main as launch_main
 
     bucket = f"missing-{uuid.uuid4().hex[:12]}"
     args = [f"data.root=s3://{bucket}/mask", f"store.root={s3_root}/store"]
@@ -382,7 +382,7 @@ def test_where_the_keys_came_from_is_logged_once(
 ) -> None:
     import logging
 
-    from pipeline.cli import OnceFilter, setup_logging
+    from pipeline.core.logs import OnceFilter, setup_logging
 
     credentials = logging.getLogger("botocore.credentials")
     for f in [f for f in credentials.filters if isinstance(f, OnceFilter)]:

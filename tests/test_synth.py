@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import synth
-from pipeline.errors import DataError
-from pipeline.labels import PHOTO_MASK, AgeThresholds, encode
+from pipeline.core.errors import DataError
+from pipeline.domain import synth
+from pipeline.domain.labels import PHOTO_MASK, AgeThresholds, encode
 
 PEOPLE, EVAL_PEOPLE, SEED, SIZE = 12, 6, 1, (64, 48)
 

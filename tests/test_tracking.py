@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from pipeline.tracking import Tracker, resolve_mode
+from pipeline.ml.tracking import Tracker, resolve_mode
 
 
 def test_mode_resolution(monkeypatch: pytest.MonkeyPatch) -> None:

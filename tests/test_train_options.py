@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline.config import load_config, model_specs
-from pipeline.errors import ConfigError
-from pipeline.train import batch_order, make_scheduler, select_rows
+from pipeline.core.config import load_config, model_specs
+from pipeline.core.errors import ConfigError
+from pipeline.stages.train import batch_order, make_scheduler, select_rows
 
 
 def toy_index() -> pd.DataFrame:

@@ -4,8 +4,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.launch import main as launch_main
-from pipeline.vote import hard_vote, soft_vote
+from pipeline.commands.launch import main as launch_main
+from pipeline.ml.ensemble import hard_vote, soft_vote
 
 
 def test_majority_wins_per_image_in_order() -> None:

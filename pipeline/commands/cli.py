@@ -1,0 +1,41 @@
+"""What every job entry point shares: config from argv, the job's stages of the graph, clean
+failures. `python -m jobs.<job>` is `run_job("<job>")`."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from pipeline.core.config import load_config
+from pipeline.core.errors import PipelineError
+from pipeline.core.logs import setup_logging
+from pipeline.orchestration.checks import check_config
+from pipeline.orchestration.graph import JOBS, job_stages, run_stages
+from pipeline.run.state import new_run_id
+
+
+def run_job(job: str, argv: Sequence[str] | None = None) -> int:
+    """Compose the config from Hydra overrides in `argv` and run the stages of `job` (one of
+    graph.JOBS: prepare, train, predict, model, vote), each in the stage frame, which skips it
+    when done and records its failure in the run. Returns an exit status: 0 on success, 1 with a
+    one-line error for input, config or environment problems."""
+    setup_logging()
+    if job not in JOBS:
+        raise ValueError(f"unknown job {job!r}; valid: {list(JOBS)}")
+    overrides = list(sys.argv[1:] if argv is None else argv)
+    try:
+        cfg = load_config(overrides)
+        check_config(cfg)  # a job can be started by hand: the launcher's check again
+        stages = job_stages(cfg, job)
+    except PipelineError as e:  # nothing has run: no run folder is touched
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if job == "prepare" and not cfg.get("run_id"):
+        cfg.run_id = new_run_id()  # prepare without a run id starts a new run
+    try:
+        run_stages(cfg, stages)
+    except PipelineError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"{job} done: run_id={cfg.run_id}")
+    return 0

@@ -1,0 +1,112 @@
+"""`python -m pipeline.results [--run latest|RUN_ID] [--out FILE] [store.root=...]`
+
+A Markdown table of a finished run: val macro F1 and accuracy of every model (in its own task's
+classes), every candidate (18 classes) and the vote; for candidates and the vote also the eval
+(held-out) scores when the eval set has ground truth (the generated data has).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pipeline.core.config import load_config
+from pipeline.core.errors import PipelineError, StoreKeyNotFound
+from pipeline.core.logs import setup_logging
+from pipeline.run.state import root_store
+from pipeline.storage.run_layout import LATEST_KEY, VOTE_KEY
+from pipeline.storage.store import Store, join_key
+
+
+def results_table(run: Store) -> str:
+    """Markdown table of a run whose vote finished (StoreKeyNotFound when it did not)."""
+    vote = run.read_json(VOTE_KEY)
+    lines = [
+        f"Run `{vote['run_id']}`.",
+        "",
+        "| kind | name | task | val macro F1 | val accuracy | eval macro F1 | eval accuracy |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
+    models = sorted({k.split("/")[1] for k in run.list("models") if k.endswith("metrics.json")})
+    for name in models:
+        m = run.read_json(join_key("models", name, "metrics.json"))
+        task = m["task"] + (f" ({'+'.join(m['mask_groups'])})" if m.get("mask_groups") else "")
+        lines.append(row("model", name, task, m["val"]))
+    for c in vote["candidates"]:
+        member = " (voted)" if c["name"] in vote["members"] else ""
+        scores = {"macro_f1": c["val_macro_f1"], "accuracy": c["val_accuracy"]}
+        held_out = (
+            {"macro_f1": c["eval_macro_f1"], "accuracy": c["eval_accuracy"]}
+            if "eval_macro_f1" in c
+            else None
+        )
+        lines.append(row("candidate", c["name"] + member, "18 classes", scores, held_out))
+    ens = vote["ensemble"]
+    lines.append(
+        row(
+            "vote",
+            f"top-{vote['top_k']} {vote.get('method', 'hard')} vote",
+            "18 classes",
+            {"macro_f1": ens["val_macro_f1"], "accuracy": ens["val_accuracy"]},
+            vote.get("eval"),
+        )
+    )
+    if "eval" in vote:
+        ev = vote["eval"]
+        lines += [
+            "",
+            f"Eval (generated ground truth): macro F1 **{ev['macro_f1']:.4f}**, "
+            f"accuracy **{ev['accuracy']:.4f}**.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def row(
+    kind: str,
+    name: str,
+    task: str,
+    scores: dict[str, Any],
+    held_out: dict[str, Any] | None = None,
+) -> str:
+    """One table row: val scores, and eval scores where the eval set has ground truth."""
+    cells = [f"{scores['macro_f1']:.4f}", f"{scores['accuracy']:.4f}"]
+    if held_out is None:
+        cells += ["—", "—"]
+    else:
+        cells += [f"{held_out['macro_f1']:.4f}", f"{held_out['accuracy']:.4f}"]
+    return f"| {kind} | {name} | {task} | {' | '.join(cells)} |"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Print (or write) the results table of a run."""
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.results",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--run", default="latest", help="run id, or latest (default)")
+    parser.add_argument("--out", type=Path, help="write the table to this file too")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. store.root=...")
+    args = parser.parse_args(argv)
+    setup_logging()
+    try:
+        store = root_store(load_config(args.overrides))
+        run_id = store.read_json(LATEST_KEY)["run_id"] if args.run == "latest" else args.run
+        table = results_table(store.child(join_key("runs", run_id)))
+    except StoreKeyNotFound as e:
+        print(f"error: {e} (has that run's vote finished?)", file=sys.stderr)
+        return 1
+    except PipelineError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(table, end="")
+    if args.out:
+        args.out.write_text(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,43 @@
+"""Split people into train and validation: no person on both sides, strata proportions kept."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from pipeline.core.errors import ConfigError, DataError
+
+
+def split_by_person(
+    person_ids: np.ndarray, strata: np.ndarray, val_fraction: float, seed: int
+) -> np.ndarray:
+    """Return a boolean array, True for rows that go to validation.
+
+    Rows are images; all images of a person land on the same side (a person's stratum is that of
+    their first row). round(val_fraction x people) people go to validation, apportioned to the
+    strata (e.g. gender x age group) by largest remainder, so each side keeps the strata's
+    proportions and the share of people in val is val_fraction to within half a person. Which
+    people: a seeded shuffle within each stratum (deterministic for a given seed).
+    """
+    if not 0.0 < val_fraction <= 0.5:
+        raise ConfigError(f"data.val_fraction must be in (0, 0.5], got {val_fraction}")
+    rows = pd.DataFrame({"person": np.asarray(person_ids), "stratum": np.asarray(strata)})
+    people = rows.drop_duplicates("person")
+    n_people = len(people)
+    wanted = round(val_fraction * n_people)
+    if wanted < 1 or n_people - wanted < 1:
+        raise DataError(
+            f"need enough people to hold out {val_fraction:.0%} for validation and keep some "
+            f"for training, found {n_people}"
+        )
+    sizes = people.groupby("stratum", sort=True).size()
+    exact = sizes * (wanted / n_people)
+    quota = np.floor(exact).astype(int)
+    remainder = (exact - quota).sort_values(ascending=False, kind="stable")
+    quota[remainder.index[: wanted - int(quota.sum())]] += 1
+    rng = np.random.default_rng(seed)
+    chosen: list[np.ndarray] = []
+    for stratum, group in people.groupby("stratum", sort=True):
+        order = rng.permutation(group["person"].to_numpy())
+        chosen.append(order[: quota[stratum]])
+    return rows["person"].isin(np.concatenate(chosen)).to_numpy()

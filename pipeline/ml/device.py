@@ -1,0 +1,253 @@
+"""Pick the device, numeric precision and thread count a job runs with."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import shutil
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from pipeline.core.errors import ConfigError
+
+log = logging.getLogger("pipeline.ml.device")
+
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+#: Set by the Kubernetes pods to the container's CPU limit (downward API, see pipeline.orchestration.k8s).
+CPU_LIMIT_ENV = "MASKSUITE_CPU_LIMIT"
+#: Set by Slurm in a job (and its steps) that asked for --cpus-per-task.
+SLURM_CPUS_ENV = "SLURM_CPUS_PER_TASK"
+
+
+def cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """The CPU quota of this process's cgroup in CPUs (cgroup v2 `cpu.max`, or v1
+    `cpu.cfs_quota_us` / `cpu.cfs_period_us`); None when unlimited or unreadable."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    for v1 in (root / "cpu,cpuacct", root / "cpu"):
+        try:
+            quota = int((v1 / "cpu.cfs_quota_us").read_text())
+            period = int((v1 / "cpu.cfs_period_us").read_text())
+        except (OSError, ValueError):
+            continue
+        return None if quota <= 0 or period <= 0 else quota / period
+    return None
+
+
+def available_cpus(
+    env: dict[str, str] | None = None, cgroup_root: Path = Path("/sys/fs/cgroup")
+) -> int:
+    """CPUs this process may keep busy: the cores it may run on (sched_getaffinity), capped by
+    what its scheduler gave it: a Slurm job's `SLURM_CPUS_PER_TASK`, `MASKSUITE_CPU_LIMIT` (a
+    Kubernetes pod's `limits.cpu`, through the downward API) and the cgroup's CPU quota, each
+    rounded up to whole CPUs. Where nothing binds tasks to cores, affinity alone reports every core
+    of the node, and a job given 8 CPUs running 64 threads is throttled to a crawl; where
+    something binds them to fewer cores than the job was given, 8 threads on 2 cores are as bad."""
+    env = os.environ if env is None else env
+    cores = len(os.sched_getaffinity(0))
+    cpus = cores
+    limits: list[tuple[str, float]] = []
+    for var in (SLURM_CPUS_ENV, CPU_LIMIT_ENV):
+        text = env.get(var, "").strip()
+        if text:
+            try:
+                limits.append((var, float(text)))
+            except ValueError:
+                log.warning("%s=%r is not a number of CPUs; ignored", var, text)
+    quota = cgroup_cpu_quota(cgroup_root)
+    if quota is not None:
+        limits.append(("the cgroup's CPU quota", quota))
+    for source, limit in limits:
+        if limit > 0:
+            if source == SLURM_CPUS_ENV and cores < limit:
+                log.warning(
+                    "%s=%s but this process may run on %d core(s) only (its CPU affinity): the "
+                    "job step did not get the job's CPUs (srun of Slurm 22.05-23.02 needs "
+                    "SRUN_CPUS_PER_TASK); using %d thread(s)",
+                    SLURM_CPUS_ENV,
+                    env[SLURM_CPUS_ENV],
+                    cores,
+                    cores,
+                )
+            cpus = min(cpus, max(1, math.ceil(limit)))
+    return cpus
+
+
+def cpu_threads(cfg: DictConfig) -> int:
+    """Threads for torch and decoding: `train.num_threads`, or every CPU this process may use
+    (`available_cpus`: its cores, capped by its Slurm job's or container's CPUs)."""
+    return int(cfg.train.get("num_threads") or 0) or available_cpus()
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how a job computes."""
+
+    device: torch.device
+    precision: str
+    threads: int
+
+
+def setup_runtime(cfg: DictConfig) -> Runtime:
+    """Resolve `train.device`, `train.precision` and `train.num_threads`; set torch's threads."""
+    threads = cpu_threads(cfg)
+    torch.set_num_threads(threads)
+    log.info("%d CPU thread(s)", threads)
+    device = pick_device(str(cfg.train.device))
+    require_kernels(device)
+    return Runtime(device, pick_precision(str(cfg.train.precision), device), threads)
+
+
+def compiler_for(device: torch.device, env: dict[str, str] | None = None) -> str | None:
+    """The compiler torch.compile (inductor) would build its kernels with on `device`: a C++
+    compiler for CPU kernels (CXX, else g++, clang++ or c++), a C compiler for Triton's GPU
+    launchers (CC, else cc, gcc or clang). None when there is none on PATH."""
+    env = os.environ if env is None else env
+    if device.type == "cpu":
+        var, programs = "CXX", ("g++", "clang++", "c++")
+    else:
+        var, programs = "CC", ("cc", "gcc", "clang")
+    for program in [env.get(var, ""), *programs]:
+        if program and shutil.which(program.split()[0], path=env.get("PATH")):
+            return program
+    return None
+
+
+def require_compiler(device: torch.device) -> None:
+    """Refuse `train.compile=true` where inductor cannot build kernels: the PyTorch runtime images
+    have no C compiler, and without one compiling fails at the first training step."""
+    if compiler_for(device) is None:
+        kind = "C++" if device.type == "cpu" else "C"
+        raise ConfigError(
+            f"train.compile=true needs a {kind} compiler to build {device.type} kernels, and none "
+            "is on PATH (the PyTorch runtime images, ours included, have none): set "
+            "train.compile=false, or build an image with gcc/g++ installed"
+        )
+
+
+def pick_device(name: str) -> torch.device:
+    """`auto` → cuda when available else cpu; ConfigError for unknown names or missing CUDA."""
+    if name not in DEVICES:
+        raise ConfigError(f"train.device={name!r} is not one of {DEVICES}")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+        if name == "cpu" and (given := gpus_given()):
+            log.warning(
+                "the scheduler gave this job GPU(s) (%s) but torch %s sees no CUDA device (%s); "
+                "training on the CPU (train.device=cuda makes this an error)",
+                given,
+                torch.__version__,
+                "a CPU-only torch build"
+                if torch.version.cuda is None
+                else "no NVIDIA driver or device visible to this process",
+            )
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device=cuda but no CUDA device is visible; use auto or cpu")
+    return torch.device(name)
+
+
+def gpus_given(env: dict[str, str] | None = None) -> str | None:
+    """The variable by which Slurm (CUDA_VISIBLE_DEVICES) or the NVIDIA container runtime
+    (NVIDIA_VISIBLE_DEVICES) gave this process GPUs, as `NAME=value`; None when neither did."""
+    env = os.environ if env is None else env
+    for var, none in (("CUDA_VISIBLE_DEVICES", {"", "-1", "NoDevFiles"}),
+                      ("NVIDIA_VISIBLE_DEVICES", {"", "none", "void"})):  # fmt: skip
+        value = env.get(var)
+        if value is not None and value.strip() not in none:
+            return f"{var}={value}"
+    return None
+
+
+def cpu_has_bf16() -> bool:
+    """True when oneDNN runs bf16 natively on this CPU (AMX or AVX512-BF16)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def pick_precision(name: str, device: torch.device) -> str:
+    """Resolve `auto` to bf16 where the hardware has it, fp16 on older GPUs, fp32 otherwise."""
+    if name not in PRECISIONS:
+        raise ConfigError(f"train.precision={name!r} is not one of {PRECISIONS}")
+    if name != "auto":
+        if name == "fp16" and device.type != "cuda":
+            raise ConfigError("train.precision=fp16 needs a CUDA device; use bf16 or fp32 on CPU")
+        if name == "bf16" and device.type == "cuda" and not cuda_has_bf16(device):
+            raise ConfigError(
+                f"train.precision=bf16 needs compute capability 8.0 or newer; "
+                f"{gpu_name(device)} has {cuda_capability(device)} (no bf16 convolutions in "
+                "cuDNN there): use train.precision=auto (fp16 with a GradScaler) or fp32"
+            )
+        return name
+    if device.type == "cuda":
+        return "bf16" if cuda_has_bf16(device) else "fp16"
+    return "bf16" if cpu_has_bf16() else "fp32"
+
+
+def cuda_capability(device: torch.device) -> str:
+    """The GPU's compute capability as "major.minor" (7.0 on a V100)."""
+    major, minor = torch.cuda.get_device_capability(device)
+    return f"{major}.{minor}"
+
+
+def gpu_name(device: torch.device) -> str:
+    return str(torch.cuda.get_device_name(device))
+
+
+def cuda_has_bf16(device: torch.device) -> bool:
+    """bf16 in hardware: compute capability 8.0 (Ampere) or newer. Not
+    `torch.cuda.is_bf16_supported()`, which also counts emulation and says True on a V100,
+    where cuDNN has no bf16 convolutions."""
+    return torch.cuda.get_device_capability(device) >= (8, 0)
+
+
+def require_kernels(device: torch.device) -> None:
+    """Stop at the start of a CUDA job when this torch build has no kernels for its GPU (e.g. a
+    V100, sm_70, under a CUDA 12.8+ build), rather than with "no kernel image" deep in training."""
+    if device.type != "cuda":
+        return
+    major, minor = torch.cuda.get_device_capability(device)
+    built = torch.cuda.get_arch_list()
+    if not runs_on(built, major, minor):
+        arch = f"sm_{major}{minor}"
+        raise ConfigError(
+            f"torch {torch.__version__} has no kernels for {gpu_name(device)} ({arch}); this "
+            f"build has {' '.join(built) or 'none'}. Install a build with {arch} (for V100s: "
+            "`make install TORCH=v100`, torch 2.7.1 / torchvision 0.22.1 from PyPI, the CUDA "
+            "12.6 build) or run the container image, which has it"
+        )
+
+
+def runs_on(built: list[str], major: int, minor: int) -> bool:
+    """Whether a build with these architectures (`torch.cuda.get_arch_list()`) runs on a GPU of
+    compute capability major.minor: a cubin of the same major and an older or equal minor
+    (sm_80 runs on 8.6), or PTX of an older or equal capability (compute_90 JIT-compiles)."""
+    for arch in built:
+        kind, _, number = arch.partition("_")
+        if not number.isdigit():  # sm_90a and the like run only on their own GPU
+            continue
+        have = (int(number[:-1]), int(number[-1]))
+        if kind == "sm" and have[0] == major and have[1] <= minor:
+            return True
+        if kind == "compute" and have <= (major, minor):
+            return True
+    return False
+
+
+def autocast(device: torch.device, precision: str) -> AbstractContextManager[object]:
+    """The autocast context for a precision (a no-op for fp32)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)

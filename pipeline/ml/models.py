@@ -1,0 +1,116 @@
+"""Backbones by name, classifier heads sized for the task, frozen layers, weights from a URI."""
+
+from __future__ import annotations
+
+import io
+
+import torch
+import torchvision
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from pipeline.core.errors import ConfigError, StoreKeyNotFound
+from pipeline.domain.labels import MASK_NAMES, NUM_CLASSES
+from pipeline.storage.store import read_uri
+
+#: task → (index column holding the target, number of classes).
+TASKS: dict[str, tuple[str, int]] = {
+    "all": ("label", NUM_CLASSES),
+    "mask": ("mask", 3),
+    "gender": ("gender", 2),
+    "age": ("age_group", 3),
+}
+
+
+def task_target(task: str) -> tuple[str, int]:
+    """The index column and class count of a task; ConfigError listing the valid tasks."""
+    if task not in TASKS:
+        raise ConfigError(f"task {task!r} is not one of {sorted(TASKS)}")
+    return TASKS[task]
+
+
+def mask_group_codes(groups: list[str] | None) -> list[int] | None:
+    """Mask codes of `model.mask_groups` names (None: every group); ConfigError if unknown."""
+    if groups is None:
+        return None
+    unknown = [g for g in groups if g not in MASK_NAMES]
+    if unknown or not groups:
+        raise ConfigError(f"mask_groups {list(groups)} must be a non-empty subset of {MASK_NAMES}")
+    return [MASK_NAMES.index(g) for g in groups]
+
+
+def classification_archs() -> list[str]:
+    """Names of torchvision's classification models."""
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def read_weights(uri: str) -> dict[str, torch.Tensor]:
+    """Load a state dict from a local path or s3:// URI, without unpickling arbitrary objects."""
+    try:
+        blob = read_uri(uri)
+    except StoreKeyNotFound as e:
+        raise ConfigError(
+            f"model weights {uri} not found: set model.weights to a torchvision state dict "
+            "(path or s3:// URI), or null for random initialisation"
+        ) from e
+    try:
+        state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for a bad file
+        raise ConfigError(f"model weights {uri} are not a readable state dict: {e}") from e
+    if not isinstance(state, dict):
+        raise ConfigError(f"model weights {uri} hold a {type(state).__name__}, not a state dict")
+    return state
+
+
+def build_model(spec: DictConfig, num_classes: int) -> nn.Module:
+    """Build `spec.arch` with a `num_classes` head, load `spec.weights` (all but the head), freeze.
+
+    Raises ConfigError for unknown architectures, unknown frozen modules and unusable weights.
+    """
+    archs = classification_archs()
+    if spec.arch not in archs:
+        raise ConfigError(
+            f"model.arch={spec.arch!r} is not a torchvision classifier; valid: {archs}"
+        )
+    model = torchvision.models.get_model(spec.arch, weights=None, num_classes=num_classes)
+    if spec.get("weights"):
+        load_backbone(model, read_weights(str(spec.weights)), str(spec.weights))
+    for name in spec.get("freeze") or []:
+        module = getattr(model, name, None)
+        if not isinstance(module, nn.Module):
+            valid = [n for n, _ in model.named_children()]
+            raise ConfigError(f"cannot freeze {name!r}: {spec.arch} has modules {valid}")
+        module.requires_grad_(False)
+    return model
+
+
+def model_from_checkpoint(
+    spec: DictConfig, num_classes: int, state: dict[str, torch.Tensor]
+) -> nn.Module:
+    """Build `spec.arch` and load a checkpoint's full state dict (pretrained weights not read)."""
+    model = build_model(OmegaConf.merge(spec, {"weights": None}), num_classes)
+    model.load_state_dict(state)
+    return model
+
+
+def load_backbone(model: nn.Module, state: dict[str, torch.Tensor], uri: str) -> None:
+    """Copy every weight whose name and shape match; only the classifier head may differ."""
+    own = model.state_dict()
+    unknown = [k for k in state if k not in own]
+    if unknown:
+        raise ConfigError(f"weights {uri} do not fit this architecture: unknown keys {unknown[:5]}")
+    usable = {k: v for k, v in state.items() if v.shape == own[k].shape}
+    missing = set(own) - set(usable)
+    head = {k for k in missing if k.split(".")[0] in {"fc", "classifier", "head", "heads"}}
+    if missing - head:
+        raise ConfigError(f"weights {uri} lack or mis-shape {sorted(missing - head)[:5]}")
+    model.load_state_dict(usable, strict=False)
+
+
+def frozen_modules(model: nn.Module) -> list[nn.Module]:
+    """Top-level modules whose parameters are all frozen (kept in eval mode while training)."""
+    return [
+        m
+        for m in model.children()
+        if any(True for _ in m.parameters()) and not any(p.requires_grad for p in m.parameters())
+    ]

@@ -1,0 +1,177 @@
+"""The stage graph of a run, written once: which stages a suite has, what each needs, the function
+that runs it and the cluster job that carries it.
+
+    prepare ──▶ train-<model> ──▶ predict-<model> ──▶ vote        (one train/predict per model)
+
+Every executor reads it: the local one (pipeline/orchestration/local.py) runs the stages in order;
+Slurm (slurm.py) submits one job per `kind` (an array for `model`), chained with afterok; Kubernetes
+(k8s.py) creates one Job per kind (an Indexed Job for `model`); `runs status` (status.py) shows the
+stages in this order with what each needs; a job started by hand (`python -m jobs.<job>`) runs the
+stages of its job through `run_job`. Every stage runs in the same frame (`run_stage` in
+pipeline/run/state.py): skipped when done, marked done last, its failure recorded.
+
+Adding a stage is one entry in `stage_graph` plus its function.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from omegaconf import DictConfig
+
+from pipeline.core.config import model_specs, selected_models
+from pipeline.core.errors import ConfigError
+from pipeline.run.history import publish
+from pipeline.run.state import run_stage, run_store
+from pipeline.stages.predict import predict_model
+from pipeline.stages.prepare import prepare
+from pipeline.stages.train import train_model
+from pipeline.stages.vote import vote
+from pipeline.storage.run_layout import PREPARE_STAGE, VOTE_STAGE, predict_stage, train_stage
+
+#: The cluster jobs, in the order they run: one `prepare`, one `model` per model, one `vote`.
+KINDS = ("prepare", "model", "vote")
+#: What `python -m jobs.<job>` runs: a kind, or one step of the model kind.
+JOBS = ("prepare", "train", "predict", "model", "vote")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of a run.
+
+    name:  its marker's name (stages/<name>.json), e.g. `train-single`;
+    needs: the stages that must be done before it;
+    run:   does the work for a config and returns what its done marker records;
+    kind:  the cluster job that carries it (one of KINDS);
+    step:  what it does (prepare, train, predict, vote), the `python -m jobs.<step>` that runs it;
+    model: the suite's model it is about, for train and predict;
+    then:  an idempotent follow-up run after the marker, also when the stage was already done
+           (vote: move latest.json, in case a job died between the marker and latest.json).
+    """
+
+    name: str
+    needs: tuple[str, ...]
+    run: Callable[[DictConfig], dict[str, Any]]
+    kind: str
+    step: str
+    model: str | None = None
+    then: Callable[[DictConfig], None] | None = None
+
+
+def _train(name: str) -> Callable[[DictConfig], dict[str, Any]]:
+    def run(cfg: DictConfig) -> dict[str, Any]:
+        metrics = train_model(cfg, name)
+        return {"model": name, "val_macro_f1": metrics["val"]["macro_f1"]}
+
+    return run
+
+
+def _predict(name: str) -> Callable[[DictConfig], dict[str, Any]]:
+    def run(cfg: DictConfig) -> dict[str, Any]:
+        return {"model": name, "images": predict_model(cfg, name)}
+
+    return run
+
+
+def _vote(cfg: DictConfig) -> dict[str, Any]:
+    return {"members": vote(cfg)["members"]}
+
+
+def _publish(cfg: DictConfig) -> None:
+    publish(cfg, run_store(cfg))
+
+
+def stage_graph(models: Iterable[str]) -> list[Stage]:
+    """The stages of a suite of `models`, in an order that respects `needs`."""
+    models = list(models)
+    graph = [Stage(PREPARE_STAGE, (), prepare, "prepare", "prepare")]
+    for name in models:
+        graph.append(
+            Stage(train_stage(name), (PREPARE_STAGE,), _train(name), "model", "train", name)
+        )
+        graph.append(
+            Stage(
+                predict_stage(name), (train_stage(name),), _predict(name), "model", "predict", name
+            )  # fmt: skip
+        )
+    predicted = tuple(predict_stage(name) for name in models)
+    graph.append(Stage(VOTE_STAGE, predicted, _vote, "vote", "vote", then=_publish))
+    return graph
+
+
+def suite_graph(cfg: DictConfig) -> list[Stage]:
+    """The stage graph of the configured suite (ConfigError for a suite without models)."""
+    return stage_graph(model_specs(cfg))
+
+
+def job_groups(graph: list[Stage], kind: str) -> dict[str | None, list[Stage]]:
+    """The cluster jobs of one kind: model (None for prepare and vote) → its stages in order."""
+    groups: dict[str | None, list[Stage]] = {}
+    for stage in graph:
+        if stage.kind == kind:
+            groups.setdefault(stage.model, []).append(stage)
+    return groups
+
+
+def indexed_model(cfg: DictConfig, env: Mapping[str, str] | None = None) -> str:
+    """The model a `model` job handles: `model_name`, else the suite's model number
+    `JOB_COMPLETION_INDEX` (set by Kubernetes for an Indexed Job). ConfigError when neither
+    selects one."""
+    names = list(model_specs(cfg))
+    if cfg.get("model_name"):
+        if cfg.model_name not in names:
+            raise ConfigError(f"model_name={cfg.model_name!r} is not in the suite; valid: {names}")
+        return str(cfg.model_name)
+    raw = (os.environ if env is None else env).get("JOB_COMPLETION_INDEX")
+    if raw is None or not raw.isdigit() or int(raw) >= len(names):
+        raise ConfigError(
+            f"JOB_COMPLETION_INDEX={raw!r} does not select a model: expected 0..{len(names) - 1} "
+            f"for the suite's models {names} (or pass model_name=<name>)"
+        )
+    return names[int(raw)]
+
+
+def job_stages(cfg: DictConfig, job: str) -> list[Stage]:
+    """The stages `python -m jobs.<job>` runs: prepare or vote; train or predict for the selected
+    models (`model_name`, or all); model: train then predict the model `indexed_model` selects."""
+    graph = suite_graph(cfg)
+    if job in ("prepare", "vote"):
+        return [s for s in graph if s.kind == job]
+    if job in ("train", "predict"):
+        models = selected_models(cfg)
+        return [s for s in graph if s.step == job and s.model in models]
+    if job == "model":
+        name = indexed_model(cfg)
+        cfg.model_name = name
+        return [s for s in graph if s.kind == "model" and s.model == name]
+    raise ConfigError(f"unknown job {job!r}; valid: {list(JOBS)}")
+
+
+def run_stages(
+    cfg: DictConfig,
+    stages: Iterable[Stage],
+    *,
+    where: dict[str, str] | None = None,
+    record_failure: Callable[[], bool] = lambda: True,
+    on_start: Callable[[Stage], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Run `stages` in order for `cfg.run_id`, each in the stage frame (skipped when done);
+    returns their done markers."""
+    run = run_store(cfg)
+    markers = []
+    for stage in stages:
+        if on_start is not None:
+            on_start(stage)
+        markers.append(run_stage(run, stage.name, lambda s=stage: s.run(cfg), where=where,
+                                 record_failure=record_failure))  # fmt: skip
+        if stage.then is not None:
+            stage.then(cfg)
+    return markers
+
+
+def run_job_stages(cfg: DictConfig, job: str) -> list[dict[str, Any]]:
+    """Run the stages of `job` (see `job_stages`) here, in the frame; returns their markers."""
+    return run_stages(cfg, job_stages(cfg, job))

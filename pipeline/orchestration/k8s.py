@@ -1,0 +1,745 @@
+"""Run a suite on Kubernetes: `python -m pipeline.launch --cluster k8s [--dry-run] [overrides]`.
+
+A run is three Jobs in the configured namespace (settings: `pipeline/conf/k8s/default.yaml`),
+created one after another by the launcher, a process that runs this module's driver (in the
+nightly CronJob's pod, in the launcher Job that `--dry-run` prints, or on a workstation):
+1. `<prefix>-<run>-prepare`: `python -m jobs.prepare`;
+2. `<prefix>-<run>-train`: an Indexed Job, one index per model of the suite (`JOB_COMPLETION_INDEX`
+   selects it), one GPU a pod, that trains then predicts its model (`python -m jobs.model`);
+   pods evicted or preempted (`DisruptionTarget`) are retried without using up
+   `backoffLimitPerIndex`, and resume from the model's last checkpoint;
+3. `<prefix>-<run>-vote`: `python -m jobs.vote`.
+
+The module has two halves: rendering (pure functions from the config to manifest dicts) and the
+driver (`run_jobs`), which creates the Jobs in order with any object that has the methods of
+`JobsApi` (the official client's `BatchV1Api`, or a fake in tests), waits on each and stops at the
+first failure. A Job is created only when the stages it needs are done, so no pod waits (and no
+GPU is held) for an earlier stage, and each Job's `activeDeadlineSeconds` times its own work.
+
+Every Job carries the run id (annotation, exact) and the run's data fingerprint (label), so that a
+launcher started again (the nightly CronJob after a launcher died, or the launcher Job's pod
+retried after a node drain) finds the run still active with the same inputs and follows it
+instead of starting a second one beside it (`active_run`).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.core.config import model_specs
+from pipeline.core.errors import ConfigError, PipelineError, StageFailed
+from pipeline.ml.device import CPU_LIMIT_ENV
+from pipeline.orchestration.graph import KINDS
+from pipeline.run.state import require_run_id
+
+log = logging.getLogger("pipeline.orchestration.k8s")
+
+#: The Job that carries each kind of the stage graph (pipeline/orchestration/graph.py): the
+#: `model` kind is the Indexed Job `train`, one index per model; its settings are the `train`
+#: keys of the k8s config group (resources.train, active_deadline_seconds.train, ...).
+JOB_OF_KIND = {"prepare": "prepare", "model": "train", "vote": "vote"}
+#: The run's Jobs, in order.
+STAGES = tuple(JOB_OF_KIND[kind] for kind in KINDS)
+#: Where the pods' writable volumes are mounted (the root filesystem is read-only).
+SCRATCH_DIR = "/scratch"
+TMP_DIR = "/tmp"
+#: Overrides the launcher sets itself for each pod; the user's values for them are dropped.
+OWN_KEYS = ("run_id", "model_name")
+#: Label keys on the Jobs and their pods (label values are lower case, at most 63 characters).
+RUN_LABEL = "masksuite/run-id"
+STAGE_LABEL = "masksuite/stage"
+FINGERPRINT_LABEL = "masksuite/fingerprint"
+#: Annotation with the exact run id (run ids have upper-case letters; labels are lowered).
+RUN_ANNOTATION = "masksuite/run-id"
+
+
+# --------------------------------------------------------------------------------------------
+# Rendering: configuration -> manifests (plain dicts)
+# --------------------------------------------------------------------------------------------
+
+
+def job_name(cfg: DictConfig, stage: str) -> str:
+    """`<prefix>-<run id>-<stage>`, lower-cased to a valid DNS label (at most 63 characters)."""
+    raw = f"{cfg.k8s.job_prefix}-{require_run_id(cfg)}-{stage}".lower()
+    name = re.sub(r"[^a-z0-9-]+", "-", raw).strip("-")
+    if len(name) > 63:
+        raise ConfigError(f"job name {name!r} is longer than 63 characters: shorten k8s.job_prefix")
+    return name
+
+
+def pass_through(overrides: Iterable[str]) -> list[str]:
+    """The user's Hydra overrides minus the keys the launcher sets per pod (run_id, ...)."""
+    kept = []
+    for item in overrides:
+        key = item.split("=", 1)[0].lstrip("+~")
+        if key not in OWN_KEYS:
+            kept.append(item)
+    return kept
+
+
+def check_shared_store(cfg: DictConfig) -> None:
+    """Refuse a local `store.root`: every pod writes to it and the next one reads it."""
+    store_root = str(cfg.store.root)
+    if not store_root.startswith("s3://"):
+        raise ConfigError(
+            f"store.root={store_root!r} is a local folder: Kubernetes pods run on different nodes "
+            "and cannot share it; use object storage, e.g. store.root=s3://bucket/prefix"
+        )
+
+
+def check_cluster_paths(cfg: DictConfig) -> None:
+    """Refuse paths the pods cannot share: `store.root` must be object storage (every pod writes
+    to it and the next stage reads it), and a local `data.root` must be absolute (a folder baked
+    into the image; a relative one would resolve against each pod's empty working directory)."""
+    check_shared_store(cfg)
+    data_root = str(cfg.data.root)
+    if not data_root.startswith("s3://") and not data_root.startswith("/"):
+        raise ConfigError(
+            f"data.root={data_root!r} is a relative local path, which no pod has; use "
+            "s3://bucket/prefix (or an absolute path of a folder inside the image)"
+        )
+
+
+def _plain(node: Any) -> Any:
+    """A config node as plain Python data (dicts and lists); None stays None."""
+    return OmegaConf.to_container(node, resolve=True) if node is not None else None
+
+
+def container_env(cfg: DictConfig) -> list[dict[str, Any]]:
+    """Environment of every stage container: AWS variables for pipeline/storage/store.py, scratch paths
+    for a read-only root filesystem, and secrets through `secretKeyRef` only."""
+    k = cfg.k8s
+    home = f"{SCRATCH_DIR}/home"
+    cache = f"{SCRATCH_DIR}/cache"
+    env: list[dict[str, Any]] = [
+        {"name": "HOME", "value": home},
+        {"name": "TMPDIR", "value": TMP_DIR},
+        {"name": "XDG_CACHE_HOME", "value": cache},
+        {"name": "TORCH_HOME", "value": f"{cache}/torch"},
+        {"name": "TORCHINDUCTOR_CACHE_DIR", "value": f"{cache}/torchinductor"},
+        {"name": "TRITON_CACHE_DIR", "value": f"{cache}/triton"},
+        {"name": "MPLCONFIGDIR", "value": f"{cache}/matplotlib"},
+        {"name": "WANDB_DIR", "value": f"{SCRATCH_DIR}/wandb"},
+        {"name": "WANDB_CACHE_DIR", "value": f"{cache}/wandb"},
+        {"name": "WANDB_CONFIG_DIR", "value": f"{home}/.config/wandb"},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+        {"name": "AWS_DEFAULT_REGION", "value": str(k.s3.region)},
+        # The container's CPU limit (whole CPUs, rounded up): thread pools are sized from it,
+        # not from the node's cores that sched_getaffinity reports inside a pod.
+        {
+            "name": CPU_LIMIT_ENV,
+            "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu", "divisor": "1"}},
+        },
+    ]
+    if k.s3.endpoint:
+        env.append({"name": "AWS_ENDPOINT_URL", "value": str(k.s3.endpoint)})
+    if k.s3.secret:
+        for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            ref = {"name": str(k.s3.secret), "key": var}
+            env.append({"name": var, "valueFrom": {"secretKeyRef": ref}})
+    if k.wandb_secret:
+        ref = {"name": str(k.wandb_secret), "key": "WANDB_API_KEY", "optional": True}
+        env.append({"name": "WANDB_API_KEY", "valueFrom": {"secretKeyRef": ref}})
+    return env
+
+
+CONTAINER_SECURITY = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "runAsNonRoot": True,
+    "runAsUser": 10001,
+    "runAsGroup": 10001,
+    "capabilities": {"drop": ["ALL"]},
+    "privileged": False,
+}
+POD_SECURITY = {
+    "runAsNonRoot": True,
+    "runAsUser": 10001,
+    "runAsGroup": 10001,
+    "fsGroup": 10001,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+#: Skips of checkov checks on the rendered Jobs, each with its reason (shown by checkov).
+CHECKOV_SKIPS = {
+    "CKV_K8S_35": "boto3 and W&B read credentials from environment variables; they come from a "
+    "Secret through secretKeyRef, never from the manifest",
+    "CKV_K8S_43": "the image is configurable (k8s.image); pin it by digest there for immutability",
+    "CKV2_K8S_6": "k8s/networkpolicy.yaml denies ingress to every pod of the namespace",
+}
+#: Pods evicted, preempted or deleted by a node drain get the DisruptionTarget condition: such a
+#: failure is not counted against the Job's backoff limit and the pod is started again.
+DISRUPTION_RULE = {
+    "action": "Ignore",
+    "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+}
+
+
+def container(
+    cfg: DictConfig, name: str, command: Sequence[str], resources: dict[str, Any]
+) -> dict[str, Any]:
+    """One hardened container of the suite's image running `command`."""
+    return {
+        "name": name,
+        "image": str(cfg.k8s.image),
+        "imagePullPolicy": str(cfg.k8s.image_pull_policy),
+        "command": list(command),
+        "workingDir": f"{SCRATCH_DIR}/work",
+        "env": container_env(cfg),
+        "resources": resources,
+        "securityContext": dict(CONTAINER_SECURITY),
+        "volumeMounts": [
+            {"name": "scratch", "mountPath": SCRATCH_DIR},
+            {"name": "tmp", "mountPath": TMP_DIR},
+        ],
+    }
+
+
+def pod_spec(
+    cfg: DictConfig,
+    main: dict[str, Any],
+    *,
+    service_account: str,
+    token: bool,
+    scratch_size: str,
+    node_selector: dict[str, Any],
+    tolerations: list[Any],
+) -> dict[str, Any]:
+    """The hardened pod of every Job of the suite around its one container: non-root, a
+    service-account token only when `token`, size-limited scratch and /tmp volumes, where it may
+    be scheduled and the registry's pull secrets."""
+    pod: dict[str, Any] = {
+        "serviceAccountName": service_account,
+        "automountServiceAccountToken": token,
+        "restartPolicy": "Never",
+        "securityContext": dict(POD_SECURITY),
+        "containers": [main],
+        "volumes": [
+            {"name": "scratch", "emptyDir": {"sizeLimit": scratch_size}},
+            {"name": "tmp", "emptyDir": {"sizeLimit": scratch_size}},
+        ],
+    }
+    if node_selector:
+        pod["nodeSelector"] = node_selector
+    if tolerations:
+        pod["tolerations"] = tolerations
+    if cfg.k8s.image_pull_secrets:
+        pod["imagePullSecrets"] = [{"name": str(s)} for s in cfg.k8s.image_pull_secrets]
+    return pod
+
+
+def stage_resources(cfg: DictConfig, stage: str) -> dict[str, Any]:
+    """Requests and limits of a stage's main container (training adds its GPUs to both)."""
+    resources = _plain(cfg.k8s.resources[stage])
+    if stage == "train":
+        gpus = int(cfg.k8s.gpus_per_train_pod)
+        if gpus > 0:
+            for part in ("requests", "limits"):
+                resources.setdefault(part, {})[str(cfg.k8s.gpu_resource)] = gpus
+    return resources
+
+
+def stage_command(cfg: DictConfig, stage: str, overrides: Sequence[str]) -> list[str]:
+    """The main container's command: a job entry point with the run's overrides and run_id."""
+    kind = next(k for k, job in JOB_OF_KIND.items() if job == stage)
+    module = f"jobs.{kind}"  # the thin entry point that runs the graph's stages of this kind
+    return ["python", "-m", module, *pass_through(overrides), f"run_id={require_run_id(cfg)}"]
+
+
+def run_labels(cfg: DictConfig, component: str, fingerprint: str | None) -> dict[str, str]:
+    """Labels of a run's Jobs and pods: the component, the run id and the data fingerprint."""
+    labels = {
+        "app.kubernetes.io/name": "masksuite",
+        "app.kubernetes.io/component": component,
+        RUN_LABEL: require_run_id(cfg).lower(),
+    }
+    if fingerprint:
+        labels[FINGERPRINT_LABEL] = fingerprint_label(fingerprint)
+    return labels
+
+
+def fingerprint_label(sha256: str) -> str:
+    """A fingerprint as a label value (at most 63 characters): its first 40 hex digits."""
+    return sha256[:40].lower()
+
+
+def stage_job(
+    cfg: DictConfig, stage: str, overrides: Sequence[str] = (), fingerprint: str | None = None
+) -> dict[str, Any]:
+    """The Job manifest of one stage of `cfg.run_id` (`train` is an Indexed Job)."""
+    if stage not in STAGES:
+        raise ConfigError(f"unknown stage {stage!r}; valid: {list(STAGES)}")
+    k = cfg.k8s
+    name = job_name(cfg, stage)
+    labels = {**run_labels(cfg, stage, fingerprint), STAGE_LABEL: stage}
+    node_selector = dict(_plain(k.node_selector) or {})
+    tolerations = list(_plain(k.tolerations) or [])
+    if stage == "train":
+        node_selector.update(_plain(k.train_node_selector) or {})
+        tolerations += list(_plain(k.train_tolerations) or [])
+    main = container(cfg, stage, stage_command(cfg, stage, overrides), stage_resources(cfg, stage))
+    pod = pod_spec(cfg, main, service_account=str(k.service_account), token=False,
+                   scratch_size=str(k.scratch_size), node_selector=node_selector,
+                   tolerations=tolerations)  # fmt: skip
+    if stage == "train":
+        # GPU pods: a PriorityClass (to preempt, or be preempted by, other work) and a
+        # RuntimeClass (e.g. "nvidia" where the GPU runtime is not the node's default).
+        if k.get("train_priority_class"):
+            pod["priorityClassName"] = str(k.train_priority_class)
+        if k.get("train_runtime_class"):
+            pod["runtimeClassName"] = str(k.train_runtime_class)
+    spec: dict[str, Any] = {
+        "activeDeadlineSeconds": int(k.active_deadline_seconds[stage]),
+        "ttlSecondsAfterFinished": int(k.ttl_seconds_after_finished),
+        # Pods evicted, preempted or deleted by a node drain get DisruptionTarget: retry them
+        # without counting the failure (training resumes from models/<name>/last.pt).
+        "podFailurePolicy": {"rules": [DISRUPTION_RULE]},
+        "template": {"metadata": {"labels": dict(labels)}, "spec": pod},
+    }
+    if stage == "train":
+        count = len(model_specs(cfg))
+        spec.update(
+            completionMode="Indexed",
+            completions=count,
+            parallelism=int(k.train_parallelism or count),
+            backoffLimitPerIndex=int(k.backoff_limit_per_index),
+            maxFailedIndexes=int(k.max_failed_indexes),
+        )
+    else:
+        spec.update(completions=1, parallelism=1, backoffLimit=int(k.backoff_limit))
+    return job_manifest(cfg, name, labels, CHECKOV_SKIPS, spec)
+
+
+def job_manifest(
+    cfg: DictConfig, name: str, labels: dict[str, str], skips: dict[str, str], spec: dict[str, Any]
+) -> dict[str, Any]:
+    """A Job of the run: its labels, the exact run id and the checkov skips (with their reasons)
+    as annotations."""
+    annotations = {f"checkov.io/skip{i}": f"{check}={why}"
+                   for i, (check, why) in enumerate(skips.items(), start=1)}  # fmt: skip
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": name,
+            "namespace": str(cfg.k8s.namespace),
+            "labels": labels,
+            "annotations": {RUN_ANNOTATION: require_run_id(cfg), **annotations},
+        },
+        "spec": spec,
+    }
+
+
+def render_jobs(
+    cfg: DictConfig, overrides: Sequence[str] = (), fingerprint: str | None = None
+) -> list[dict[str, Any]]:
+    """The run's Jobs in order: prepare, train (Indexed, one index per model), vote.
+
+    `overrides` are the user's Hydra overrides, passed on to every pod so that each stage composes
+    the same configuration; `cfg` must have been composed from them and have a run_id.
+    `fingerprint` (the run's data fingerprint, sha256) labels the Jobs (see `active_run`).
+    """
+    check_cluster_paths(cfg)
+    model_specs(cfg)  # a suite without models fails here, before anything is created
+    return [stage_job(cfg, stage, overrides, fingerprint) for stage in STAGES]
+
+
+def infer_job(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """The Job of one `python -m pipeline.infer` batch with run `cfg.run_id` (pinned by the
+    caller): `python -m jobs.infer` with the user's overrides, resources `k8s.resources.infer`."""
+    check_shared_store(cfg)
+    for key in ("input", "output"):
+        value = cfg.infer.get(key)
+        if value and not str(value).startswith(("s3://", "/")):
+            raise ConfigError(
+                f"infer.{key}={value!r} is a relative local path, which no pod has; use "
+                "s3://bucket/prefix"
+            )
+    k = cfg.k8s
+    name = job_name(cfg, f"infer-{datetime.now(UTC):%H%M%S}")
+    labels = {**run_labels(cfg, "infer", None), STAGE_LABEL: "infer"}
+    command = ["python", "-m", "jobs.infer", *pass_through(overrides),
+               f"run_id={require_run_id(cfg)}"]  # fmt: skip
+    main = container(cfg, "infer", command, stage_resources(cfg, "infer"))
+    selector = dict(_plain(k.node_selector) or {})
+    pod = pod_spec(cfg, main, service_account=str(k.service_account), token=False,
+                   scratch_size=str(k.scratch_size), node_selector=selector,
+                   tolerations=list(_plain(k.tolerations) or []))  # fmt: skip
+    spec: dict[str, Any] = {
+        "activeDeadlineSeconds": int(k.active_deadline_seconds.infer),
+        "ttlSecondsAfterFinished": int(k.ttl_seconds_after_finished),
+        "podFailurePolicy": {"rules": [DISRUPTION_RULE]},
+        "template": {"metadata": {"labels": dict(labels)}, "spec": pod},
+        "completions": 1,
+        "parallelism": 1,
+        "backoffLimit": int(k.backoff_limit),
+    }
+    return job_manifest(cfg, name, labels, CHECKOV_SKIPS, spec)
+
+
+def launch_infer_k8s(
+    cfg: DictConfig, overrides: Sequence[str], *, dry_run: bool, api: JobsApi | None = None
+) -> int:
+    """Create the infer Job (or print it with `dry_run`); returns an exit status."""
+    try:
+        manifest = infer_job(cfg, overrides)
+        if dry_run:
+            sys.stdout.write(to_yaml([manifest]))
+            return 0
+        create_job(api or kube_jobs_api(), manifest, poll_seconds=float(cfg.k8s.poll_seconds))
+    except PipelineError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    name, ns = manifest["metadata"]["name"], manifest["metadata"]["namespace"]
+    print(f"infer job {ns}/{name} created (run {cfg.run_id}): kubectl logs -f -n {ns} job/{name}")
+    return 0
+
+
+#: Resources of the launcher's container: it only lists the data and follows Jobs.
+LAUNCHER_RESOURCES = {
+    "requests": {"cpu": "100m", "memory": "512Mi"},
+    "limits": {"cpu": "1", "memory": "2Gi"},
+}
+#: Seconds the launcher may run beyond the stages' deadlines (creating and following Jobs).
+LAUNCHER_MARGIN_SECONDS = 3600
+
+
+def launcher_job(cfg: DictConfig, launch_args: Sequence[str]) -> dict[str, Any]:
+    """A Job that runs the launcher in the cluster, as the nightly CronJob does (k8s/50-cronjob.yaml
+    has the same pod): `python -m pipeline.launch --cluster k8s <launch_args>`.
+
+    This is what `--dry-run` prints for `kubectl apply -f -`: the stage Jobs are then created by
+    the launcher one after another, each when the stages it needs are done. The launcher has the
+    S3 keys (it fingerprints data.root and reads latest.json) and the launcher service account's
+    token (it creates and follows Jobs). A launcher pod disrupted by a node drain or preemption is
+    started again without counting as a failure, and the new pod follows the same run (its run id
+    is in `launch_args`); any other failure fails the Job (no retry: resume by hand).
+    """
+    check_cluster_paths(cfg)
+    k = cfg.k8s
+    name = job_name(cfg, "launch")
+    labels = run_labels(cfg, "launcher", None)
+    command = ["python", "-m", "pipeline.launch", "--cluster", "k8s", *launch_args]
+    main = container(cfg, "launcher", command, LAUNCHER_RESOURCES)
+    # The only pod of the suite that gets an API token: it creates and follows the Jobs.
+    pod = pod_spec(cfg, main, service_account=str(k.launcher_service_account), token=True,
+                   scratch_size="1Gi", node_selector=dict(_plain(k.node_selector) or {}),
+                   tolerations=list(_plain(k.tolerations) or []))  # fmt: skip
+    skips = {
+        **CHECKOV_SKIPS,
+        "CKV_K8S_38": "the launcher creates and follows the run's Jobs through the API server, "
+        "so its pod needs its service account token (Role in k8s/20-rbac.yaml)",
+    }
+    spec = {
+        # Never retried on a failure of its own (resume by hand); a disrupted pod is replaced
+        # (podFailurePolicy) and the new one follows the same run.
+        "backoffLimit": 0,
+        "podFailurePolicy": {"rules": [DISRUPTION_RULE]},
+        "activeDeadlineSeconds": launcher_deadline(cfg),
+        "ttlSecondsAfterFinished": int(k.ttl_seconds_after_finished),
+        "template": {"metadata": {"labels": dict(labels)}, "spec": pod},
+    }
+    return job_manifest(cfg, name, labels, skips, spec)
+
+
+def launcher_deadline(cfg: DictConfig) -> int:
+    """The launcher's activeDeadlineSeconds: the run's stages' deadlines together, plus a margin
+    (`infer` is no stage of a run: its Jobs are created by `pipeline.stages.infer`)."""
+    deadlines = cfg.k8s.active_deadline_seconds
+    return sum(int(deadlines[s]) for s in STAGES) + LAUNCHER_MARGIN_SECONDS
+
+
+class _PlainDumper(yaml.SafeDumper):
+    """A YAML dumper that writes repeated values in full (no &anchors / *aliases)."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def to_yaml(manifests: Sequence[dict[str, Any]]) -> str:
+    """Multi-document YAML, the input `kubectl apply -f -` takes."""
+    return yaml.dump_all(manifests, Dumper=_PlainDumper, sort_keys=False, default_flow_style=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Inside the pods: the Indexed Job's model
+# --------------------------------------------------------------------------------------------
+
+
+# --------------------------------------------------------------------------------------------
+# The driver: create the Jobs in order, wait on each, stop at the first failure
+# --------------------------------------------------------------------------------------------
+
+
+class JobGone(StageFailed):
+    """The Job is not (or no longer) in the API server: deleted by hand or by its TTL."""
+
+
+class JobsApi(Protocol):
+    """The part of `kubernetes.client.BatchV1Api` the driver uses (a fake implements it in tests).
+
+    Methods return `kubernetes.client.V1Job` objects and raise
+    `kubernetes.client.exceptions.ApiException` (status 404, 409, ...).
+    """
+
+    def create_namespaced_job(self, namespace: str, body: dict[str, Any]) -> Any: ...
+
+    def read_namespaced_job(self, name: str, namespace: str) -> Any: ...
+
+    def delete_namespaced_job(self, name: str, namespace: str, **kwargs: Any) -> Any: ...
+
+    def list_namespaced_job(self, namespace: str, **kwargs: Any) -> Any: ...
+
+
+def kube_jobs_api() -> JobsApi:
+    """A BatchV1Api from the pod's service account (in-cluster) or else ~/.kube/config."""
+    from kubernetes import client, config
+
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        try:
+            config.load_kube_config()
+        except (config.ConfigException, OSError) as e:
+            raise ConfigError(
+                f"no Kubernetes credentials: not in a pod and no usable kubeconfig ({e})"
+            ) from e
+    return client.BatchV1Api()
+
+
+def job_state(job: Any) -> tuple[str, str]:
+    """("complete" | "failed" | "running", reason and message) of a V1Job."""
+    status = getattr(job, "status", None)
+    for cond in getattr(status, "conditions", None) or []:
+        if str(cond.status) != "True":
+            continue
+        if cond.type == "Complete":
+            return "complete", ""
+        if cond.type in ("Failed", "FailureTarget"):
+            return "failed", f"{cond.reason or 'Failed'}: {cond.message or 'no message'}"
+    return "running", ""
+
+
+def failed_indexes(job: Any) -> list[int]:
+    """The indexes an Indexed Job reports as failed (`status.failedIndexes`, e.g. "1,3-4")."""
+    text = getattr(getattr(job, "status", None), "failed_indexes", None) or ""
+    indexes: list[int] = []
+    for part in filter(None, text.split(",")):
+        first, _, last = part.partition("-")
+        indexes.extend(range(int(first), int(last or first) + 1))
+    return indexes
+
+
+def active_run(api: JobsApi, namespace: str, fingerprint: str) -> str | None:
+    """The id of the newest run of these inputs (same data fingerprint) that is still going, or
+    None. A run is still going when its Jobs exist, none has failed and its vote has not completed
+    (a Job may be running, or the launcher that would create the next one died). Runs whose Jobs
+    were deleted (by hand, or by their TTL) are not seen."""
+    from kubernetes.client.exceptions import ApiException
+
+    selector = f"{FINGERPRINT_LABEL}={fingerprint_label(fingerprint)}"
+    try:
+        jobs = api.list_namespaced_job(namespace, label_selector=selector).items or []
+    except ApiException as e:
+        why = f"{e.status} {e.reason}"
+        raise StageFailed(f"cannot list jobs in namespace {namespace}: {why}") from e
+    runs: dict[str, dict[str, str]] = {}
+    for job in jobs:
+        meta = job.metadata
+        run_id = (meta.annotations or {}).get(RUN_ANNOTATION)
+        stage = (meta.labels or {}).get(STAGE_LABEL)
+        if run_id and stage:
+            runs.setdefault(run_id, {})[stage] = job_state(job)[0]
+    for run_id in sorted(runs, reverse=True):
+        states = runs[run_id]
+        if "failed" not in states.values() and states.get("vote") != "complete":
+            return run_id
+    return None
+
+
+def _api_status(e: Exception) -> int | None:
+    return getattr(e, "status", None)
+
+
+def create_job(
+    api: JobsApi,
+    manifest: dict[str, Any],
+    *,
+    poll_seconds: float,
+    sleep: Callable[[float], None] = time.sleep,
+) -> bool:
+    """Create a Job. Returns False when a Job of that name already completed (nothing to do).
+
+    An existing Job still running is waited on as if just created; a failed one (from an earlier
+    attempt of the run, e.g. before `--resume`) is deleted and created anew.
+    """
+    from kubernetes.client.exceptions import ApiException
+
+    name, ns = manifest["metadata"]["name"], manifest["metadata"]["namespace"]
+    try:
+        api.create_namespaced_job(ns, manifest)
+        log.info("created job %s/%s", ns, name)
+        return True
+    except ApiException as e:
+        if _api_status(e) != 409:
+            raise StageFailed(f"cannot create job {ns}/{name}: {e.status} {e.reason}") from e
+    state, _ = job_state(read_job(api, name, ns, poll_seconds=poll_seconds, sleep=sleep))
+    if state == "complete":
+        log.info("job %s/%s already completed", ns, name)
+        return False
+    if state == "running":
+        log.info("job %s/%s already exists: following it", ns, name)
+        return True
+    log.info("job %s/%s failed before: deleting it and starting it again", ns, name)
+    api.delete_namespaced_job(name, ns, propagation_policy="Foreground")
+    for _ in range(120):
+        try:
+            read_job(api, name, ns, poll_seconds=poll_seconds, sleep=sleep)
+        except JobGone:
+            break
+        sleep(poll_seconds)
+    else:
+        raise StageFailed(f"job {ns}/{name} was not deleted in time; delete it and retry")
+    try:
+        api.create_namespaced_job(ns, manifest)
+    except ApiException as e:
+        raise StageFailed(f"cannot create job {ns}/{name}: {e.status} {e.reason}") from e
+    return True
+
+
+#: API answers worth retrying while following a Job (throttled, server or gateway trouble).
+TRANSIENT_STATUS = (429, 500, 502, 503, 504)
+
+
+def read_job(
+    api: JobsApi,
+    name: str,
+    ns: str,
+    *,
+    poll_seconds: float,
+    sleep: Callable[[float], None] = time.sleep,
+    attempts: int = 10,
+) -> Any:
+    """Read a Job, retrying transient API errors (`attempts` in a row at most). A Job that
+    disappears (deleted by hand, or by its TTL) raises StageFailed."""
+    from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
+
+    for attempt in range(1, attempts + 1):
+        try:
+            return api.read_namespaced_job(name, ns)
+        except ApiException as e:
+            if _api_status(e) == 404:
+                raise JobGone(f"job {ns}/{name} disappeared while it was followed") from e
+            if _api_status(e) not in TRANSIENT_STATUS or attempt == attempts:
+                raise StageFailed(f"cannot read job {ns}/{name}: {e.status} {e.reason}") from e
+        except (OSError, HTTPError) as e:  # connection refused or reset, DNS, timeouts
+            if attempt == attempts:
+                raise StageFailed(f"cannot reach the API server for job {ns}/{name}: {e}") from e
+        log.warning("reading job %s/%s failed (attempt %d of %d); retrying", ns, name,
+                    attempt, attempts)  # fmt: skip
+        sleep(poll_seconds)
+    raise AssertionError("unreachable")
+
+
+def wait_for_job(
+    api: JobsApi,
+    manifest: dict[str, Any],
+    *,
+    poll_seconds: float,
+    models: Sequence[str] = (),
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """Poll a Job until it completes; raise StageFailed when it fails.
+
+    For the Indexed training Job the message names each failed index and its model (`models` in
+    index order) and how to read that pod's log.
+    """
+    name, ns = manifest["metadata"]["name"], manifest["metadata"]["namespace"]
+    stage = manifest["metadata"]["labels"][STAGE_LABEL]
+    while True:
+        job = read_job(api, name, ns, poll_seconds=poll_seconds, sleep=sleep)
+        state, why = job_state(job)
+        if state == "complete":
+            log.info("job %s/%s completed", ns, name)
+            return
+        if state == "failed":
+            where = f"job {ns}/{name}"
+            failed = failed_indexes(job)
+            if failed:
+                which = ", ".join(
+                    f"index {i} (model {models[i] if i < len(models) else '?'!r})" for i in failed
+                )
+                selector = f"job-name={name},batch.kubernetes.io/job-completion-index={failed[0]}"
+                logs = f"kubectl logs -n {ns} -l {selector}"
+                raise StageFailed(f"{stage} failed at {which}: {where}, {why}; logs: {logs}")
+            logs = f"kubectl logs -n {ns} -l job-name={name}"
+            raise StageFailed(f"{stage} failed: {where}, {why}; logs: {logs}")
+        sleep(poll_seconds)
+
+
+def run_jobs(
+    api: JobsApi,
+    manifests: Sequence[dict[str, Any]],
+    *,
+    models: Sequence[str],
+    poll_seconds: float,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """Create each Job in order and wait for it; the first failure raises StageFailed."""
+    for manifest in manifests:
+        if create_job(api, manifest, poll_seconds=poll_seconds, sleep=sleep):
+            wait_for_job(api, manifest, poll_seconds=poll_seconds, models=models, sleep=sleep)
+
+
+def launch_k8s(
+    cfg: DictConfig,
+    *,
+    dry_run: bool = False,
+    show_jobs: bool = False,
+    overrides: Sequence[str] = (),
+    launch_args: Sequence[str] = (),
+    fingerprint: str | None = None,
+    api: JobsApi | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> int:
+    """Run `cfg.run_id` on the cluster: create its Jobs in order and wait; returns an exit status.
+
+    `dry_run` prints, instead, the launcher Job that does this in the cluster (`launch_args`, the
+    launcher's own arguments, go in its command), for `kubectl apply -f -`; `show_jobs` prints the
+    three stage Jobs the launcher would create. `overrides` are the user's Hydra overrides (passed
+    to every pod); `fingerprint` (the run's data fingerprint) labels the Jobs (see `active_run`).
+    `api` defaults to the official client (kube_jobs_api). PipelineErrors are
+    printed as one `error:` line (status 1).
+    """
+    try:
+        if dry_run:
+            sys.stdout.write(to_yaml([launcher_job(cfg, launch_args)]))
+            return 0
+        if show_jobs:
+            sys.stdout.write(to_yaml(render_jobs(cfg, overrides)))
+            return 0
+        manifests = render_jobs(cfg, overrides, fingerprint)
+        models = list(model_specs(cfg))
+        log.info("run %s: %d model(s), jobs in namespace %s", cfg.run_id, len(models),
+                 cfg.k8s.namespace)  # fmt: skip
+        run_jobs(
+            api or kube_jobs_api(),
+            manifests,
+            models=models,
+            poll_seconds=float(cfg.k8s.poll_seconds),
+            sleep=sleep,
+        )
+    except PipelineError as e:
+        print(f"error: run {cfg.run_id}: {e}", file=sys.stderr)
+        return 1
+    print(f"run {cfg.run_id} finished on Kubernetes (namespace {cfg.k8s.namespace})")
+    return 0

@@ -1,0 +1,439 @@
+"""Run a suite on Slurm with submitit: `python -m pipeline.launch --cluster slurm [--wait]`.
+
+Three kinds of jobs, resources from the `slurm` config group (pipeline/conf/slurm/):
+
+    prepare ──afterok──▶ model array: one task per model (train, then predict) ──afterok──▶ vote
+
+Preemption and time limits: every job is a submitit `Checkpointable`. Slurm sends USR2
+`slurm.signal_delay_s` before the time limit (and a preempting scheduler signals the job); the
+handler records the stage as requeued and requeues the job, which starts over and skips what is
+done — training resumes from `models/<name>/last.pt`, written to the store after every epoch.
+A stage that raises records why (`jobs/<stage>.json`) and fails its job; Slurm then cancels the
+jobs that depended on it (`--kill-on-invalid-dep=yes`), so a failed model means no vote.
+
+`--resume RUN_ID` submits only what is missing: done stages get no job at all. The launcher
+records the job ids and logs in the run's `scheduler.json`, which `python -m pipeline.runs status`
+and `cancel` read.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import shlex
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import submitit
+from omegaconf import DictConfig, OmegaConf
+from submitit.core.utils import FailedJobError, FailedSubmissionError
+from submitit.helpers import Checkpointable
+
+from pipeline.core.errors import ConfigError, PipelineError, StageFailed
+from pipeline.core.logs import setup_logging
+from pipeline.orchestration.checks import CONTAINER_RUNTIMES, check_config
+from pipeline.orchestration.graph import KINDS, Stage, job_groups, run_stages, suite_graph
+from pipeline.orchestration.status import (
+    QueueEntry,
+    format_status,
+    progress_line,
+    read_submissions,
+    record_submission,
+    run_status,
+)
+from pipeline.run.history import run_ids, summary_lines
+from pipeline.run.state import one_line, record_stage_state, root_store, run_store, stage_done
+from pipeline.stages.infer import format_summary, infer
+from pipeline.storage.run_layout import FINGERPRINT_KEY, VOTE_KEY
+from pipeline.storage.store import Store
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------------------------
+# inside a job
+
+
+class StageJob(Checkpointable):
+    """One Slurm job of a run: `prepare`, `model` (train then predict one model) or `vote`.
+
+    Holds the resolved config as plain data; each stage it runs is skipped when done, so a
+    requeued job carries on where it stopped. submitit calls `checkpoint` on the warning signal.
+    """
+
+    def __init__(self, config: dict[str, Any], kind: str, model: str | None = None) -> None:
+        if kind not in KINDS:
+            raise ConfigError(f"unknown job kind {kind!r}; valid: {list(KINDS)}")
+        self.config = config
+        self.kind = kind
+        self.model = model
+        self.current: str | None = None  # the stage in progress, for checkpoint()
+        self.requeuing = False  # set by checkpoint(): what is raised from now on is the requeue
+
+    def stages(self, cfg: DictConfig) -> list[Stage]:
+        """The stages this job runs, in order: its group of the stage graph."""
+        return job_groups(suite_graph(cfg), self.kind)[self.model]
+
+    def __call__(self) -> str:
+        setup_logging()
+        self.requeuing = False  # the pickled copy a requeued job starts from was taken after it
+        cfg = job_config(self.config)
+
+        def starting(stage: Stage) -> None:
+            self.current = stage.name
+
+        # A failure is recorded for status and fails the job, but not the requeue itself: Slurm
+        # kills the job step while submitit's `scontrol requeue` runs in the signal handler,
+        # which then raises through the stage; the job is queued again and its record must keep
+        # saying "requeued".
+        run_stages(cfg, self.stages(cfg), where=job_where(), on_start=starting,
+                   record_failure=lambda: not self.requeuing)  # fmt: skip
+        self.current = None
+        return f"{self.kind} done: run_id={cfg.run_id}"
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
+        """Called on Slurm's warning signal: record the stage as requeued and resubmit this job.
+
+        The training state is already in the store (last.pt after every epoch), so nothing else
+        needs saving; the requeued job skips done stages and resumes training from last.pt.
+        """
+        if self.current is not None:
+            reason = "preempted or reached its time limit; requeued"
+            try:  # only for status: never let it stop the requeue
+                run = run_store(job_config(self.config))
+                record_stage_state(run, self.current, "requeued", reason=reason, **job_where())
+            except PipelineError as e:
+                log.warning("could not record the requeue of %s: %s", self.current, e)
+        self.requeuing = True
+        return super().checkpoint(*args, **kwargs)
+
+
+class InferJob(Checkpointable):
+    """A `python -m pipeline.infer --cluster slurm` batch as one Slurm job. Requeued on the
+    warning signal like the stages; a requeued batch classifies what it has not recorded yet."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = config
+
+    def __call__(self) -> str:
+        setup_logging()
+        return format_summary(infer(job_config(self.config)))
+
+
+def submit_infer(cfg: DictConfig) -> str:
+    """Submit one infer job (resources `slurm.stages.infer`); returns what to tell the user."""
+    cfg = copy.deepcopy(cfg)
+    cfg.store.root = absolute_local(str(cfg.store.root))
+    for key in ("input", "output"):
+        if cfg.infer.get(key):
+            cfg.infer[key] = absolute_local(str(cfg.infer[key]))
+    scfg = cfg.slurm
+    folder = Path(absolute_local(str(scfg.folder))) / "infer"
+    executor = slurm_executor(scfg, folder)
+    job = submit(executor, scfg, "infer", [InferJob(OmegaConf.to_container(cfg, resolve=True))],
+                 None)[0]  # fmt: skip
+    return f"infer job {job.job_id} submitted for run {cfg.run_id} (log: {job.paths.stderr})"
+
+
+def slurm_executor(scfg: DictConfig, folder: Path) -> submitit.SlurmExecutor:
+    """submitit's executor for jobs whose files go to `folder`; ConfigError without Slurm."""
+    try:
+        return submitit.SlurmExecutor(
+            folder=folder, max_num_timeout=int(scfg.max_requeues), python=python_command(scfg)
+        )
+    except RuntimeError as e:  # no srun on this machine
+        raise ConfigError(
+            f"Slurm is not available here ({e}); on this machine, `make slurm-up` starts a "
+            "one-node cluster"
+        ) from e
+
+
+def job_config(config: dict[str, Any]) -> DictConfig:
+    """The run's config inside a job (`train.num_threads` unset = the job's CPUs, see
+    pipeline.ml.device.available_cpus)."""
+    cfg = OmegaConf.create(config)
+    OmegaConf.set_struct(cfg, False)
+    check_config(cfg)  # as at launch: a job can be started (or its config edited) by hand
+    return cfg
+
+
+def job_where() -> dict[str, str]:
+    """Job id and log of the running submitit job (empty outside one)."""
+    try:
+        env = submitit.JobEnvironment()
+    except RuntimeError:
+        return {}
+    return {"job_id": env.job_id, "log": str(env.paths.stderr)}
+
+
+# --------------------------------------------------------------------------------------------
+# submission
+
+
+def sbatch_parameters(scfg: DictConfig, kind: str) -> dict[str, Any]:
+    """submitit SlurmExecutor parameters of one kind of job from the `slurm` config group."""
+    stage = scfg.stages[kind]
+    extra = {"requeue": True, **dict(scfg.extra), **dict(stage.get("extra") or {})}
+    params: dict[str, Any] = {
+        "job_name": f"masksuite-{kind}",
+        "cpus_per_task": int(stage.cpus),
+        "mem": f"{int(float(stage.mem_gb) * 1024)}MB",
+        "time": int(stage.time_min),
+        "signal_delay_s": int(scfg.signal_delay_s),
+        "stderr_to_stdout": False,
+        "additional_parameters": extra,
+        # submitit writes --wckey=submitit unless told otherwise; None leaves --wckey out.
+        "wckey": str(scfg.wckey) if scfg.get("wckey") else None,
+    }
+    gpus = int(stage.gpus or 0)
+    if kind == "model" and gpus > 1:
+        raise ConfigError(
+            f"slurm.stages.model.gpus={gpus}: training is single-device, so a model job uses one "
+            "GPU; set slurm.stages.model.gpus=1 (more models train side by side as array tasks)"
+        )
+    if gpus > 0:
+        params["gpus_per_node"] = gpus
+    for key in ("partition", "constraint"):
+        value = stage.get(key) or scfg.get(key)
+        if value:
+            params[key] = str(value)
+    for key in ("account", "qos"):
+        if scfg.get(key):
+            params[key] = str(scfg[key])
+    # Slurm 22.05 to 23.02: srun does not inherit --cpus-per-task from the allocation, so the job
+    # step (submitit runs the stage with srun) would get one CPU. Pass it on explicitly.
+    params["setup"] = [
+        'export SRUN_CPUS_PER_TASK="${SLURM_CPUS_PER_TASK:-1}"',
+        *(str(line) for line in scfg.setup or []),
+    ]
+    container = scfg.container
+    if container.runtime == "pyxis":
+        params["srun_args"] = [f"--container-image={container.image}", *map(str, container.args)]
+    return params
+
+
+def python_command(scfg: DictConfig) -> str | None:
+    """The command jobs run Python with: None (this interpreter), or inside the container."""
+    container = scfg.container
+    if container.runtime not in CONTAINER_RUNTIMES:
+        raise ConfigError(
+            f"slurm.container.runtime={container.runtime!r}; valid: {list(CONTAINER_RUNTIMES)}"
+        )
+    if container.runtime != "none" and not container.image:
+        raise ConfigError(
+            f"slurm.container.runtime={container.runtime} needs slurm.container.image"
+        )
+    if container.runtime == "pyxis":
+        return str(container.python)
+    if container.runtime == "apptainer":
+        args = " ".join(shlex.quote(str(a)) for a in container.args)
+        return f"apptainer exec --nv {args} {shlex.quote(str(container.image))} {container.python}"
+    return None
+
+
+def absolute_local(path: str) -> str:
+    """`path` made absolute when it is a local folder (jobs may start elsewhere)."""
+    return path if "://" in path else str(Path(path).expanduser().resolve())
+
+
+def submit(
+    executor: submitit.SlurmExecutor,
+    scfg: DictConfig,
+    kind: str,
+    jobs: list[StageJob],
+    after: str | None,
+) -> list[submitit.Job[Any]]:
+    """Submit `jobs` of one kind (several: one array) to start after job `after` succeeded."""
+    params = sbatch_parameters(scfg, kind)
+    if after:
+        params["dependency"] = f"afterok:{after}"
+        params["additional_parameters"] = {
+            **params["additional_parameters"],
+            "kill-on-invalid-dep": "yes",
+        }
+    if len(jobs) > 1:
+        params["array_parallelism"] = int(scfg.array_parallelism)
+    executor.update_parameters(**params)
+    try:
+        if len(jobs) == 1:
+            return [executor.submit(jobs[0])]
+        return executor.submit_array(jobs)
+    except (FailedJobError, FailedSubmissionError, OSError) as e:
+        raise StageFailed(f"sbatch refused the {kind} job: {one_line(e)}") from e
+
+
+def launch_slurm(cfg: DictConfig, *, wait: bool) -> int:
+    """Submit what run `cfg.run_id` still needs to Slurm and print the run id and job ids.
+
+    With `wait`, follow the run to its end (see `follow`) and return 0 only if the vote
+    succeeded; without, return 0 once submitted. Raises ConfigError for a bad `slurm` config or
+    when Slurm is not reachable, StageFailed when sbatch refuses a job.
+    """
+    cfg = copy.deepcopy(cfg)
+    cfg.store.root = absolute_local(str(cfg.store.root))
+    scfg = cfg.slurm
+    graph = suite_graph(cfg)  # fail on a bad suite before submitting anything
+    run = run_store(cfg)
+    folder = Path(absolute_local(str(scfg.folder))) / str(cfg.run_id)
+    executor = slurm_executor(scfg, folder)
+    still_active = run_status(cfg, queue_states).active_jobs if read_submissions(run) else []
+    if still_active:
+        raise ConfigError(
+            f"run {cfg.run_id} still has jobs queued or running ({' '.join(still_active)}): "
+            f"wait for them, or `python -m pipeline.runs cancel {cfg.run_id}` first"
+        )
+    config = OmegaConf.to_container(cfg, resolve=True)
+    submitted: dict[str, dict[str, str]] = {}
+
+    def note(stages: list[Stage], job: submitit.Job[Any]) -> str:
+        for stage in stages:
+            submitted[stage.name] = {"job_id": job.job_id, "log": str(job.paths.stderr)}
+        return job.job_id
+
+    try:
+        after = None
+        for kind in KINDS:  # one job per group of the graph; a kind's jobs wait for the last kind's
+            todo = {model: stages for model, stages in job_groups(graph, kind).items()
+                    if not all(stage_done(run, s.name) for s in stages)}  # fmt: skip
+            if not todo:
+                continue
+            tasks = [StageJob(config, kind, model) for model in todo]
+            jobs = submit(executor, scfg, kind, tasks, after)
+            for stages, job in zip(todo.values(), jobs, strict=True):
+                note(stages, job)
+            after = jobs[0].job_id.split("_")[0]  # afterok on an array: every task succeeded
+    except StageFailed as e:  # leave nothing half-submitted behind
+        orphans = sorted({j["job_id"] for j in submitted.values()})
+        if orphans:
+            cancel_jobs(orphans)
+            raise StageFailed(f"{e} (cancelled the jobs already submitted: {orphans})") from e
+        raise
+
+    if submitted:
+        record_submission(
+            run,
+            {
+                "cluster": "slurm",
+                "submitted": datetime.now(UTC).isoformat(timespec="seconds"),
+                "folder": str(folder),
+                "models": [s.model for s in graph if s.step == "train"],
+                "jobs": submitted,
+            },
+        )
+        print(f"run {cfg.run_id} submitted to Slurm (job files and logs: {folder})")
+        for stage, job in submitted.items():
+            print(f"  {stage:<24} job {job['job_id']}")
+        print(
+            f"  follow it: python -m pipeline.runs status {cfg.run_id} store.root={cfg.store.root}"
+        )
+    else:
+        print(f"run {cfg.run_id}: every stage is already done, nothing submitted")
+    sys.stdout.flush()
+    return follow(cfg, run) if wait else 0
+
+
+def active_run(cfg: DictConfig, sha256: str, *, newest: int = 20) -> str | None:
+    """The id of a run in the store with this data fingerprint whose Slurm jobs are still queued
+    or running (read from its scheduler.json and the queue), or None. Looks at the `newest` runs."""
+
+    root = root_store(cfg)
+    for run_id in reversed(run_ids(root)[-newest:]):
+        run = root.child(f"runs/{run_id}")
+        if not run.exists(FINGERPRINT_KEY) or not read_submissions(run):
+            continue
+        if run.read_json(FINGERPRINT_KEY).get("sha256") != sha256:
+            continue
+        probe = copy.deepcopy(cfg)
+        probe.run_id = run_id
+        if run_status(probe, queue_states).active_jobs:
+            return run_id
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# following a run
+
+
+def follow(cfg: DictConfig, run: Store) -> int:
+    """Show the run's progress until it is done (return 0) or failed (return 1).
+
+    On a terminal the progress line is rewritten in place, elsewhere a line is printed whenever
+    it changes. Jobs that can never start because a dependency failed are cancelled.
+    """
+
+    started = time.time()
+    live = sys.stdout.isatty()
+    last = ""
+    while True:
+        status = run_status(cfg, queue_states)
+        line = progress_line(status)
+        if line != last:
+            stamp = f"[{time.time() - started:5.0f} s] {line}"
+            print(f"\r\033[K{stamp}" if live else stamp, end="" if live else "\n", flush=True)
+            last = line
+        if status.state != "running":
+            break
+        time.sleep(float(cfg.slurm.poll_seconds))
+    if live:
+        print()
+    if status.state == "done":
+        print("\n".join(summary_lines(cfg, run.read_json(VOTE_KEY), time.time() - started)))
+        return 0
+    stuck = [s.job_id for s in status.stages if s.state in ("blocked", "pending") and s.job_id]
+    if stuck:
+        cancel_jobs(sorted(set(stuck)))
+    print(format_status(status, tail=10), file=sys.stderr)
+    return 1
+
+
+# --------------------------------------------------------------------------------------------
+# the scheduler interface of pipeline.orchestration.status
+
+
+def queue_states(job_ids: list[str]) -> dict[str, QueueEntry]:
+    """Slurm's view of `job_ids` (array tasks as `<array>_<task>`) from squeue.
+
+    Jobs Slurm has forgotten (finished longer ago than MinJobAge) are absent. Raises
+    ConfigError when squeue cannot be run.
+    """
+    if not job_ids:
+        return {}
+    wanted = sorted({j.split("_")[0] for j in job_ids})
+    try:
+        result = subprocess.run(
+            [
+                "squeue",
+                "--noheader",
+                "--array",
+                "--states=all",
+                "--format=%i|%T|%r",
+                f"--jobs={','.join(wanted)}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise ConfigError(f"cannot ask Slurm about jobs {wanted}: {e}") from e
+    if result.returncode != 0:
+        if "Invalid job id" in result.stderr:
+            return {}  # all of them are finished and forgotten
+        raise ConfigError(f"squeue failed: {result.stderr.strip()}")
+    entries = {}
+    for line in result.stdout.splitlines():
+        job_id, state, reason = [*line.split("|"), "", ""][:3]
+        entries[job_id.strip()] = QueueEntry(state.strip(), reason.strip())
+    return entries
+
+
+def cancel_jobs(job_ids: list[str]) -> None:
+    """scancel `job_ids`; raises ConfigError when Slurm refuses."""
+    if not job_ids:
+        return
+    result = subprocess.run(["scancel", *job_ids], capture_output=True, text=True, timeout=60)
+    if result.returncode != 0:
+        raise ConfigError(f"scancel {' '.join(job_ids)} failed: {result.stderr.strip()}")

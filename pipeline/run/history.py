@@ -1,0 +1,215 @@
+"""Runs over time: the `latest` pointer, the list of runs, and checkpoint retention.
+
+- `<store.root>/latest.json` names the last run whose vote succeeded. It is written (atomically)
+  only by a vote that finished, and only moves forward: a run that finishes after a newer one
+  (run ids sort by start time) leaves the newer one in place.
+- `python -m pipeline.runs list` shows every run with its state and scores.
+- After each successful vote, model checkpoints (`models/*/checkpoint.pt`, `last.pt`: 180 MB per
+  ResNet-18 model) of runs older than the newest `store.keep_checkpoints` runs are deleted; the
+  latest run's never are. Predictions, submissions, metrics and reports are kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from omegaconf import DictConfig
+
+from pipeline.core.errors import ConfigError, StoreError
+from pipeline.run.state import finish_manifest, root_store, run_store
+from pipeline.storage.run_layout import (
+    FINGERPRINT_KEY,
+    LATEST_KEY,
+    REPORT_KEY,
+    RUNS,
+    SUBMISSION_KEY,
+    VOTE_KEY,
+)
+from pipeline.storage.store import Store, join_key
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FILES = ("checkpoint.pt", "last.pt")
+
+
+def read_latest(root: Store) -> dict[str, Any] | None:
+    """The content of latest.json, or None when no run has succeeded yet."""
+    if not root.exists(LATEST_KEY):
+        return None
+    record = root.read_json(LATEST_KEY)
+    if not isinstance(record, dict) or not record.get("run_id"):
+        raise StoreError(f"{root.uri_of(LATEST_KEY)} does not name a run: {record!r}")
+    return record
+
+
+#: What latest.json's "files" names, by key in the run (README "Reading the results"); a key
+#: ending in / is a folder: "predictions/" holds every answers file (one Parquet dataset,
+#: pipeline/run/answers.py).
+PUBLISHED_FILES = {
+    "submission": "submission.csv",
+    "vote": "vote.json",
+    "vote_eval": "predictions/vote/eval.parquet",
+    "vote_val": "predictions/vote/val.parquet",
+    "predictions": "predictions/",
+    "report": "report/index.html",
+    "manifest": "manifest.json",
+    "bad_inputs": "bad_inputs.csv",
+}
+
+
+def published_files(run: Store) -> dict[str, str]:
+    """URIs (s3://… or absolute paths) of a finished run's outputs, by name; folders end in /."""
+    return {
+        name: run.uri_of(key.rstrip("/")) + ("/" if key.endswith("/") else "")
+        for name, key in PUBLISHED_FILES.items()
+    }
+
+
+def move_latest(root: Store, run: Store, run_id: str) -> bool:
+    """Point latest.json at `run_id` (whose vote just succeeded) unless it or a newer run is
+    already there (a rerun of a finished vote changes nothing). Returns whether it moved.
+
+    The record holds the run id, the time, the vote's scores and the run's data fingerprint
+    (used to skip a nightly run when nothing changed).
+    """
+    current = read_latest(root)
+    if current is not None and str(current["run_id"]) >= run_id:
+        if str(current["run_id"]) > run_id:
+            log.info("latest.json stays at the newer run %s", current["run_id"])
+        return False
+    vote = run.read_json("vote.json")
+    record = {
+        "run_id": run_id,
+        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+        "members": vote.get("members", []),
+        "method": vote.get("method"),
+        "val_macro_f1": vote.get("ensemble", {}).get("val_macro_f1"),
+        "eval_macro_f1": (vote.get("eval") or {}).get("macro_f1"),
+        "files": published_files(run),
+        "fingerprint": run.read_json(FINGERPRINT_KEY) if run.exists(FINGERPRINT_KEY) else None,
+    }
+    root.write_json(LATEST_KEY, record)
+    return True
+
+
+def run_ids(root: Store) -> list[str]:
+    """Every run in the store, oldest first (ids sort by start time)."""
+    return sorted({key.split("/", 2)[1] for key in root.list(RUNS) if key.count("/") >= 2})
+
+
+def run_summary(root: Store, run_id: str) -> dict[str, Any]:
+    """One run at a glance: state (succeeded / failed / incomplete), scores, members, size."""
+    run = root.child(join_key(RUNS, run_id))
+    sizes = run.sizes()
+    stages = sorted(k[len("stages/") : -len(".json")] for k in sizes if k.startswith("stages/"))
+    failed = []
+    for key in sizes:
+        if key.startswith("jobs/") and key.endswith(".json"):
+            record = run.read_json(key)
+            if record.get("state") == "failed":
+                failed.append(f"{record.get('stage')}: {record.get('error', '')}"[:200])
+    summary: dict[str, Any] = {
+        "run_id": run_id,
+        "state": "succeeded" if "vote" in stages else ("failed" if failed else "incomplete"),
+        "stages_done": stages,
+        "failed": failed,
+        "bytes": sum(sizes.values()),
+        "checkpoints": sum(1 for k in sizes if k.rsplit("/", 1)[-1] in CHECKPOINT_FILES),
+    }
+    if "vote.json" in sizes:
+        vote = run.read_json("vote.json")
+        summary["val_macro_f1"] = vote["ensemble"]["val_macro_f1"]
+        summary["val_accuracy"] = vote["ensemble"]["val_accuracy"]
+        summary["members"] = vote["members"]
+        if "eval" in vote:
+            summary["eval_macro_f1"] = vote["eval"]["macro_f1"]
+    return summary
+
+
+def prune_checkpoints(root: Store, keep: int) -> list[str]:
+    """Delete model checkpoints of every run but the newest `keep` and the latest; returns the
+    deleted keys. Runs newer than latest (still running, or failed) are never touched."""
+    if keep < 1:
+        raise ConfigError(f"store.keep_checkpoints must be at least 1, got {keep}")
+    latest = read_latest(root)
+    if latest is None:
+        return []
+    ids = run_ids(root)
+    protected = set(ids[-keep:]) | {str(latest["run_id"])}
+    deleted = []
+    for run_id in ids:
+        if run_id in protected or run_id > str(latest["run_id"]):
+            continue
+        prefix = join_key(RUNS, run_id, "models")
+        for key in root.list(prefix):
+            if key.rsplit("/", 1)[-1] in CHECKPOINT_FILES:
+                root.delete(key)
+                deleted.append(key)
+    if deleted:
+        log.info(
+            "retention: deleted %d checkpoints of runs before the newest %d", len(deleted), keep
+        )
+    return deleted
+
+
+def publish(cfg: DictConfig, run: Store) -> None:
+    """After a successful vote: move latest.json forward, then apply checkpoint retention."""
+    finish_manifest(run, "succeeded")
+    root = root_store(cfg)
+    if move_latest(root, run, str(cfg.run_id)):
+        prune_checkpoints(root, int(cfg.store.keep_checkpoints))
+
+
+def format_runs(summaries: list[dict[str, Any]], latest: str | None) -> list[str]:
+    """The table `runs list` prints, newest first."""
+    lines = [f"  {'run id':<26} {'state':<11} {'val F1':>7} {'eval F1':>7}  members"]
+    for s in reversed(summaries):
+        mark = "*" if s["run_id"] == latest else " "
+        f1 = f"{s['val_macro_f1']:.4f}" if "val_macro_f1" in s else "-"
+        ev = f"{s['eval_macro_f1']:.4f}" if "eval_macro_f1" in s else "-"
+        members = ", ".join(s.get("members", [])) or "; ".join(s["failed"])[:80]
+        lines.append(f"{mark} {s['run_id']:<26} {s['state']:<11} {f1:>7} {ev:>7}  {members}")
+    lines.append("(* = latest.json)")
+    return lines
+
+
+def cmd_list(cfg: DictConfig, args: argparse.Namespace) -> int:
+    """`python -m pipeline.runs list`: every run with its state and scores, newest first."""
+    root = root_store(cfg)
+    latest = read_latest(root)
+    summaries = [run_summary(root, run_id) for run_id in run_ids(root)]
+    if not summaries:
+        print(f"no runs under {root.uri_of(RUNS)}")
+        return 0
+    print("\n".join(format_runs(summaries, latest["run_id"] if latest else None)))
+    return 0
+
+
+def summary_lines(cfg: DictConfig, result: dict[str, Any], seconds: float) -> list[str]:
+    """What a user wants to see at the end of a run: where things are and the scores."""
+    run = run_store(cfg)
+    lines = [
+        f"run {cfg.run_id} finished in {seconds:.0f} s",
+        f"  submission: {run.uri_of(SUBMISSION_KEY)}",
+        f"  scores:     {run.uri_of(VOTE_KEY)}",
+        f"  report:     {run.uri_of(REPORT_KEY)}",
+        "  val macro F1 / accuracy:",
+    ]
+    for c in result["candidates"]:
+        mark = "*" if c["name"] in result["members"] else " "
+        lines.append(f"   {mark} {c['name']:<20} {c['val_macro_f1']:.4f} / {c['val_accuracy']:.4f}")
+    ens = result["ensemble"]
+    lines.append(
+        f"     {'vote':<20} {ens['val_macro_f1']:.4f} / {ens['val_accuracy']:.4f}"
+        f"   (members marked *)"
+    )
+    if "eval" in result:
+        ev = result["eval"]
+        lines.append(
+            f"  eval (ground truth present): macro F1 {ev['macro_f1']:.4f}, "
+            f"accuracy {ev['accuracy']:.4f}"
+        )
+    return lines

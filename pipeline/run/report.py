@@ -1,0 +1,177 @@
+"""The run report: `runs/<run_id>/report/index.html`, one self-contained page to look at.
+
+Written by the vote stage after vote.json. Plots are PNGs embedded in the page (data: URIs), so
+the file reads offline, pulled to a laptop or opened from the store's web console. It shows:
+the scores (vote and every candidate), val macro F1 of every model, candidate and the vote, the
+vote's confusion matrix, per-task accuracy, training curves and the class distribution of train
+and val. `python -m pipeline.report RUN_ID [overrides]` writes it again for an existing run.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections.abc import Sequence
+from typing import Any
+
+import matplotlib
+
+from pipeline.storage.run_layout import REPORT_KEY
+
+matplotlib.use("Agg")  # no display on cluster nodes
+import matplotlib.pyplot as plt
+import numpy as np
+from omegaconf import DictConfig
+
+from pipeline.core.config import model_specs
+from pipeline.domain.labels import NUM_CLASSES, class_name
+from pipeline.run.state import read_index
+from pipeline.storage.store import Store, join_key
+
+TASKS = ("mask", "gender", "age")
+
+
+def _png(fig: plt.Figure) -> str:
+    """A figure as an <img> with an embedded PNG."""
+    sink = io.BytesIO()
+    fig.savefig(sink, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    data = base64.b64encode(sink.getvalue()).decode()
+    return f'<img src="data:image/png;base64,{data}">'
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], css: str = "") -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row) + "</tr>" for row in rows
+    )
+    return f'<table class="{css}"><tr>{head}</tr>{body}</table>'
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def class_distribution(index: Any) -> str:
+    """Bar chart of images per class in train and val."""
+    fig, ax = plt.subplots(figsize=(9, 3))
+    x = np.arange(NUM_CLASSES)
+    for offset, split in ((-0.2, "train"), (0.2, "val")):
+        counts = np.bincount(index.loc[index["split"] == split, "label"], minlength=NUM_CLASSES)
+        ax.bar(x + offset, counts, width=0.4, label=split)
+    ax.set_xticks(x, [class_name(c) for c in x], rotation=70, fontsize=7)
+    ax.set_ylabel("images")
+    ax.legend()
+    return _png(fig)
+
+
+def f1_bars(scores: dict[str, float]) -> str:
+    """Horizontal bars of val macro F1 by model / candidate / vote."""
+    names = list(scores)
+    fig, ax = plt.subplots(figsize=(7, 0.35 * len(names) + 1))
+    ax.barh(names, [scores[n] for n in names], color="tab:blue")
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("val macro F1")
+    return _png(fig)
+
+
+def confusion_plot(confusion: list[list[int]]) -> str:
+    """The vote's 18×18 val confusion matrix."""
+    matrix = np.asarray(confusion)
+    fig, ax = plt.subplots(figsize=(6.5, 6))
+    ax.imshow(matrix, cmap="Blues")
+    labels = [class_name(c) for c in range(len(matrix))]
+    ax.set_xticks(range(len(matrix)), labels, rotation=90, fontsize=6)
+    ax.set_yticks(range(len(matrix)), labels, fontsize=6)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for (i, j), v in np.ndenumerate(matrix):
+        if v:
+            ax.text(j, i, str(v), ha="center", va="center", fontsize=5)
+    return _png(fig)
+
+
+def training_curves(histories: dict[str, list[dict[str, Any]]]) -> str:
+    """Loss and val macro F1 per epoch of every model."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.2))
+    for name, history in histories.items():
+        epochs = [h["epoch"] for h in history]
+        left.plot(epochs, [h["loss"] for h in history], marker=".", label=name)
+        right.plot(epochs, [h["val_macro_f1"] for h in history], marker=".", label=name)
+    left.set(xlabel="epoch", ylabel="training loss")
+    right.set(xlabel="epoch", ylabel="val macro F1 (model's own task)")
+    right.legend(fontsize=7)
+    return _png(fig)
+
+
+def render(run: Store, cfg: DictConfig, result: dict[str, Any]) -> str:
+    """The report page of a run whose vote produced `result` (vote.json's content)."""
+    index = read_index(run)
+    models = list(model_specs(cfg))
+    model_metrics = {
+        name: run.read_json(join_key("models", name, "metrics.json"))
+        for name in models
+        if run.exists(join_key("models", name, "metrics.json"))
+    }
+    ens = result["ensemble"]
+    scores = {f"vote (top {result['top_k']})": ens["val_macro_f1"]}
+    scores |= {f"candidate: {c['name']}": c["val_macro_f1"] for c in result["candidates"]}
+    scores |= {f"model: {n}": m["val"]["macro_f1"] for n, m in model_metrics.items()}
+    tasks = {"vote": ens["val"].get("tasks", {})}
+    for c in result["candidates"]:
+        key = join_key("candidates", c["name"], "metrics.json")
+        if run.exists(key):
+            tasks[c["name"]] = run.read_json(key).get("tasks", {})
+    headline = [
+        ("val macro F1", ens["val_macro_f1"]),
+        ("val accuracy", ens["val_accuracy"]),
+        ("members", ", ".join(result["members"])),
+    ]
+    if "eval" in result:
+        headline += [
+            ("eval macro F1", result["eval"]["macro_f1"]),
+            ("eval accuracy", result["eval"]["accuracy"]),
+        ]
+    counts = index["split"].value_counts().to_dict()
+    sections = [
+        f"<h1>Run <span id='run-id'>{html.escape(str(result['run_id']))}</span></h1>",
+        _table(["", ""], headline, "headline"),
+        "<h2>Val macro F1: models, candidates and the vote</h2>",
+        _table(["name", "val macro F1"], list(scores.items()), "scores"),
+        f1_bars(scores),
+        "<h2>Per-task accuracy (val)</h2>",
+        _table(
+            ["", *TASKS],
+            [
+                [n, *(t.get(task, {}).get("accuracy", "-") for task in TASKS)]
+                for n, t in tasks.items()
+            ],
+            "tasks",
+        ),
+        "<h2>The vote's confusion matrix (val)</h2>",
+        confusion_plot(ens["val"]["confusion"]),
+        "<h2>Training curves</h2>",
+        training_curves({n: m["history"] for n, m in model_metrics.items()}),
+        "<h2>Class distribution</h2>",
+        f"<p>images: {', '.join(f'{k} {v}' for k, v in sorted(counts.items()))}</p>",
+        class_distribution(index),
+    ]
+    style = (
+        "body{font-family:sans-serif;margin:2em;max-width:1100px}"
+        "table{border-collapse:collapse;margin:1em 0}"
+        "td,th{border:1px solid #ccc;padding:2px 8px;text-align:left}"
+        "img{max-width:100%}"
+    )
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        f"<title>run {html.escape(str(result['run_id']))}</title><style>{style}</style></head>"
+        f"<body>{''.join(sections)}</body></html>\n"
+    )
+
+
+def write_report(cfg: DictConfig, run: Store, result: dict[str, Any]) -> str:
+    """Write the run's report/index.html; returns its URI."""
+    run.write_text(REPORT_KEY, render(run, cfg, result))
+    return run.uri_of(REPORT_KEY)

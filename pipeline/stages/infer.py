@@ -1,0 +1,287 @@
+"""`python -m pipeline.infer infer.input=FOLDER|s3://bucket/prefix [run_id=…] [overrides]`
+
+Classify new, unlabelled photos with the voted members of a finished run: the run latest.json
+names (under `store.root`), or `run_id=…`. Each photo under `infer.input` (searched recursively;
+.jpg, .jpeg, .png) is read, fully decoded and checked as the prepare stage checks photos; a bad
+one is reported in the batch's bad-inputs CSV and never stops the batch. The run's own settings
+(input size, centre crops, test-time flip, members, vote method) come from its manifest and
+vote.json, so the answers are those the run would give.
+
+Written under `infer.output` (default `<store.root>/infer/<last part of infer.input>`):
+
+    predictions/<batch>.parquet   the answers schema (pipeline/run/answers.py), split "new": the
+                                  vote (kind=vote) and each member (kind=candidate); the
+                                  folder reads as one dataset
+    classes/<batch>.csv           image,class,mask,gender,age_group: the vote's answers
+    bad_inputs/<batch>.csv        path,reason of each photo that could not be used
+    seen.parquet                  content_sha256, run_id, image_id, batch of every photo
+                                  classified so far
+
+A photo whose content (sha256) the same run already classified there is not classified again
+when the same input is processed again; a newer run classifies it anew. seen.parquet is written
+last, so a batch stopped half-way is classified again in full next time, never lost. With
+`--cluster slurm` the same runs as one Slurm job (resources `slurm.stages.infer`); with
+`--cluster k8s` as one Kubernetes Job (`--dry-run` prints it for `kubectl apply -f -`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import PurePosixPath
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.core.config import model_specs
+from pipeline.core.errors import ConfigError, DataError
+from pipeline.domain.dataset import check_image_extension, junk_reason
+from pipeline.domain.labels import AGE_NAMES, GENDER_NAMES, MASK_NAMES
+from pipeline.ml.checkpoints import load_checkpoint
+from pipeline.ml.device import cpu_threads, setup_runtime
+from pipeline.ml.ensemble import candidate_probs, candidate_specs, combine
+from pipeline.ml.images import BadInputs, checked_images, unsafe_key_reason
+from pipeline.ml.inference import for_inference, input_shape, predict_for_spec, probe_precision
+from pipeline.ml.models import model_from_checkpoint, task_target
+from pipeline.ml.resident import image_bytes, load_resident, plan_placement
+from pipeline.run.answers import answers_table, parquet_bytes
+from pipeline.run.history import read_latest
+from pipeline.run.state import stage_done
+from pipeline.storage.run_layout import RUNS, VOTE_KEY, VOTE_STAGE, checkpoint_key, stage_key
+from pipeline.storage.shards import write_shards
+from pipeline.storage.store import Store, join_key, open_store
+
+log = logging.getLogger(__name__)
+
+SEEN_KEY = "seen.parquet"
+SEEN_COLUMNS = ["content_sha256", "run_id", "image_id", "batch"]
+CSV_COLUMNS = ["image", "class", "mask", "gender", "age_group"]
+#: Log a progress line every this many photos read.
+PROGRESS_EVERY = 500
+
+
+def output_uri(cfg: DictConfig) -> str:
+    """`infer.output`, or `<store.root>/infer/<last part of infer.input>`."""
+    if cfg.infer.get("output"):
+        return str(cfg.infer.output)
+    name = PurePosixPath(str(cfg.infer.input).rstrip("/")).name or "input"
+    return f"{str(cfg.store.root).rstrip('/')}/infer/{name}"
+
+
+def resolve_run(cfg: DictConfig) -> tuple[str, Store]:
+    """The run to classify with (run_id, or latest.json's) and its store; ConfigError when there
+    is none or its vote has not finished."""
+    root = open_store(str(cfg.store.root), workers=int(cfg.store.workers), key="store.root")
+    run_id = cfg.get("run_id")
+    if not run_id:
+        latest = read_latest(root)
+        if latest is None:
+            raise ConfigError(
+                f"no finished run under store.root={root.uri}: {root.uri_of('latest.json')} is "
+                "missing. Train one first (python -m pipeline.launch) or pass run_id=…"
+            )
+        run_id = str(latest["run_id"])
+    run = root.child(join_key(RUNS, str(run_id)))
+    if not stage_done(run, VOTE_STAGE):
+        raise ConfigError(
+            f"run {run_id} under store.root={root.uri} has no finished vote "
+            f"({run.uri_of(stage_key(VOTE_STAGE))} is missing): classify with a run that "
+            "succeeded (python -m pipeline.runs list shows them)"
+        )
+    return str(run_id), run
+
+
+def read_seen(out: Store) -> pd.DataFrame:
+    if not out.exists(SEEN_KEY):
+        return pd.DataFrame({c: pd.Series(dtype="string") for c in SEEN_COLUMNS})
+    return pd.read_parquet(io.BytesIO(out.read_bytes(SEEN_KEY)))
+
+
+def list_photos(src: Store, bad: BadInputs) -> list[str]:
+    """Keys of the candidate photos under the input; others reported (junk files are skipped
+    silently, as prepare does for the eval folder)."""
+    photos = []
+    for key in sorted(src.list("")):
+        name = PurePosixPath(key).name
+        if junk_reason(name):
+            continue
+        reason = unsafe_key_reason(key)
+        if reason is None:
+            try:
+                check_image_extension(name)
+            except DataError as e:
+                reason = str(e)
+        if reason:
+            bad.add(key, reason)
+        else:
+            photos.append(key)
+    return photos
+
+
+def new_photos(
+    src: Store,
+    keys: list[str],
+    bad: BadInputs,
+    seen: set[str],
+    threads: int,
+    counts: dict[str, int],
+) -> Iterator[tuple[str, bytes]]:
+    """The usable photos not classified before by this run, with a progress line now and then."""
+    for done, (key, blob) in enumerate(checked_images(src, keys, bad, threads), start=1):
+        digest = hashlib.sha256(blob).hexdigest()
+        if done % PROGRESS_EVERY == 0:
+            log.info("infer: read %d of %d photos", done, len(keys))
+        if digest in seen:
+            counts["already_seen"] += 1
+            continue
+        counts["hashes"][key] = digest  # type: ignore[index]
+        yield key, blob
+
+
+def infer(cfg: DictConfig) -> dict[str, Any]:
+    """Classify the photos under `cfg.infer.input`; returns a summary (see module doc)."""
+    if not cfg.infer.get("input"):
+        raise ConfigError("infer.input is not set: give a folder or s3://bucket/prefix of photos")
+    started = time.time()
+    run_id, run = resolve_run(cfg)
+    manifest = run.read_json("manifest.json")
+    run_cfg = OmegaConf.create(manifest["config"])
+    result = run.read_json(VOTE_KEY)
+    members, method = list(result["members"]), str(result.get("method") or "hard")
+    candidates = candidate_specs(run_cfg)
+    needed = list(dict.fromkeys(m for c in members for m in candidates[c].models()))
+    pruned = [m for m in needed if not run.exists(checkpoint_key(m))]
+    if pruned:
+        raise ConfigError(
+            f"run {run_id} no longer has the checkpoints of {', '.join(pruned)} (older runs' "
+            "checkpoints are deleted beyond store.keep_checkpoints): classify with a newer run, "
+            "or leave run_id unset for the latest"
+        )
+    workers = int(cfg.store.workers)
+    src = open_store(str(cfg.infer.input), workers=workers, key="infer.input")
+    out = open_store(output_uri(cfg), workers=workers, key="infer.output")
+    batch = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + f"-{run_id}"
+    bad = BadInputs()
+    keys = list_photos(src, bad)
+    if not keys and not bad.rows:
+        raise DataError(f"no photos under infer.input={src.uri} (looked for .jpg, .jpeg, .png)")
+    seen_rows = read_seen(out)
+    seen = set(seen_rows.loc[seen_rows["run_id"] == run_id, "content_sha256"])
+    counts: dict[str, Any] = {"already_seen": 0, "hashes": {}}
+    threads = cpu_threads(cfg)
+    log.info("infer: %d photos under %s, run %s (members %s, %s vote)", len(keys), src.uri,
+             run_id, ", ".join(members), method)  # fmt: skip
+
+    with tempfile.TemporaryDirectory(prefix="masksuite-infer-") as tmp:
+        packed = open_store(tmp)
+        items = new_photos(src, keys, bad, seen, threads, counts)
+        shard_of = dict(write_shards(packed, "new", items, int(run_cfg.data.shard_mb) << 20))
+        ids = list(shard_of)
+        summary = {
+            "run_id": run_id,
+            "input": src.uri,
+            "output": out.uri,
+            "photos": len(keys),
+            "classified": len(ids),
+            "already_seen": counts["already_seen"],
+            "bad_inputs": len(bad.rows),
+            "batch": batch if ids or bad.rows else None,
+        }
+        if not ids:
+            if bad.rows:
+                out.write_bytes(join_key("bad_inputs", f"{batch}.csv"), bad.to_csv())
+            log.info("infer: nothing new to classify under %s (%d already classified by run %s, "
+                     "%d bad)", src.uri, counts["already_seen"], run_id, len(bad.rows))  # fmt: skip
+            return summary
+        model_probs = model_probabilities(cfg, run_cfg, run, needed, packed, ids, shard_of)
+    tasks = {n: str(s.task) for n, s in model_specs(run_cfg).items()}
+    dists = {c: candidate_probs(candidates[c], model_probs, tasks) for c in members}
+    probs, answers = combine(method, [dists[m] for m in members])
+    common: dict[str, Any] = {"run_id": run_id, "split": "new", "image_ids": ids, "task": "all"}
+    tables = [answers_table(**common, kind="vote", name="vote", probs=probs, answers=answers)]
+    tables += [answers_table(**common, kind="candidate", name=m, probs=dists[m]) for m in members]
+    table = pa.concat_tables(tables)
+    out.write_bytes(join_key("predictions", f"{batch}.parquet"), parquet_bytes(table))
+    csv = pd.DataFrame(
+        {
+            "image": ids,
+            "class": answers,
+            "mask": [MASK_NAMES[a // 6] for a in answers],
+            "gender": [GENDER_NAMES[(a // 3) % 2] for a in answers],
+            "age_group": [AGE_NAMES[a % 3] for a in answers],
+        },
+        columns=CSV_COLUMNS,
+    )
+    out.write_bytes(join_key("classes", f"{batch}.csv"), csv.to_csv(index=False).encode())
+    out.write_bytes(join_key("bad_inputs", f"{batch}.csv"), bad.to_csv())
+    hashes = [counts["hashes"][i] for i in ids]
+    new_seen = pd.DataFrame(
+        {"content_sha256": hashes, "run_id": run_id, "image_id": ids, "batch": batch}
+    )
+    merged = pd.concat([seen_rows.astype(str), new_seen], ignore_index=True)
+    sink = io.BytesIO()
+    merged.to_parquet(sink, index=False)
+    out.write_bytes(SEEN_KEY, sink.getvalue())  # last: only now are these photos "seen"
+    where = out.uri_of(join_key("classes", f"{batch}.csv"))
+    log.info("infer: %d photos classified in %.0f s by run %s into %s", len(ids),
+             time.time() - started, run_id, where)  # fmt: skip
+    return summary
+
+
+def model_probabilities(
+    cfg: DictConfig,
+    run_cfg: DictConfig,
+    run: Store,
+    needed: list[str],
+    packed: Store,
+    ids: list[str],
+    shard_of: dict[str, str],
+) -> dict[str, np.ndarray]:
+    """Each model in `needed` predicting the new photos once (images × its task's classes), with
+    the run's own settings; the photos are decoded once for all of them."""
+    specs = model_specs(run_cfg)
+    rt = setup_runtime(cfg)
+    size = list(run_cfg.train.image_size)
+    images = load_resident(
+        packed, ids, [shard_of[i] for i in ids], size, device=rt.device, threads=rt.threads,
+        placement=plan_placement(image_bytes(len(ids), size), rt.device,
+                                 float(cfg.train.gpu_memory_budget)),
+    )  # fmt: skip
+    probs: dict[str, np.ndarray] = {}
+    for number, name in enumerate(needed, start=1):
+        spec = specs[name]
+        _, num_classes = task_target(str(spec.task))
+        model = model_from_checkpoint(spec, num_classes, load_checkpoint(run, name))
+        model.to(rt.device, memory_format=torch.channels_last).eval()
+        model_rt = rt
+        if cfg.train.precision == "auto":
+            model_rt = probe_precision(model, input_shape(size, spec.train.center_crop), rt)
+        t0 = time.time()
+        probs[name] = predict_for_spec(for_inference(model), images, model_rt, spec)
+        log.info("infer: model %d of %d (%s): %d photos, %.0f photos/s", number, len(needed),
+                 name, len(ids), len(ids) / max(time.time() - t0, 1e-9))  # fmt: skip
+    return probs
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    lines = [
+        f"infer: {summary['classified']} photo(s) classified by run {summary['run_id']}, "
+        f"{summary['already_seen']} already classified, {summary['bad_inputs']} bad "
+        f"(of {summary['photos']} under {summary['input']})",
+    ]
+    out, batch = summary["output"], summary["batch"]
+    if summary["classified"]:
+        lines.append(f"  answers:    {out}/classes/{batch}.csv")
+        lines.append(f"  Parquet:    {out}/predictions/{batch}.parquet")
+    if summary["bad_inputs"]:
+        lines.append(f"  bad inputs: {out}/bad_inputs/{batch}.csv")
+    return "\n".join(lines)

@@ -1,0 +1,447 @@
+"""The train stage: one model of the suite on the run's training split, best checkpoint by val
+macro F1, resumable from the last epoch's state.
+
+Reads the images once per job into resident uint8 tensors at `train.image_size`; batches are
+cropped, augmented and normalised on the training device. Writes into the run:
+    models/<name>/checkpoint.pt   state dict of the best epoch (loaded with weights_only=True)
+    models/<name>/last.pt         model, optimizer, scheduler, fp16 loss scaler, epoch, history —
+                                  a restarted job resumes from it
+    models/<name>/metrics.json    best epoch's val metrics and the per-epoch history
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from pipeline.core.config import model_specs
+from pipeline.core.errors import ConfigError, DataError, StageFailed, StoreError, StoreKeyNotFound
+from pipeline.domain.metrics import classification_metrics, macro_f1
+from pipeline.ml.augment import BatchAugment
+from pipeline.ml.checkpoints import load_torch, save_torch
+from pipeline.ml.device import Runtime, autocast, require_compiler, setup_runtime
+from pipeline.ml.inference import (
+    for_inference,
+    input_shape,
+    normalize,
+    predict_for_spec,
+    probe_precision,
+    to_unit,
+)
+from pipeline.ml.losses import build_loss
+from pipeline.ml.models import (
+    build_model,
+    frozen_modules,
+    mask_group_codes,
+    model_from_checkpoint,
+    task_target,
+)
+from pipeline.ml.resident import (
+    ResidentImages,
+    as_resident,
+    image_bytes,
+    load_resident,
+    plan_placement,
+)
+from pipeline.ml.tracking import Tracker, tracked_config
+from pipeline.run.state import read_index, run_store
+from pipeline.storage.run_layout import checkpoint_key, model_key, train_stage
+from pipeline.storage.store import Store
+
+log = logging.getLogger(__name__)
+
+SCHEDULERS = ("none", "cosine", "step")
+
+
+def age_bands(value: Any) -> list[tuple[int, int]]:
+    """`train.drop_ages` as inclusive (low, high) bands: null, one [low, high] or a list of them,
+    e.g. [[27, 29], [57, 59]] (the best public recipe: the ages next to each group boundary)."""
+    if value is None:
+        return []
+    items = list(value)
+    bands = items if items and not isinstance(items[0], (int, float)) else [items]
+    problem = ConfigError(
+        "train.drop_ages must be null, one band [low, high] or a list of bands "
+        f"[[low, high], ...] of whole ages with low <= high, got {value}"
+    )
+    out = []
+    for band in bands:
+        pair = list(band) if not isinstance(band, (int, float, str)) else [band]
+        try:
+            low, high = (int(a) for a in pair)
+        except (TypeError, ValueError):  # not two numbers, e.g. [27, "x"] or [27, 28, 29]
+            raise problem from None
+        if low > high:
+            raise problem
+        out.append((low, high))
+    return out
+
+
+def select_rows(index: pd.DataFrame, spec: DictConfig) -> dict[str, pd.DataFrame]:
+    """The model's training and validation rows.
+
+    `mask_groups` restricts both sides to those mask groups (conditional models); `drop_ages`
+    removes inclusive age bands from training only, so validation still measures them.
+    """
+    parts = {s: index[index["split"] == s] for s in ("train", "val")}
+    codes = mask_group_codes(spec.get("mask_groups"))
+    if codes is not None:
+        parts = {s: rows[rows["mask"].isin(codes)] for s, rows in parts.items()}
+    for low, high in age_bands(spec.train.get("drop_ages")):
+        train = parts["train"]
+        parts["train"] = train[~train["age"].between(low, high)]
+    return parts
+
+
+def model_seed(seed: int, name: str) -> int:
+    """The seed of model `name`: derived from the run's seed and the name, so that the models of
+    a suite see different batch orders and augmentations, and a rerun the same ones."""
+    digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+def check_patience(value: Any) -> int | None:
+    """`train.early_stopping_patience`: null (off) or a whole number of epochs >= 1."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(
+            "train.early_stopping_patience must be null (no early stopping) or a whole number "
+            f"of epochs >= 1, got {value!r}"
+        )
+    return value
+
+
+def batch_order(
+    targets: torch.Tensor, num_classes: int, balanced: bool, generator: torch.Generator
+) -> torch.Tensor:
+    """Indices of one epoch: a permutation, or class-balanced draws with replacement."""
+    if not balanced:
+        return torch.randperm(len(targets), generator=generator)
+    counts = torch.bincount(targets, minlength=num_classes).clamp(min=1).float()
+    weights = 1.0 / counts[targets]
+    return torch.multinomial(weights, len(targets), replacement=True, generator=generator)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor | ResidentImages,
+    targets: torch.Tensor,
+    *,
+    rt: Runtime,
+    train_cfg: DictConfig,
+    num_classes: int,
+    augment: BatchAugment,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    generator: torch.Generator,
+    scaler: torch.amp.GradScaler | None = None,
+    task: str | None = None,
+) -> float:
+    """One pass over the resident images; returns the mean training loss.
+
+    The loss is summed on the device and read once at the end of the epoch, so a CUDA step never
+    waits for the host; a non-finite loss stops the stage before anything of this epoch is saved.
+    """
+    source = as_resident(images, rt.device)
+    model.train()
+    # frozen layers keep their batch-norm statistics too; a compiled model's modules are those
+    # of the model it wraps (`_orig_mod`), it has none of its own
+    for module in frozen_modules(getattr(model, "_orig_mod", model)):
+        module.eval()
+    if scaler is None:
+        scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.precision == "fp16")
+    order = batch_order(targets, num_classes, bool(train_cfg.balanced_sampling), generator)
+    batch_size = int(train_cfg.batch_size)
+    total, seen = torch.zeros((), device=rt.device), 0
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        if len(rows) < 2:
+            continue  # batch norm cannot train on a single image
+        x = to_unit(source.batch(rows), train_cfg.center_crop)
+        y = targets[rows].to(rt.device, non_blocking=True)
+        x, soft = augment(x, y, num_classes, generator, task)
+        with autocast(rt.device, rt.precision):
+            logits = model(normalize(x))
+        loss = loss_fn(logits.float(), soft)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        total += loss.detach() * len(rows)
+        seen += len(rows)
+    mean = float(total) / max(seen, 1)
+    if not math.isfinite(mean):
+        raise StageFailed(
+            f"training loss became {mean} (precision {rt.precision}): "
+            "try train.precision=fp32 or a lower train.lr"
+        )
+    return mean
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, name: str, epochs: int
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """The per-epoch learning-rate schedule named by `train.scheduler`."""
+    if name not in SCHEDULERS:
+        raise ConfigError(f"train.scheduler={name!r} is not one of {SCHEDULERS}")
+    if name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs, 1))
+    if name == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(epochs // 3, 1), gamma=0.1)
+    return None
+
+
+def train_model(cfg: DictConfig, name: str) -> dict[str, Any]:
+    """Train model `name` of the suite for `cfg.run_id`; returns its metrics (run it through the
+    stage frame, pipeline.run.state.run_stage, which skips it when done and marks it done)."""
+    run = run_store(cfg)
+    stage = train_stage(name)
+    spec = model_specs(cfg)[name]
+    tcfg = spec.train
+    target, num_classes = task_target(str(spec.task))
+    augment = BatchAugment.from_config(tcfg.augment)
+    loss_fn = build_loss(
+        dict(tcfg.loss),
+        num_classes=num_classes,
+        label_smoothing=float(tcfg.label_smoothing),
+        focal_gamma=float(tcfg.focal_gamma),
+    )
+    patience = check_patience(tcfg.get("early_stopping_patience"))
+    age_bands(tcfg.get("drop_ages"))  # refused now rather than after decoding
+    seed = model_seed(int(cfg.seed), name)
+    torch.manual_seed(seed)
+    rt = setup_runtime(cfg)
+    if tcfg.get("compile"):
+        require_compiler(rt.device)  # before any data is decoded or any step is taken
+    size = list(cfg.train.image_size)
+
+    parts = select_rows(read_index(run), spec)
+    for split, rows in parts.items():
+        if len(rows) < 2:
+            raise DataError(
+                f"model {name!r} has {len(rows)} {split} images in run {cfg.run_id} "
+                "(after mask_groups / drop_ages); need at least 2"
+            )
+    t0 = time.time()
+    placement = plan_placement(
+        image_bytes(sum(len(rows) for rows in parts.values()), size),
+        rt.device,
+        float(tcfg.gpu_memory_budget),
+    )
+    images = {
+        s: load_resident(
+            run,
+            rows["image_id"].tolist(),
+            rows["shard"].tolist(),
+            size,
+            device=rt.device,
+            threads=rt.threads,
+            placement=placement,
+        )
+        for s, rows in parts.items()
+    }
+    log.info(
+        "%s: decoded %d images at %s in %.1f s (%s, %s, images in %s memory)",
+        stage,
+        sum(len(v) for v in images.values()),
+        size,
+        time.time() - t0,
+        rt.device,
+        rt.precision,
+        placement,
+    )
+    targets = torch.tensor(parts["train"][target].to_numpy(), dtype=torch.long)
+    val_targets = parts["val"][target].to_numpy()
+
+    model = build_model(spec, num_classes).to(rt.device, memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(
+        [p for p in model.parameters() if p.requires_grad],
+        lr=float(tcfg.lr),
+        weight_decay=float(tcfg.weight_decay),
+        fused=True,  # one kernel for all parameters instead of a dozen per tensor
+    )
+    if cfg.train.precision == "auto":
+        rt = probe_precision(model, input_shape(size, tcfg.center_crop), rt)
+    epochs = int(cfg.train.epochs)
+    scheduler = make_scheduler(optimizer, str(tcfg.scheduler), epochs)
+    generator = torch.Generator().manual_seed(seed)
+    history: list[dict[str, Any]] = []
+    state = resume_state(run, name)
+    if state:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state.get("scheduler"):
+            scheduler.load_state_dict(state["scheduler"])
+        generator.set_state(state["generator"])
+        history = state["history"]
+        log.info("%s: resuming after epoch %d", stage, state["epoch"])
+    best_f1 = max((h["val_macro_f1"] for h in history), default=-1.0)
+
+    # torch.compile: faster steps after 20-70 s of compiling; the checkpoints keep plain keys
+    # because they are saved from `model`, which shares its parameters with `step_model`.
+    step_model = torch.compile(model) if tcfg.get("compile") else model
+    # fp16 (GPUs without bf16): the loss scale found in one epoch carries over to the next, and
+    # across a resume (it is saved in last.pt).
+    scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.precision == "fp16")
+    if state and state.get("scaler") and scaler.is_enabled():
+        scaler.load_state_dict(state["scaler"])
+
+    tracker = Tracker(cfg, name, tracked_config(cfg, spec))
+    try:
+        for epoch in range(len(history) + 1, epochs + 1):
+            t0 = time.time()
+            loss = train_one_epoch(
+                step_model,
+                optimizer,
+                images["train"],
+                targets,
+                rt=rt,
+                train_cfg=tcfg,
+                num_classes=num_classes,
+                augment=augment,
+                loss_fn=loss_fn,
+                generator=generator,
+                scaler=scaler,
+                task=str(spec.task),
+            )
+            seconds = time.time() - t0
+            if scheduler is not None:
+                scheduler.step()
+            # the best epoch is chosen with the predictor that is shipped: test-time flip and
+            # centre crop as predict uses them, so history[best] is the reported val score
+            probs = predict_for_spec(model, images["val"], rt, spec)
+            preds = probs.argmax(axis=1)
+            f1 = macro_f1(val_targets, preds, num_classes)
+            history.append(
+                {
+                    "epoch": epoch,
+                    "loss": round(loss, 5),
+                    "val_macro_f1": round(f1, 5),
+                    "val_accuracy": round(float(np.mean(preds == val_targets)), 5),
+                    "seconds": round(seconds, 2),
+                    "images_per_s": round(len(targets) / seconds, 1),
+                }
+            )
+            log.info("%s epoch %d/%d: %s", stage, epoch, epochs, history[-1])
+            tracker.log({k: v for k, v in history[-1].items() if k != "epoch"}, step=epoch)
+            if f1 > best_f1:
+                best_f1 = f1
+                save_torch(run, checkpoint_key(name), model.state_dict())
+            save_torch(
+                run,
+                model_key(name, "last.pt"),
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                    "generator": generator.get_state(),
+                    "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+                    "epoch": epoch,
+                    "history": history,
+                },
+            )
+            best_epoch = max(history, key=lambda h: h["val_macro_f1"])["epoch"]
+            if patience is not None and epoch - best_epoch >= patience:
+                log.info("%s: no val improvement for %d epochs, stopping", stage, patience)
+                break
+
+        metrics = final_metrics(
+            cfg, rt, run, name, spec, num_classes, images["val"], val_targets, history
+        )
+        tracker.summary(
+            {
+                "val_macro_f1": metrics["val"]["macro_f1"],
+                "val_accuracy": metrics["val"]["accuracy"],
+            },
+            confusion=metrics["val"]["confusion"],
+        )
+    finally:
+        tracker.finish()
+    run.write_json(model_key(name, "metrics.json"), metrics)
+    return metrics
+
+
+def final_metrics(
+    cfg: DictConfig,
+    rt: Runtime,
+    run: Store,
+    name: str,
+    spec: DictConfig,
+    num_classes: int,
+    val_images: torch.Tensor | ResidentImages,
+    val_targets: np.ndarray,
+    history: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """Val metrics of the best checkpoint (as predict will use it) plus the training history."""
+    model = model_from_checkpoint(spec, num_classes, load_torch(run, checkpoint_key(name)))
+    model.to(rt.device, memory_format=torch.channels_last)
+    probs = predict_for_spec(for_inference(model), val_images, rt, spec)
+    best = max(history, key=lambda h: h["val_macro_f1"])
+    return {
+        "model": name,
+        "arch": str(spec.arch),
+        "task": str(spec.task),
+        "mask_groups": list(spec.mask_groups) if spec.get("mask_groups") else None,
+        "image_size": list(cfg.train.image_size),
+        "precision": rt.precision,
+        "device": str(rt.device),
+        "epochs_trained": len(history),
+        "best_epoch": best["epoch"],
+        "val": classification_metrics(val_targets, probs.argmax(axis=1), num_classes),
+        "history": history,
+    }
+
+
+def resume_state(run: Store, name: str) -> dict[str, Any] | None:
+    """The last epoch's training state of model `name`, or None to start from scratch.
+
+    When `last.pt` or the best `checkpoint.pt` beside it cannot be loaded with weights_only
+    (corrupt, truncated, missing parts, or holding anything but tensors and plain data), a warning
+    names the file and training restarts from scratch, rewriting both. Storage errors propagate:
+    an unreachable store is not a reason to throw progress away.
+    """
+    key = model_key(name, "last.pt")
+    if not run.exists(key):
+        return None
+    needed = ("model", "optimizer", "generator", "epoch", "history")
+
+    def usable(key: str, check: Callable[[Any], None] = lambda _: None) -> Any | None:
+        """`key` loaded (and checked), or None with a warning when it cannot be used."""
+        try:
+            state = load_torch(run, key)
+            check(state)
+            return state
+        except StoreKeyNotFound:
+            log.warning("%s is missing: training model %s from scratch", run.uri_of(key), name)
+        except StoreError:
+            raise
+        except Exception as e:  # torch.load raises many types for corrupt or unsafe files
+            reason = (str(e).strip().splitlines() or [""])[0][:200]
+            log.warning(
+                "%s is unusable (%s: %s): training model %s from scratch",
+                run.uri_of(key),
+                type(e).__name__,
+                reason,
+                name,
+            )
+        return None
+
+    def training_state(state: Any) -> None:
+        if not isinstance(state, dict) or not set(needed) <= set(state):
+            raise ValueError(f"not a training state with {', '.join(needed)}")
+
+    state = usable(key, training_state)
+    if state is None or usable(checkpoint_key(name)) is None:
+        return None
+    return state

@@ -1,0 +1,99 @@
+"""Where each file of a run lives: the run's layout, written once. Every module that reads or
+writes a run's file takes its key from here.
+
+    <store.root>/latest.json              the last run whose vote succeeded (moved last)
+    <store.root>/runs/<run_id>/
+        manifest.json                     config, code version, creation time, final state
+        fingerprint.json                  the data fingerprint of the run's inputs and config
+        scheduler.json                    what cluster launchers submitted: job ids and logs
+        stages/<stage>.json               a stage's done marker, written last by its frame
+        jobs/<stage>.json                 the job working on a stage not yet done: running,
+                                          requeued, failed (with the error) or cancelled
+        index.parquet                     every usable image, its labels and split (prepare)
+        bad_inputs.csv                    every unusable input and why (prepare)
+        shards/<split>-NNNNN.parquet      the checked image bytes (prepare)
+        models/<name>/checkpoint.pt       the best weights, a plain state dict (train)
+        models/<name>/last.pt             the training state after the last epoch (train)
+        models/<name>/metrics.json        history and validation scores (train)
+        predictions/models/<name>/{val,eval}.parquet       each model's answers (predict)
+        predictions/candidates/<name>/{val,eval}.parquet   each candidate's answers (vote)
+        predictions/vote/{val,eval}.parquet                the vote's answers (vote)
+        vote.json                         candidates ranked, members, scores (vote)
+        submission.csv                    ImageID,ans for the eval images (vote)
+        report/index.html                 the run's report (vote)
+
+A stage is done when its marker exists; the frame around every stage (pipeline/run/state.py
+`run_stage`) skips a done stage, so running it again is a no-op.
+"""
+
+from __future__ import annotations
+
+from pipeline.storage.store import join_key
+
+#: Names of the stages (their markers: stages/<name>.json); train and predict are per model.
+PREPARE_STAGE = "prepare"
+VOTE_STAGE = "vote"
+LATEST_KEY = "latest.json"
+#: Folder of the store holding one folder per run.
+RUNS = "runs"
+MANIFEST_KEY = "manifest.json"
+FINGERPRINT_KEY = "fingerprint.json"
+SCHEDULER_KEY = "scheduler.json"
+INDEX_KEY = "index.parquet"
+BAD_INPUTS_KEY = "bad_inputs.csv"
+VOTE_KEY = "vote.json"
+SUBMISSION_KEY = "submission.csv"
+REPORT_KEY = "report/index.html"
+#: Folder of a run holding every answer file (one dataset).
+ANSWERS_DIR = "predictions"
+ANSWER_KINDS = ("model", "candidate", "vote")
+
+
+def run_key(run_id: str) -> str:
+    """Key of a run's folder under the store root."""
+    return join_key(RUNS, run_id)
+
+
+def stage_key(stage: str) -> str:
+    """Key of a stage's completion marker inside the run."""
+    return join_key("stages", f"{stage}.json")
+
+
+def job_state_key(stage: str) -> str:
+    """Key of the record of the job working on `stage` (state, job id, log, error)."""
+    return join_key("jobs", f"{stage}.json")
+
+
+def model_key(name: str, filename: str) -> str:
+    """Key of a file of model `name` in the run (checkpoint.pt, last.pt, metrics.json)."""
+    return join_key("models", name, filename)
+
+
+def checkpoint_key(name: str) -> str:
+    """Key of a model's best checkpoint (a state dict) in the run."""
+    return model_key(name, "checkpoint.pt")
+
+
+def answers_key(kind: str, name: str, split: str) -> str:
+    """Key of an answers file in a run: predictions/{models,candidates}/<name>/<split>.parquet,
+    predictions/vote/<split>.parquet."""
+    if kind == "vote":
+        return join_key(ANSWERS_DIR, "vote", f"{split}.parquet")
+    if kind not in ANSWER_KINDS:
+        raise ValueError(f"kind {kind!r} is not one of {ANSWER_KINDS}")
+    return join_key(ANSWERS_DIR, f"{kind}s", name, f"{split}.parquet")
+
+
+def prediction_key(name: str, split: str) -> str:
+    """Key of a model's predictions for a split in the run."""
+    return answers_key("model", name, split)
+
+
+def train_stage(model: str) -> str:
+    """Name of the stage that trains `model`."""
+    return f"train-{model}"
+
+
+def predict_stage(model: str) -> str:
+    """Name of the stage that predicts with `model`."""
+    return f"predict-{model}"
