@@ -39,9 +39,13 @@ demo: $(STAMP)
 	  $(BIN)/python -m pipeline.synth $(DEMO_DATA) --people $(DEMO_PEOPLE) --eval-people $(DEMO_EVAL) --seed 0
 	$(BIN)/python -m pipeline.launch $(DEMO_FLAGS) data.root=$(DEMO_DATA) $(DEMO_OVERRIDES)
 
+# Style, the architecture's contracts (layers, independent stages and executors, a pure domain:
+# [tool.importlinter] in pyproject.toml) and the type check of pipeline/ ([tool.mypy]).
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 test: lint lint-deploy browser image
 	MASKSUITE_IMAGE=$(IMAGE) $(BIN)/python -m pytest

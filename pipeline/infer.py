@@ -1,4 +1,6 @@
-"""`python -m pipeline.infer`: Classify new photos with a finished run (the command is pipeline.commands.infer)."""
+"""`python -m pipeline.infer`: classify new photos with a finished run.
+
+The command lives in pipeline.commands.infer; this module keeps the documented name."""
 
 from pipeline.commands.infer import main
 

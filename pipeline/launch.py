@@ -1,4 +1,6 @@
-"""`python -m pipeline.launch`: Run a suite (the command is pipeline.commands.launch)."""
+"""`python -m pipeline.launch`: run a suite.
+
+The command lives in pipeline.commands.launch; this module keeps the documented name."""
 
 from pipeline.commands.launch import main
 

@@ -1,4 +1,6 @@
-"""`python -m pipeline.pull`: Copy a run's outputs to a local folder (the command is pipeline.commands.pull)."""
+"""`python -m pipeline.pull`: copy a run's outputs to a local folder.
+
+The command lives in pipeline.commands.pull; this module keeps the documented name."""
 
 from pipeline.commands.pull import main
 

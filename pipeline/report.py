@@ -1,4 +1,6 @@
-"""`python -m pipeline.report`: (Re)write a finished run's report (the command is pipeline.commands.report)."""
+"""`python -m pipeline.report`: (re)write a finished run's report.
+
+The command lives in pipeline.commands.report; this module keeps the documented name."""
 
 from pipeline.commands.report import main
 

@@ -1,4 +1,6 @@
-"""`python -m pipeline.results`: The results table of a finished run (the command is pipeline.commands.results)."""
+"""`python -m pipeline.results`: the results table of a finished run.
+
+The command lives in pipeline.commands.results; this module keeps the documented name."""
 
 from pipeline.commands.results import main
 

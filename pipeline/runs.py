@@ -1,4 +1,6 @@
-"""`python -m pipeline.runs`: Look at and manage runs (the command is pipeline.commands.runs)."""
+"""`python -m pipeline.runs`: look at and manage runs.
+
+The command lives in pipeline.commands.runs; this module keeps the documented name."""
 
 from pipeline.commands.runs import main
 

@@ -1,4 +1,6 @@
-"""`python -m pipeline.synth`: Generate a dataset in the competition's layout (the command is pipeline.domain.synth)."""
+"""`python -m pipeline.synth`: generate a dataset in the competition's layout.
+
+The command lives in pipeline.domain.synth; this module keeps the documented name."""
 
 from pipeline.domain.synth import main
 

@@ -183,7 +183,7 @@ def test_storage_lost_mid_prepare_fails_clearly_leaves_nothing_partial_and_a_rer
     monkeypatch.setattr(S3Store, "write_bytes", write_then_die)
     caplog.set_level(logging.DEBUG, logger="botocore.retries.standard")
     with pytest.raises(StoreError) as info:
-        prepare(cfg)
+        run_job_stages(cfg, "prepare")  # in the stage frame, as a job runs it
     message = str(info.value)
     assert f"cannot write s3://{bucket}/store/runs/lost/{written[1]}" in message
     assert "tried 3 times" in message and "check AWS_ENDPOINT_URL" in message
@@ -204,7 +204,7 @@ def test_storage_lost_mid_prepare_fails_clearly_leaves_nothing_partial_and_a_rer
             assert read_shard(run, key)  # every visible object is whole
 
     # A rerun of the same run completes and packs every image.
-    summary = prepare(cfg)
+    (summary,) = run_job_stages(cfg, "prepare")
     index = pd.read_parquet(io.BytesIO(run.read_bytes("index.parquet")))
     listed = len(pd.read_csv(tiny_dataset / "eval" / "info.csv"))
     people = len(list((tiny_dataset / "train" / "images").iterdir()))

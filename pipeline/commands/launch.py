@@ -1,15 +1,17 @@
 """`python -m pipeline.launch [--cluster local|slurm|k8s] [options] [hydra overrides]`: run a suite.
 
-The stage graph is prepare → (train, predict) for each model of the suite → vote.
-- local: runs it in this process, one stage after another;
-- slurm: submits it with submitit (pipeline/orchestration/slurm.py) and returns, or follows it with --wait;
-- k8s:   creates Kubernetes Jobs with the official client (pipeline/orchestration/k8s.py) and follows them;
+The stage graph (pipeline/orchestration/graph.py) is prepare → (train, predict) for each model of
+the suite → vote. Where it runs:
+- local: in this process, one stage after another (orchestration/local.py);
+- slurm: submitted with submitit (orchestration/slurm.py); returns, or follows it with --wait;
+- k8s:   as Kubernetes Jobs, with the official client (orchestration/k8s.py), followed;
          --dry-run prints a launcher Job that does this in the cluster (for kubectl apply -f -),
          --show-jobs the stage Jobs it would create.
 Every stage is a no-op when already done, so `--resume RUN_ID` finishes a partial run.
-A new run first compares the data fingerprint (pipeline/run/fingerprint.py) with the latest successful
-run's: unchanged inputs and configuration mean the launch is skipped (`--force` runs anyway). On
-Kubernetes, a run of the same inputs whose Jobs are still going is followed, not started twice.
+A new run first compares the data fingerprint (pipeline/run/fingerprint.py) with the latest
+successful run's: unchanged inputs and configuration mean the launch is skipped (`--force` runs
+anyway). On Kubernetes, a run of the same inputs whose Jobs are still going is followed, not
+started twice.
 """
 
 from __future__ import annotations

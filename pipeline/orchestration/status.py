@@ -1,7 +1,7 @@
 """What a run is doing: every stage's state, job and log (`python -m pipeline.runs status|cancel`).
 
 A stage's state comes from three places, most certain first:
-1. its done marker `stages/<stage>.json` (pipeline/run/state.py) — then it is done, whatever else says;
+1. its done marker `stages/<stage>.json` (run/state.py) — then it is done, whatever else says;
 2. the scheduler's queue (e.g. Slurm's squeue) for the job a launcher submitted for it, as recorded
    in the run's `scheduler.json` — pending, running, or gone;
 3. the record the job itself wrote in `jobs/<stage>.json` — running, requeued, failed with the
@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.core.config import model_specs
 from pipeline.core.errors import ConfigError
-from pipeline.orchestration.graph import stage_graph
+from pipeline.orchestration import graph
 from pipeline.run.state import read_stage_state, record_stage_state, run_store, stage_done
 from pipeline.storage.run_layout import SCHEDULER_KEY, stage_key
 from pipeline.storage.store import Store
@@ -85,7 +85,7 @@ class RunStatus:
 
 def stage_plan(models: list[str]) -> list[tuple[str, list[str]]]:
     """Stages of a run in order, each with the stages it needs (the stage graph's)."""
-    return [(stage.name, list(stage.needs)) for stage in stage_graph(models)]
+    return [(stage.name, list(stage.needs)) for stage in graph.stage_graph(models)]
 
 
 def read_submissions(run: Store) -> list[dict[str, Any]]:
@@ -105,7 +105,10 @@ def run_models(run: Store, submissions: list[dict[str, Any]]) -> list[str]:
     if submissions:
         return list(submissions[-1]["models"])
     if run.exists("manifest.json"):
-        return list(model_specs(OmegaConf.create(run.read_json("manifest.json")["config"])))
+        manifest = run.read_json("manifest.json")
+        if "models" in manifest:  # in the suite's order
+            return list(manifest["models"])
+        return list(model_specs(OmegaConf.create(manifest["config"])))  # an older run's
     raise ConfigError(
         f"run {run.uri} has neither a manifest nor a launch record: check the run id and store.root"
     )

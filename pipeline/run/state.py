@@ -1,5 +1,5 @@
 """A run's identity and state: its id and store, the stage markers and job records, the manifest,
-and the frame every stage runs in (`run_stage`). Where each file lives: pipeline/storage/run_layout.py.
+and the frame every stage runs in (`run_stage`). Where each file lives: storage/run_layout.py.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 import pipeline
+from pipeline.core.config import model_specs
 from pipeline.core.errors import ConfigError, PipelineError, StageFailed, StoreKeyNotFound
 from pipeline.storage.run_layout import INDEX_KEY, job_state_key, stage_key
 from pipeline.storage.store import Store, join_key, open_store
@@ -129,6 +130,8 @@ def write_manifest(cfg: DictConfig) -> None:
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "code_version": code_version(),
         "config": config,
+        # the suite's models in the suite's order (the JSON of `config` has its keys sorted)
+        "models": list(model_specs(cfg)),
         "config_sha256": hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest(),
         # written by the launcher (pipeline/run/fingerprint.py); None for a stage run by hand
         "data_fingerprint": run.read_json("fingerprint.json")

@@ -1,0 +1,208 @@
+"""The architecture the tree shows, kept by tests: one stage graph that every executor reads, one
+frame around every stage, and no import cycle. (The layer contracts and the type check run in
+`make lint`: `lint-imports` and `mypy`, configured in pyproject.toml.)
+
+The stage functions are replaced by quick fakes here: what is tested is who runs which stage in
+which order, not the training (the slow tests run the real stages through the same graph)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import grimp
+import pytest
+from omegaconf import DictConfig
+
+from pipeline.core.config import load_config
+from pipeline.core.errors import DataError
+from pipeline.orchestration import graph, k8s, local, status
+from pipeline.orchestration.graph import KINDS, Stage, job_groups, job_stages, suite_graph
+from pipeline.orchestration.slurm import StageJob
+from pipeline.run.state import read_stage_state, run_stage, run_store, stage_done, write_manifest
+from pipeline.storage.run_layout import VOTE_KEY
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def seed_cfg(tmp_path: Path, *overrides: str) -> DictConfig:
+    return load_config(["suite=seed", f"store.root={tmp_path / 'store'}", "run_id=r1", *overrides])
+
+
+@pytest.fixture
+def fake_stages(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Replace the four stage functions the graph calls with fakes that log their calls."""
+    calls: list[str] = []
+
+    def prepare(cfg: DictConfig) -> dict[str, Any]:
+        calls.append("prepare")
+        return {"images": {"train": 1}}
+
+    def train_model(cfg: DictConfig, name: str) -> dict[str, Any]:
+        calls.append(f"train-{name}")
+        return {"val": {"macro_f1": 0.5}}
+
+    def predict_model(cfg: DictConfig, name: str) -> dict[str, int]:
+        calls.append(f"predict-{name}")
+        return {"val": 1, "eval": 1}
+
+    def vote(cfg: DictConfig) -> dict[str, Any]:
+        calls.append("vote")
+        result = {"members": ["single"], "candidates": []}
+        run_store(cfg).write_json(VOTE_KEY, result)
+        return result
+
+    for name, fake in [("prepare", prepare), ("train_model", train_model),
+                       ("predict_model", predict_model), ("vote", vote)]:  # fmt: skip
+        monkeypatch.setattr(graph, name, fake)
+    monkeypatch.setattr(graph, "_publish", lambda cfg: calls.append("publish"))
+    return calls
+
+
+def test_the_graph_is_prepare_then_train_and_predict_per_model_then_vote(tmp_path: Path) -> None:
+    cfg = seed_cfg(tmp_path)
+    stages = suite_graph(cfg)
+    models = list(cfg.suite.models)
+    assert [s.name for s in stages] == [
+        "prepare", *[f"{step}-{m}" for m in models for step in ("train", "predict")], "vote"
+    ]  # fmt: skip
+    done: set[str] = set()
+    for stage in stages:  # an order that respects `needs`, and only known stages are needed
+        assert set(stage.needs) <= done, stage
+        done.add(stage.name)
+    assert {s.kind for s in stages} == set(KINDS)
+    assert next(s for s in stages if s.name == "vote").needs == tuple(
+        f"predict-{m}" for m in models
+    )
+
+
+def test_the_local_executor_runs_every_stage_of_the_graph_in_order(
+    tmp_path: Path, fake_stages: list[str]
+) -> None:
+    cfg = seed_cfg(tmp_path)
+    assert local.run_local(cfg)["members"] == ["single"]
+    names = [s.name for s in suite_graph(cfg)]
+    assert fake_stages == [*names, "publish"]
+    run = run_store(cfg)
+    assert all(stage_done(run, n) for n in names)
+    marker = run.read_json("stages/train-single.json")
+    assert marker["model"] == "single" and marker["val_macro_f1"] == 0.5
+    assert run.read_json("stages/predict-single.json")["images"] == {"val": 1, "eval": 1}
+
+    fake_stages.clear()  # again: every stage is done; only the vote's publish runs again
+    local.run_local(cfg)
+    assert fake_stages == ["publish"]
+
+
+def test_slurm_jobs_kubernetes_jobs_job_entry_points_and_status_read_the_same_graph(
+    tmp_path: Path, fake_stages: list[str]
+) -> None:
+    cfg = seed_cfg(tmp_path)
+    stages = suite_graph(cfg)
+    names = [s.name for s in stages]
+    # Slurm: one StageJob per group of the graph; together they run each stage exactly once.
+    slurm_jobs = [StageJob({}, kind, model) for kind in KINDS for model in job_groups(stages, kind)]
+    assert [s.name for job in slurm_jobs for s in job.stages(cfg)] == names
+    # Kubernetes: one Job per kind, in order, whose pod runs `python -m jobs.<kind>` ...
+    on_s3 = ["store.root=s3://bucket/store", "data.root=s3://bucket/data"]
+    jobs = k8s.render_jobs(load_config(["suite=seed", "run_id=r1", *on_s3]))
+    commands = [j["spec"]["template"]["spec"]["containers"][0]["command"][:3] for j in jobs]
+    assert commands == [["python", "-m", f"jobs.{kind}"] for kind in KINDS]
+    assert jobs[1]["spec"]["completions"] == len(cfg.suite.models)  # the model kind, indexed
+    # ... and `jobs.<kind>` runs that kind's stages (the model pod: its index's model).
+    by_job = [s.name for s in job_stages(cfg, "prepare")]
+    for index in range(len(cfg.suite.models)):
+        pod_cfg = seed_cfg(tmp_path)
+        graph_env = {"JOB_COMPLETION_INDEX": str(index)}
+        pod_cfg.model_name = graph.indexed_model(pod_cfg, graph_env)
+        by_job += [s.name for s in job_stages(pod_cfg, "model")]
+    by_job += [s.name for s in job_stages(cfg, "vote")]
+    assert by_job == names
+    # Status lists the graph's stages with what each needs.
+    write_manifest(cfg)
+    shown = status.run_status(cfg)
+    assert [s.stage for s in shown.stages] == names
+    assert status.stage_plan(list(cfg.suite.models)) == [(s.name, list(s.needs)) for s in stages]
+
+
+def test_a_stage_added_to_the_graph_is_run_and_shown_by_every_executor(
+    tmp_path: Path, fake_stages: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Adding a stage is one entry in `stage_graph` (plus its function): nothing else changes."""
+    original = graph.stage_graph
+
+    def audit(cfg: DictConfig) -> dict[str, Any]:
+        fake_stages.append("audit")
+        return {"checked": True}
+
+    def with_audit(models: Any) -> list[Stage]:
+        return [*original(models), Stage("audit", ("vote",), audit, "vote", "audit")]
+
+    monkeypatch.setattr(graph, "stage_graph", with_audit)
+    cfg = seed_cfg(tmp_path, "suite=single")
+    local.run_local(cfg)
+    assert fake_stages[-2:] == ["publish", "audit"]
+    write_manifest(cfg)  # (the fake prepare writes none)
+    assert run_store(cfg).read_json("stages/audit.json")["checked"] is True
+    assert [s.name for s in StageJob({}, "vote").stages(cfg)] == ["vote", "audit"]
+    assert [s.name for s in job_stages(cfg, "vote")] == ["vote", "audit"]
+    assert [s.stage for s in status.run_status(cfg).stages][-1] == "audit"
+
+
+def test_the_stage_frame_skips_done_stages_marks_them_last_and_records_failures(
+    tmp_path: Path,
+) -> None:
+    run = run_store(seed_cfg(tmp_path))
+
+    def broken() -> dict[str, Any]:
+        raise DataError("shard train-00003 is truncated")
+
+    with pytest.raises(DataError):
+        run_stage(run, "train-x", broken, where={"job_id": "42"})
+    record = read_stage_state(run, "train-x")
+    assert record is not None and record["state"] == "failed" and record["job_id"] == "42"
+    assert record["error"] == "DataError: shard train-00003 is truncated"
+    assert not stage_done(run, "train-x")  # a failed stage has no marker
+
+    with pytest.raises(DataError):  # a requeued Slurm job's exception is not a failure
+        run_stage(run, "predict-x", broken, record_failure=lambda: False)
+    assert read_stage_state(run, "predict-x")["state"] == "running"
+
+    assert run_stage(run, "train-x", lambda: {"model": "x"})["model"] == "x"
+    marker = run.read_json("stages/train-x.json")
+    assert marker["state"] == "done" and marker["model"] == "x" and marker["seconds"] >= 0
+    assert run_stage(run, "train-x", broken)["model"] == "x"  # done: not run again
+
+
+def test_no_import_cycle_in_the_package() -> None:
+    """Layers forbid upward imports between packages; this catches a cycle inside one too."""
+    g = grimp.build_graph("pipeline")
+    cycles = sorted(
+        (a, b)
+        for a in g.modules
+        for b in g.find_modules_directly_imported_by(a)
+        if a < b and g.chain_exists(importer=b, imported=a)
+    )
+    assert cycles == []
+
+
+def test_the_layer_contracts_hold_and_catch_an_upward_import(tmp_path: Path) -> None:
+    """`lint-imports` passes on the tree, and fails on a copy where the domain imports torch
+    and a stage imports another stage: the contracts can fail."""
+    lint = [str(Path(sys.executable).with_name("lint-imports")), "--no-cache"]
+    assert subprocess.run(lint, cwd=REPO, capture_output=True, text=True).returncode == 0
+    copy = tmp_path / "repo"
+    copy.mkdir()
+    subprocess.run(["cp", "-r", str(REPO / "pipeline"), str(REPO / "pyproject.toml"), str(copy)],
+                   check=True)  # fmt: skip
+    labels = copy / "pipeline" / "domain" / "labels.py"
+    labels.write_text(labels.read_text() + "\nimport torch  # noqa\n")
+    vote = copy / "pipeline" / "stages" / "vote.py"
+    vote.write_text(vote.read_text() + "\nfrom pipeline.stages import prepare  # noqa\n")
+    broken = subprocess.run(lint, cwd=copy, capture_output=True, text=True,
+                            env={"PYTHONPATH": str(copy), "PATH": "/usr/bin:/bin"})  # fmt: skip
+    assert broken.returncode == 1, broken.stdout
+    assert "pipeline.domain.labels -> torch" in broken.stdout
+    assert "pipeline.stages.vote -> pipeline.stages.prepare" in broken.stdout
