@@ -11,6 +11,7 @@ import contextlib
 import io
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -25,7 +26,8 @@ import torch
 from omegaconf import DictConfig
 
 from pipeline.core.errors import StageFailed, StoreError
-from pipeline.ml.checkpoints import load_checkpoint, save_torch
+from pipeline.ml.checkpoints import load_checkpoint, load_torch, save_torch
+from pipeline.ml.training_state import TrainingState
 from pipeline.orchestration.graph import run_job_stages
 from pipeline.run.state import run_store
 from pipeline.stages.predict import predict_model
@@ -373,8 +375,87 @@ def test_resume_state_accepts_a_whole_state(tmp_path: Path) -> None:
     assert resume_state(run, "m") is None  # nothing saved yet: from scratch, silently
     state = write_state(run)
     resumed = resume_state(run, "m")
-    assert resumed is not None and resumed["epoch"] == 1
-    assert torch.equal(resumed["model"]["weight"], state["model"]["weight"])
+    assert resumed is not None and resumed.epoch == 1
+    assert torch.equal(resumed.model["weight"], state["model"]["weight"])
+    assert resumed.scheduler is None and resumed.scaler is None  # "scaler" absent: None
+
+
+def full_state(epochs: int = 2) -> TrainingState:
+    """A training state with every part: scheduler and fp16 loss scaler included."""
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.Adam(model.parameters())
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=5)
+    model(torch.ones(4, 3)).sum().backward()
+    opt.step()
+    scheduler.step()
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    history = [{"epoch": e, "loss": 1.0 / e, "val_macro_f1": 0.1 * e} for e in range(1, epochs + 1)]
+    return TrainingState(
+        epoch=epochs,
+        model=model.state_dict(),
+        optimizer=opt.state_dict(),
+        generator=torch.Generator().manual_seed(3).get_state(),
+        history=history,
+        scheduler=scheduler.state_dict(),
+        scaler=scaler.state_dict(),
+    )
+
+
+def test_training_state_round_trips_through_a_weights_only_file(tmp_path: Path) -> None:
+    run = LocalStore(tmp_path)
+    state = full_state()
+    save_torch(run, "models/m/last.pt", state.to_dict())
+    on_disk = torch.load(tmp_path / "models/m/last.pt", weights_only=True)
+    assert list(on_disk) == [
+        "model", "optimizer", "scheduler", "generator", "scaler", "epoch", "history"
+    ]  # fmt: skip
+    back = TrainingState.from_dict(load_torch(run, "models/m/last.pt"))
+    assert (back.epoch, back.history) == (state.epoch, state.history)
+    assert back.model.keys() == state.model.keys()
+    assert all(torch.equal(back.model[k], v) for k, v in state.model.items())
+    assert torch.equal(back.generator, state.generator)
+    assert back.scheduler == state.scheduler and back.scaler == state.scaler
+    assert back.optimizer["param_groups"] == state.optimizer["param_groups"]
+    moments = [s.optimizer["state"][0]["exp_avg"] for s in (back, state)]
+    assert torch.equal(*moments)
+
+
+@pytest.mark.parametrize("missing", TrainingState.REQUIRED)
+def test_a_last_pt_missing_a_part_is_refused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, missing: str
+) -> None:
+    run = LocalStore(tmp_path)
+    write_state(run)
+    state = full_state(epochs=1).to_dict()
+    del state[missing]
+    with pytest.raises(ValueError, match="not a training state with model, optimizer, generator"):
+        TrainingState.from_dict(state)
+    save_torch(run, "models/m/last.pt", state)
+    with caplog.at_level(logging.WARNING, logger="pipeline.stages.train"):
+        assert resume_state(run, "m") is None
+    assert f"{tmp_path}/models/m/last.pt is unusable (ValueError: not a training state" in (
+        caplog.text
+    )
+    assert "training model m from scratch" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"epoch": "2"}, "epoch is a str, not a whole number"),
+        ({"epoch": True}, "epoch is a bool, not a whole number"),
+        ({"model": [1, 2]}, "model is a list, not a state dict"),
+        ({"generator": [0, 1]}, "generator is a list, not a tensor"),
+        ({"history": [1, 2]}, "history is a list, not a list of dicts"),
+        ({"scheduler": 5}, "scheduler is a int, not a state dict or None"),
+        ({"epoch": 3}, "epoch 3 but history of epochs [1, 2]"),
+        ({"history": [{"epoch": 1}, {"epoch": 2}]}, "an epoch of the history has no val_macro_f1"),
+    ],
+)
+def test_a_last_pt_with_a_wrong_part_is_refused(change: dict, problem: str) -> None:
+    state = {**full_state().to_dict(), **change}
+    with pytest.raises(ValueError, match=re.escape(f"not a training state: {problem}")):
+        TrainingState.from_dict(state)
 
 
 @pytest.mark.parametrize(

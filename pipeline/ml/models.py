@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import io
+from typing import cast
 
 import torch
 import torchvision
@@ -11,6 +11,7 @@ from torch import nn
 
 from pipeline.core.errors import ConfigError, StoreKeyNotFound
 from pipeline.domain.labels import MASK_NAMES, NUM_CLASSES
+from pipeline.ml.checkpoints import load_bytes
 from pipeline.storage.store import read_uri
 
 #: task → (index column holding the target, number of classes).
@@ -54,7 +55,7 @@ def read_weights(uri: str) -> dict[str, torch.Tensor]:
             "(path or s3:// URI), or null for random initialisation"
         ) from e
     try:
-        state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+        state = load_bytes(blob)
     except Exception as e:  # torch raises several types for a bad file
         raise ConfigError(f"model weights {uri} are not a readable state dict: {e}") from e
     if not isinstance(state, dict):
@@ -88,9 +89,14 @@ def model_from_checkpoint(
     spec: DictConfig, num_classes: int, state: dict[str, torch.Tensor]
 ) -> nn.Module:
     """Build `spec.arch` and load a checkpoint's full state dict (pretrained weights not read)."""
-    model = build_model(OmegaConf.merge(spec, {"weights": None}), num_classes)
+    model = build_model(cast(DictConfig, OmegaConf.merge(spec, {"weights": None})), num_classes)
     model.load_state_dict(state)
     return model
+
+
+def on_device(model: nn.Module, device: torch.device) -> nn.Module:
+    """`model` moved to `device` with its 4-d weights in channels_last memory format (in place)."""
+    return model.to(device).to(memory_format=torch.channels_last)
 
 
 def load_backbone(model: nn.Module, state: dict[str, torch.Tensor], uri: str) -> None:

@@ -7,6 +7,11 @@ cropped, augmented and normalised on the training device. Writes into the run:
     models/<name>/last.pt         model, optimizer, scheduler, fp16 loss scaler, epoch, history —
                                   a restarted job resumes from it
     models/<name>/metrics.json    best epoch's val metrics and the per-epoch history
+
+`train_model` reads as named steps, in the spirit of torchvision's classification reference:
+read_recipe (options, checked before any data) → setup (seed, device) → load_data → build (model,
+optimizer, precision, scheduler) → resume (last.pt) → per epoch fit_one_epoch, evaluate, save →
+final_metrics (the best checkpoint, as predict will use it).
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import pandas as pd
@@ -25,10 +31,10 @@ from omegaconf import DictConfig
 from torch import nn
 
 from pipeline.core.config import model_specs
-from pipeline.core.errors import ConfigError, DataError, StageFailed, StoreError, StoreKeyNotFound
+from pipeline.core.errors import ConfigError, DataError, StageFailed, StoreKeyNotFound
 from pipeline.domain.metrics import classification_metrics, macro_f1
 from pipeline.ml.augment import BatchAugment
-from pipeline.ml.checkpoints import load_torch, save_torch
+from pipeline.ml.checkpoints import UnusableCheckpoint, load_checked, load_torch, save_torch
 from pipeline.ml.device import Runtime, autocast, require_compiler, setup_runtime
 from pipeline.ml.inference import (
     for_inference,
@@ -44,6 +50,7 @@ from pipeline.ml.models import (
     frozen_modules,
     mask_group_codes,
     model_from_checkpoint,
+    on_device,
     task_target,
 )
 from pipeline.ml.resident import (
@@ -54,6 +61,7 @@ from pipeline.ml.resident import (
     plan_placement,
 )
 from pipeline.ml.tracking import Tracker, tracked_config
+from pipeline.ml.training_state import TrainingState
 from pipeline.run.state import read_index, run_store
 from pipeline.storage.run_layout import checkpoint_key, model_key, train_stage
 from pipeline.storage.store import Store
@@ -61,6 +69,10 @@ from pipeline.storage.store import Store
 log = logging.getLogger(__name__)
 
 SCHEDULERS = ("none", "cosine", "step")
+
+T = TypeVar("T")
+Images = torch.Tensor | ResidentImages
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def age_bands(value: Any) -> list[tuple[int, int]]:
@@ -136,14 +148,14 @@ def batch_order(
 def train_one_epoch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
-    images: torch.Tensor | ResidentImages,
+    images: Images,
     targets: torch.Tensor,
     *,
     rt: Runtime,
     train_cfg: DictConfig,
     num_classes: int,
     augment: BatchAugment,
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    loss_fn: LossFn,
     generator: torch.Generator,
     scaler: torch.amp.GradScaler | None = None,
     task: str | None = None,
@@ -202,11 +214,94 @@ def make_scheduler(
     return None
 
 
+@dataclass
+class Recipe:
+    """How model `name` trains: its spec's task, augmentation, loss and patience, and its seed."""
+
+    name: str
+    spec: DictConfig
+    target: str  # the index column it predicts
+    num_classes: int
+    augment: BatchAugment
+    loss_fn: LossFn
+    patience: int | None
+    seed: int
+
+
+@dataclass
+class Data:
+    """The model's decoded training and validation images and their targets."""
+
+    train: Images
+    targets: torch.Tensor
+    val: Images
+    val_targets: np.ndarray
+
+
+@dataclass
+class Trainer:
+    """The model and what trains it: made by `build`, restored by `resume`, saved by `save`."""
+
+    rt: Runtime  # device and precision (after the bf16 probe)
+    model: nn.Module
+    step_model: nn.Module  # `model`, or torch.compile's wrapper sharing its parameters
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
+    scaler: torch.amp.GradScaler
+    generator: torch.Generator  # batch orders and augmentations
+
+    def state(self, history: list[dict[str, Any]]) -> TrainingState:
+        """The training state after the last epoch of `history`, as last.pt keeps it."""
+        return TrainingState(
+            epoch=history[-1]["epoch"],
+            model=self.model.state_dict(),
+            optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict() if self.scheduler is not None else None,
+            generator=self.generator.get_state(),
+            scaler=self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            history=history,
+        )
+
+
 def train_model(cfg: DictConfig, name: str) -> dict[str, Any]:
     """Train model `name` of the suite for `cfg.run_id`; returns its metrics (run it through the
     stage frame, pipeline.run.state.run_stage, which skips it when done and marks it done)."""
     run = run_store(cfg)
     stage = train_stage(name)
+    recipe = read_recipe(cfg, name)
+    rt = setup(cfg, recipe)
+    data = load_data(cfg, run, recipe, rt)
+    trainer = build(cfg, recipe, rt)
+    history = resume(trainer, resume_state(run, name), stage)
+    best_f1 = max((h["val_macro_f1"] for h in history), default=-1.0)
+    epochs = int(cfg.train.epochs)
+    tracker = Tracker(cfg, name, tracked_config(cfg, recipe.spec))
+    try:
+        for epoch in range(len(history) + 1, epochs + 1):
+            loss, seconds = fit_one_epoch(trainer, data, recipe)
+            f1, accuracy = evaluate(trainer.model, data, trainer.rt, recipe)
+            history.append(epoch_record(epoch, loss, f1, accuracy, seconds, len(data.targets)))
+            log.info("%s epoch %d/%d: %s", stage, epoch, epochs, history[-1])
+            tracker.log({k: v for k, v in history[-1].items() if k != "epoch"}, step=epoch)
+            save(run, name, trainer, history, best=f1 > best_f1)
+            best_f1 = max(best_f1, f1)
+            if recipe.patience is not None and epochs_since_best(history) >= recipe.patience:
+                log.info("%s: no val improvement for %d epochs, stopping", stage, recipe.patience)
+                break
+        metrics = final_metrics(cfg, run, recipe, trainer.rt, data, history)
+        val = metrics["val"]
+        tracker.summary(
+            {"val_macro_f1": val["macro_f1"], "val_accuracy": val["accuracy"]},
+            confusion=val["confusion"],
+        )
+    finally:
+        tracker.finish()
+    run.write_json(model_key(name, "metrics.json"), metrics)
+    return metrics
+
+
+def read_recipe(cfg: DictConfig, name: str) -> Recipe:
+    """Reads model `name`'s spec and `cfg.seed`; ConfigError for a bad option, before any data."""
     spec = model_specs(cfg)[name]
     tcfg = spec.train
     target, num_classes = task_target(str(spec.task))
@@ -220,24 +315,28 @@ def train_model(cfg: DictConfig, name: str) -> dict[str, Any]:
     patience = check_patience(tcfg.get("early_stopping_patience"))
     age_bands(tcfg.get("drop_ages"))  # refused now rather than after decoding
     seed = model_seed(int(cfg.seed), name)
-    torch.manual_seed(seed)
-    rt = setup_runtime(cfg)
-    if tcfg.get("compile"):
-        require_compiler(rt.device)  # before any data is decoded or any step is taken
-    size = list(cfg.train.image_size)
+    return Recipe(name, spec, target, num_classes, augment, loss_fn, patience, seed)
 
-    parts = select_rows(read_index(run), spec)
-    for split, rows in parts.items():
-        if len(rows) < 2:
-            raise DataError(
-                f"model {name!r} has {len(rows)} {split} images in run {cfg.run_id} "
-                "(after mask_groups / drop_ages); need at least 2"
-            )
+
+def setup(cfg: DictConfig, recipe: Recipe) -> Runtime:
+    """Seeds torch's global RNG (weight init); picks device, precision and threads (cfg.train)."""
+    torch.manual_seed(recipe.seed)
+    rt = setup_runtime(cfg)
+    if recipe.spec.train.get("compile"):
+        require_compiler(rt.device)  # before any data is decoded or any step is taken
+    return rt
+
+
+def load_data(cfg: DictConfig, run: Store, recipe: Recipe, rt: Runtime) -> Data:
+    """Reads the run's index and decodes the model's train/val images at train.image_size, into
+    resident uint8 tensors on the device or in pinned host memory (train.gpu_memory_budget)."""
+    size = list(cfg.train.image_size)
+    parts = training_rows(cfg, run, recipe)
     t0 = time.time()
     placement = plan_placement(
         image_bytes(sum(len(rows) for rows in parts.values()), size),
         rt.device,
-        float(tcfg.gpu_memory_budget),
+        float(recipe.spec.train.gpu_memory_budget),
     )
     images = {
         s: load_resident(
@@ -253,7 +352,7 @@ def train_model(cfg: DictConfig, name: str) -> dict[str, Any]:
     }
     log.info(
         "%s: decoded %d images at %s in %.1f s (%s, %s, images in %s memory)",
-        stage,
+        train_stage(recipe.name),
         sum(len(v) for v in images.values()),
         size,
         time.time() - t0,
@@ -261,10 +360,31 @@ def train_model(cfg: DictConfig, name: str) -> dict[str, Any]:
         rt.precision,
         placement,
     )
-    targets = torch.tensor(parts["train"][target].to_numpy(), dtype=torch.long)
-    val_targets = parts["val"][target].to_numpy()
+    return Data(
+        train=images["train"],
+        targets=torch.tensor(parts["train"][recipe.target].to_numpy(), dtype=torch.long),
+        val=images["val"],
+        val_targets=parts["val"][recipe.target].to_numpy(),
+    )
 
-    model = build_model(spec, num_classes).to(rt.device, memory_format=torch.channels_last)
+
+def training_rows(cfg: DictConfig, run: Store, recipe: Recipe) -> dict[str, pd.DataFrame]:
+    """Reads the run's index; the model's train and val rows, DataError when either has < 2."""
+    parts = select_rows(read_index(run), recipe.spec)
+    for split, rows in parts.items():
+        if len(rows) < 2:
+            raise DataError(
+                f"model {recipe.name!r} has {len(rows)} {split} images in run {cfg.run_id} "
+                "(after mask_groups / drop_ages); need at least 2"
+            )
+    return parts
+
+
+def build(cfg: DictConfig, recipe: Recipe, rt: Runtime) -> Trainer:
+    """Builds the model (spec.arch, weights, freeze) on the device, Adam, the precision it trains
+    in (train.precision=auto probes CPU bf16), the scheduler, generator and fp16 loss scaler."""
+    tcfg = recipe.spec.train
+    model = on_device(build_model(recipe.spec, recipe.num_classes), rt.device)
     optimizer = torch.optim.Adam(
         [p for p in model.parameters() if p.requires_grad],
         lr=float(tcfg.lr),
@@ -272,124 +392,114 @@ def train_model(cfg: DictConfig, name: str) -> dict[str, Any]:
         fused=True,  # one kernel for all parameters instead of a dozen per tensor
     )
     if cfg.train.precision == "auto":
-        rt = probe_precision(model, input_shape(size, tcfg.center_crop), rt)
-    epochs = int(cfg.train.epochs)
-    scheduler = make_scheduler(optimizer, str(tcfg.scheduler), epochs)
-    generator = torch.Generator().manual_seed(seed)
-    history: list[dict[str, Any]] = []
-    state = resume_state(run, name)
-    if state:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None and state.get("scheduler"):
-            scheduler.load_state_dict(state["scheduler"])
-        generator.set_state(state["generator"])
-        history = state["history"]
-        log.info("%s: resuming after epoch %d", stage, state["epoch"])
-    best_f1 = max((h["val_macro_f1"] for h in history), default=-1.0)
-
+        rt = probe_precision(model, input_shape(list(cfg.train.image_size), tcfg.center_crop), rt)
+    scheduler = make_scheduler(optimizer, str(tcfg.scheduler), int(cfg.train.epochs))
     # torch.compile: faster steps after 20-70 s of compiling; the checkpoints keep plain keys
     # because they are saved from `model`, which shares its parameters with `step_model`.
-    step_model = torch.compile(model) if tcfg.get("compile") else model
+    step_model = cast(nn.Module, torch.compile(model)) if tcfg.get("compile") else model
     # fp16 (GPUs without bf16): the loss scale found in one epoch carries over to the next, and
     # across a resume (it is saved in last.pt).
     scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.precision == "fp16")
-    if state and state.get("scaler") and scaler.is_enabled():
-        scaler.load_state_dict(state["scaler"])
+    generator = torch.Generator().manual_seed(recipe.seed)
+    return Trainer(rt, model, step_model, optimizer, scheduler, scaler, generator)
 
-    tracker = Tracker(cfg, name, tracked_config(cfg, spec))
-    try:
-        for epoch in range(len(history) + 1, epochs + 1):
-            t0 = time.time()
-            loss = train_one_epoch(
-                step_model,
-                optimizer,
-                images["train"],
-                targets,
-                rt=rt,
-                train_cfg=tcfg,
-                num_classes=num_classes,
-                augment=augment,
-                loss_fn=loss_fn,
-                generator=generator,
-                scaler=scaler,
-                task=str(spec.task),
-            )
-            seconds = time.time() - t0
-            if scheduler is not None:
-                scheduler.step()
-            # the best epoch is chosen with the predictor that is shipped: test-time flip and
-            # centre crop as predict uses them, so history[best] is the reported val score
-            probs = predict_for_spec(model, images["val"], rt, spec)
-            preds = probs.argmax(axis=1)
-            f1 = macro_f1(val_targets, preds, num_classes)
-            history.append(
-                {
-                    "epoch": epoch,
-                    "loss": round(loss, 5),
-                    "val_macro_f1": round(f1, 5),
-                    "val_accuracy": round(float(np.mean(preds == val_targets)), 5),
-                    "seconds": round(seconds, 2),
-                    "images_per_s": round(len(targets) / seconds, 1),
-                }
-            )
-            log.info("%s epoch %d/%d: %s", stage, epoch, epochs, history[-1])
-            tracker.log({k: v for k, v in history[-1].items() if k != "epoch"}, step=epoch)
-            if f1 > best_f1:
-                best_f1 = f1
-                save_torch(run, checkpoint_key(name), model.state_dict())
-            save_torch(
-                run,
-                model_key(name, "last.pt"),
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                    "generator": generator.get_state(),
-                    "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-                    "epoch": epoch,
-                    "history": history,
-                },
-            )
-            best_epoch = max(history, key=lambda h: h["val_macro_f1"])["epoch"]
-            if patience is not None and epoch - best_epoch >= patience:
-                log.info("%s: no val improvement for %d epochs, stopping", stage, patience)
-                break
 
-        metrics = final_metrics(
-            cfg, rt, run, name, spec, num_classes, images["val"], val_targets, history
-        )
-        tracker.summary(
-            {
-                "val_macro_f1": metrics["val"]["macro_f1"],
-                "val_accuracy": metrics["val"]["accuracy"],
-            },
-            confusion=metrics["val"]["confusion"],
-        )
-    finally:
-        tracker.finish()
-    run.write_json(model_key(name, "metrics.json"), metrics)
-    return metrics
+def resume(trainer: Trainer, state: TrainingState | None, stage: str) -> list[dict[str, Any]]:
+    """Loads a last.pt state into `trainer` (model, optimizer, scheduler, generator, fp16 scaler);
+    returns the history of the epochs done ([] when there is none: training from scratch)."""
+    if state is None:
+        return []
+    trainer.model.load_state_dict(state.model)
+    trainer.optimizer.load_state_dict(state.optimizer)
+    if trainer.scheduler is not None and state.scheduler:
+        trainer.scheduler.load_state_dict(state.scheduler)
+    trainer.generator.set_state(state.generator)
+    if state.scaler and trainer.scaler.is_enabled():
+        trainer.scaler.load_state_dict(state.scaler)
+    log.info("%s: resuming after epoch %d", stage, state.epoch)
+    return state.history
+
+
+def fit_one_epoch(trainer: Trainer, data: Data, recipe: Recipe) -> tuple[float, float]:
+    """Trains `trainer` one epoch on data.train, then steps the learning-rate schedule; returns
+    the mean training loss and the seconds the epoch's steps took."""
+    t0 = time.time()
+    loss = train_one_epoch(
+        trainer.step_model,
+        trainer.optimizer,
+        data.train,
+        data.targets,
+        rt=trainer.rt,
+        train_cfg=recipe.spec.train,
+        num_classes=recipe.num_classes,
+        augment=recipe.augment,
+        loss_fn=recipe.loss_fn,
+        generator=trainer.generator,
+        scaler=trainer.scaler,
+        task=str(recipe.spec.task),
+    )
+    seconds = time.time() - t0
+    if trainer.scheduler is not None:
+        trainer.scheduler.step()
+    return loss, seconds
+
+
+def evaluate(model: nn.Module, data: Data, rt: Runtime, recipe: Recipe) -> tuple[float, float]:
+    """Val macro F1 and accuracy of `model` on data.val, predicted as the predict stage does."""
+    # the best epoch is chosen with the predictor that is shipped: test-time flip and centre crop
+    # as predict uses them, so history[best] is the reported val score
+    preds = predict_for_spec(model, data.val, rt, recipe.spec).argmax(axis=1)
+    accuracy = float(np.mean(preds == data.val_targets))
+    return macro_f1(data.val_targets, preds, recipe.num_classes), accuracy
+
+
+def epoch_record(
+    epoch: int, loss: float, f1: float, accuracy: float, seconds: float, images: int
+) -> dict[str, Any]:
+    """One epoch's entry of the history (metrics.json and last.pt), rounded for reading."""
+    return {
+        "epoch": epoch,
+        "loss": round(loss, 5),
+        "val_macro_f1": round(f1, 5),
+        "val_accuracy": round(accuracy, 5),
+        "seconds": round(seconds, 2),
+        "images_per_s": round(images / seconds, 1),
+    }
+
+
+def epochs_since_best(history: list[dict[str, Any]]) -> int:
+    """Epochs since the first epoch of `history` with the best val macro F1 (0: the last one)."""
+    best_epoch: int = max(history, key=lambda h: h["val_macro_f1"])["epoch"]
+    return int(history[-1]["epoch"]) - best_epoch
+
+
+def save(
+    run: Store, name: str, trainer: Trainer, history: list[dict[str, Any]], *, best: bool
+) -> None:
+    """Writes models/<name>/checkpoint.pt (the model's state dict) when this epoch is the `best`
+    so far, then last.pt (the TrainingState after it), each atomically."""
+    if best:
+        save_torch(run, checkpoint_key(name), trainer.model.state_dict())
+    save_torch(run, model_key(name, "last.pt"), trainer.state(history).to_dict())
 
 
 def final_metrics(
     cfg: DictConfig,
-    rt: Runtime,
     run: Store,
-    name: str,
-    spec: DictConfig,
-    num_classes: int,
-    val_images: torch.Tensor | ResidentImages,
-    val_targets: np.ndarray,
+    recipe: Recipe,
+    rt: Runtime,
+    data: Data,
     history: list[dict[str, Any]],
 ) -> dict[str, Any]:
-    """Val metrics of the best checkpoint (as predict will use it) plus the training history."""
-    model = model_from_checkpoint(spec, num_classes, load_torch(run, checkpoint_key(name)))
-    model.to(rt.device, memory_format=torch.channels_last)
-    probs = predict_for_spec(for_inference(model), val_images, rt, spec)
+    """Reads the best checkpoint.pt; its val metrics (as predict will use it) plus the training
+    history: the content of metrics.json."""
+    spec, num_classes = recipe.spec, recipe.num_classes
+    state = load_torch(run, checkpoint_key(recipe.name))
+    model = on_device(model_from_checkpoint(spec, num_classes, state), rt.device)
+    probs = predict_for_spec(for_inference(model), data.val, rt, spec)
     best = max(history, key=lambda h: h["val_macro_f1"])
     return {
-        "model": name,
+        "model": recipe.name,
         "arch": str(spec.arch),
         "task": str(spec.task),
         "mask_groups": list(spec.mask_groups) if spec.get("mask_groups") else None,
@@ -398,12 +508,12 @@ def final_metrics(
         "device": str(rt.device),
         "epochs_trained": len(history),
         "best_epoch": best["epoch"],
-        "val": classification_metrics(val_targets, probs.argmax(axis=1), num_classes),
+        "val": classification_metrics(data.val_targets, probs.argmax(axis=1), num_classes),
         "history": history,
     }
 
 
-def resume_state(run: Store, name: str) -> dict[str, Any] | None:
+def resume_state(run: Store, name: str) -> TrainingState | None:
     """The last epoch's training state of model `name`, or None to start from scratch.
 
     When `last.pt` or the best `checkpoint.pt` beside it cannot be loaded with weights_only
@@ -414,34 +524,18 @@ def resume_state(run: Store, name: str) -> dict[str, Any] | None:
     key = model_key(name, "last.pt")
     if not run.exists(key):
         return None
-    needed = ("model", "optimizer", "generator", "epoch", "history")
-
-    def usable(key: str, check: Callable[[Any], None] = lambda _: None) -> Any | None:
-        """`key` loaded (and checked), or None with a warning when it cannot be used."""
-        try:
-            state = load_torch(run, key)
-            check(state)
-            return state
-        except StoreKeyNotFound:
-            log.warning("%s is missing: training model %s from scratch", run.uri_of(key), name)
-        except StoreError:
-            raise
-        except Exception as e:  # torch.load raises many types for corrupt or unsafe files
-            reason = (str(e).strip().splitlines() or [""])[0][:200]
-            log.warning(
-                "%s is unusable (%s: %s): training model %s from scratch",
-                run.uri_of(key),
-                type(e).__name__,
-                reason,
-                name,
-            )
-        return None
-
-    def training_state(state: Any) -> None:
-        if not isinstance(state, dict) or not set(needed) <= set(state):
-            raise ValueError(f"not a training state with {', '.join(needed)}")
-
-    state = usable(key, training_state)
-    if state is None or usable(checkpoint_key(name)) is None:
+    state = usable(run, name, key, TrainingState.from_dict)
+    if state is None or usable(run, name, checkpoint_key(name), lambda best: best) is None:
         return None
     return state
+
+
+def usable(run: Store, name: str, key: str, check: Callable[[Any], T]) -> T | None:
+    """`key` loaded and checked, or None with a warning naming it when it cannot be used."""
+    try:
+        return load_checked(run, key, check)
+    except StoreKeyNotFound:
+        log.warning("%s is missing: training model %s from scratch", run.uri_of(key), name)
+    except UnusableCheckpoint as e:
+        log.warning("%s is unusable (%s): training model %s from scratch", e.uri, e.reason, name)
+    return None
