@@ -206,3 +206,20 @@ def test_the_layer_contracts_hold_and_catch_an_upward_import(tmp_path: Path) -> 
     assert broken.returncode == 1, broken.stdout
     assert "pipeline.domain.labels -> torch" in broken.stdout
     assert "pipeline.stages.vote -> pipeline.stages.prepare" in broken.stdout
+
+
+def test_only_the_checkpoints_module_calls_torch_load() -> None:
+    """Loading an untrusted file is written once (pipeline/ml/checkpoints.py, weights_only)."""
+    import ast
+
+    callers = []
+    for path in sorted((REPO / "pipeline").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr == "load"
+                and isinstance(node.value, ast.Name)
+                and node.value.id == "torch"
+            ):
+                callers.append(str(path.relative_to(REPO)))
+    assert callers == ["pipeline/ml/checkpoints.py"]
