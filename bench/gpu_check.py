@@ -8,9 +8,9 @@ the command, plus `summary.json` with every step's state:
 1. `throughput-<precision>.json`: `python -m bench.throughput` at the competition's 512×384, the
    seed-style baseline and ours in the same run, eager and `--compile`, for bf16 and for fp16 (the
    V100 path: fp16 autocast + GradScaler);
-2. `decode.json`: nvJPEG (torchvision's `decode_jpeg` on the device, as pipeline.ml.resident decodes)
-   against the CPU decoder on the same generated photos: maximum and mean pixel difference of the
-   raw decode and of the decoded-and-resized tensors training uses, and images/s each way;
+2. `decode.json`: nvJPEG (torchvision's `decode_jpeg` on the device, as pipeline.ml.resident
+   decodes) against the CPU decoder on the same generated photos: maximum and mean pixel difference
+   of the raw decode and of the decoded-and-resized tensors training uses, and images/s each way;
 3. `placement.json`: training images/s with the images resident on the GPU against pinned host
    memory (what `train.gpu_memory_budget=0` forces), alternated over rounds;
 4. `suite-<precision>.json`: a whole `suite=seed` run on a full-size generated dataset (2,700 +

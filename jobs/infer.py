@@ -1,5 +1,5 @@
-"""`python -m jobs.infer [overrides]`: classify new photos here (see pipeline.stages.infer); the command
-of the Slurm and Kubernetes infer jobs."""
+"""`python -m jobs.infer [overrides]`: classify new photos here (see pipeline.stages.infer); the
+command of the Slurm and Kubernetes infer jobs."""
 
 from pipeline.commands.infer import main
 

@@ -1,4 +1,5 @@
-"""`python -m jobs.predict [overrides]`: predict val and eval with the suite's models (`model_name=<name>` for one; see pipeline.stages.predict).
+"""`python -m jobs.predict [overrides]`: predict val and eval with the suite's models
+(`model_name=<name>` for one; see pipeline.stages.predict).
 
 The stages come from the one stage graph (pipeline/orchestration/graph.py)."""
 

@@ -1,4 +1,5 @@
-"""`python -m jobs.prepare [overrides]`: the prepare stage of a run (see pipeline.stages.prepare): `run_id` names the run, a new one when unset.
+"""`python -m jobs.prepare [overrides]`: the prepare stage of a run (see pipeline.stages.prepare):
+`run_id` names the run, a new one when unset.
 
 The stages come from the one stage graph (pipeline/orchestration/graph.py)."""
 

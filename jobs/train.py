@@ -1,4 +1,5 @@
-"""`python -m jobs.train [overrides]`: train the suite's models (`model_name=<name>` for one; see pipeline.stages.train).
+"""`python -m jobs.train [overrides]`: train the suite's models (`model_name=<name>` for one; see
+pipeline.stages.train).
 
 The stages come from the one stage graph (pipeline/orchestration/graph.py)."""
 

@@ -1,4 +1,5 @@
-"""`python -m jobs.vote [overrides]`: rank the candidates, vote, write the submission and move latest.json (see pipeline.stages.vote).
+"""`python -m jobs.vote [overrides]`: rank the candidates, vote, write the submission and move
+latest.json (see pipeline.stages.vote).
 
 The stages come from the one stage graph (pipeline/orchestration/graph.py)."""
 

@@ -1,4 +1,5 @@
-"""`python -m pipeline.infer`: Classify new photos with a finished run (the command is pipeline.commands.infer)."""
+"""`python -m pipeline.infer`: Classify new photos with a finished run (the command is
+pipeline.commands.infer)."""
 
 from pipeline.commands.infer import main
 

@@ -1,4 +1,5 @@
-"""`python -m pipeline.pull`: Copy a run's outputs to a local folder (the command is pipeline.commands.pull)."""
+"""`python -m pipeline.pull`: Copy a run's outputs to a local folder (the command is
+pipeline.commands.pull)."""
 
 from pipeline.commands.pull import main
 

@@ -1,4 +1,5 @@
-"""`python -m pipeline.report`: (Re)write a finished run's report (the command is pipeline.commands.report)."""
+"""`python -m pipeline.report`: (Re)write a finished run's report (the command is
+pipeline.commands.report)."""
 
 from pipeline.commands.report import main
 

@@ -1,4 +1,5 @@
-"""`python -m pipeline.results`: The results table of a finished run (the command is pipeline.commands.results)."""
+"""`python -m pipeline.results`: The results table of a finished run (the command is
+pipeline.commands.results)."""
 
 from pipeline.commands.results import main
 

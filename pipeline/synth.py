@@ -1,4 +1,5 @@
-"""`python -m pipeline.synth`: Generate a dataset in the competition's layout (the command is pipeline.domain.synth)."""
+"""`python -m pipeline.synth`: Generate a dataset in the competition's layout (the command is
+pipeline.domain.synth)."""
 
 from pipeline.domain.synth import main
 

@@ -227,7 +227,8 @@ def test_credentials_never_reach_logs_or_any_written_file(
     for name, value in secrets.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("WANDB_MODE", "offline")  # a key but no network: recorded offline
-    # The jobs log at INFO (pipeline.commands.cli.setup_logging); our own code is captured at DEBUG too.
+    # The jobs log at INFO (pipeline.commands.cli.setup_logging); our own code is captured at DEBUG
+    # too.
     # (botocore's DEBUG output prints request headers, the session token among them: never enable
     # DEBUG for botocore in production.)
     caplog.set_level(logging.INFO)

@@ -2,14 +2,16 @@
 
 The stage graph is prepare → (train, predict) for each model of the suite → vote.
 - local: runs it in this process, one stage after another;
-- slurm: submits it with submitit (pipeline/orchestration/slurm.py) and returns, or follows it with --wait;
-- k8s:   creates Kubernetes Jobs with the official client (pipeline/orchestration/k8s.py) and follows them;
-         --dry-run prints a launcher Job that does this in the cluster (for kubectl apply -f -),
-         --show-jobs the stage Jobs it would create.
+- slurm: submits it with submitit (pipeline/orchestration/slurm.py) and returns, or follows it
+         with --wait;
+- k8s:   creates Kubernetes Jobs with the official client (pipeline/orchestration/k8s.py) and
+         follows them; --dry-run prints a launcher Job that does this in the cluster (for
+         kubectl apply -f -), --show-jobs the stage Jobs it would create.
 Every stage is a no-op when already done, so `--resume RUN_ID` finishes a partial run.
-A new run first compares the data fingerprint (pipeline/run/fingerprint.py) with the latest successful
-run's: unchanged inputs and configuration mean the launch is skipped (`--force` runs anyway). On
-Kubernetes, a run of the same inputs whose Jobs are still going is followed, not started twice.
+A new run first compares the data fingerprint (pipeline/run/fingerprint.py) with the latest
+successful run's: unchanged inputs and configuration mean the launch is skipped (`--force` runs
+anyway). On Kubernetes, a run of the same inputs whose Jobs are still going is followed, not
+started twice.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """`python -m pipeline.runs COMMAND ...`: look at and manage the runs in the store.
 
-    status RUN_ID    every stage's state, job id and the tail of its log (pipeline/orchestration/status.py)
+    status RUN_ID    every stage's state, job id and the tail of its log
+                     (pipeline/orchestration/status.py)
     cancel RUN_ID    cancel the run's jobs that are still queued or running
     list             every run with its state and scores, newest first (pipeline/run/history.py)
 
@@ -26,8 +27,9 @@ from pipeline.run import history
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m pipeline.runs status|cancel RUN_ID [overrides]`; returns the exit status.
 
-    Each subcommand is a parser plus a handler `(cfg, args) -> int` in pipeline/orchestration/status.py; the
-    config is composed from the overrides (store.root=... as for launch) with run_id set.
+    Each subcommand is a parser plus a handler `(cfg, args) -> int` in
+    pipeline/orchestration/status.py; the config is composed from the overrides (store.root=...
+    as for launch) with run_id set.
     """
     import argparse
 

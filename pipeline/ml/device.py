@@ -21,7 +21,8 @@ log = logging.getLogger("pipeline.ml.device")
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-#: Set by the Kubernetes pods to the container's CPU limit (downward API, see pipeline.orchestration.k8s).
+#: Set by the Kubernetes pods to the container's CPU limit (downward API, see
+#: pipeline.orchestration.k8s).
 CPU_LIMIT_ENV = "MASKSUITE_CPU_LIMIT"
 #: Set by Slurm in a job (and its steps) that asked for --cpus-per-task.
 SLURM_CPUS_ENV = "SLURM_CPUS_PER_TASK"

@@ -212,8 +212,8 @@ MODEL_RULES: dict[str, Check] = {
 }
 
 
-#: slurm.container.runtime (pipeline.orchestration.slurm reads it from here: checking a config imports no
-#: cluster client, so it runs where submitit or kubernetes are not installed).
+#: slurm.container.runtime (pipeline.orchestration.slurm reads it from here: checking a config
+#: imports no cluster client, so it runs where submitit or kubernetes are not installed).
 CONTAINER_RUNTIMES = ("none", "pyxis", "apptainer")
 
 

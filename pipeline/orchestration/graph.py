@@ -96,7 +96,7 @@ def stage_graph(models: Iterable[str]) -> list[Stage]:
         graph.append(
             Stage(
                 predict_stage(name), (train_stage(name),), _predict(name), "model", "predict", name
-            )  # fmt: skip
+            )
         )
     predicted = tuple(predict_stage(name) for name in models)
     graph.append(Stage(VOTE_STAGE, predicted, _vote, "vote", "vote", then=_publish))

@@ -115,8 +115,8 @@ def _plain(node: Any) -> Any:
 
 
 def container_env(cfg: DictConfig) -> list[dict[str, Any]]:
-    """Environment of every stage container: AWS variables for pipeline/storage/store.py, scratch paths
-    for a read-only root filesystem, and secrets through `secretKeyRef` only."""
+    """Environment of every stage container: AWS variables for pipeline/storage/store.py, scratch
+    paths for a read-only root filesystem, and secrets through `secretKeyRef` only."""
     k = cfg.k8s
     home = f"{SCRATCH_DIR}/home"
     cache = f"{SCRATCH_DIR}/cache"

@@ -1,7 +1,8 @@
 """What a run is doing: every stage's state, job and log (`python -m pipeline.runs status|cancel`).
 
 A stage's state comes from three places, most certain first:
-1. its done marker `stages/<stage>.json` (pipeline/run/state.py) — then it is done, whatever else says;
+1. its done marker `stages/<stage>.json` (pipeline/run/state.py) — then it is done, whatever else
+   says;
 2. the scheduler's queue (e.g. Slurm's squeue) for the job a launcher submitted for it, as recorded
    in the run's `scheduler.json` — pending, running, or gone;
 3. the record the job itself wrote in `jobs/<stage>.json` — running, requeued, failed with the

@@ -7,8 +7,8 @@ The fingerprint hashes what determines a run's models:
 - the label-fix file (its bytes);
 - the resolved configuration, minus what does not change the models: the run id, the model a job
   handles, tracking, where the store is, the cluster settings and thread counts;
-- the code version (package version plus git commit, `pipeline.run.state.code_version`), so that a new
-  release retrains once instead of being skipped until someone passes `--force`.
+- the code version (package version plus git commit, `pipeline.run.state.code_version`), so that
+  a new release retrains once instead of being skipped until someone passes `--force`.
 
 A launch whose fingerprint equals the one of the run `latest.json` names is skipped (`--force`
 runs anyway). The launcher stores it as `runs/<run_id>/fingerprint.json`; the vote copies it into

@@ -1,5 +1,6 @@
 """A run's identity and state: its id and store, the stage markers and job records, the manifest,
-and the frame every stage runs in (`run_stage`). Where each file lives: pipeline/storage/run_layout.py.
+and the frame every stage runs in (`run_stage`). Where each file lives:
+pipeline/storage/run_layout.py.
 """
 
 from __future__ import annotations

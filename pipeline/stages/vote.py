@@ -8,8 +8,8 @@ answers go to `predictions/candidates/<name>/`, the vote's to `predictions/vote/
 schema, pipeline/run/answers.py), each candidate's metrics to `candidates/<name>/metrics.json`.
 The submission has exactly the rows and order of `eval/info.csv`, or the stage fails.
 Then the run's report (pipeline.run.report) is written, and after everything else
-`<store.root>/latest.json` is moved to this run (pipeline.run.history: only forward, never to a failed
-run) and old checkpoints are pruned.
+`<store.root>/latest.json` is moved to this run (pipeline.run.history: only forward, never to a
+failed run) and old checkpoints are pruned.
 """
 
 from __future__ import annotations
