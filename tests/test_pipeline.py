@@ -24,6 +24,7 @@ from pipeline.core.errors import ConfigError, DataError, StageFailed
 from pipeline.ml.ensemble import candidate_probs, candidate_specs
 from pipeline.orchestration.local import run_local
 from pipeline.run.answers import SCHEMA as ANSWERS_SCHEMA
+from pipeline.run.results import CandidateScore, EnsembleScores, Scores, TaskScores, VoteResult
 from pipeline.run.state import read_index, root_store, run_store
 from pipeline.stages.train import train_model
 from pipeline.stages.vote import vote
@@ -64,7 +65,28 @@ def check_run_outputs(run: Store, data_info: pd.DataFrame) -> dict:
     assert result["candidates"][0]["name"] == "single"
     assert 0.0 <= result["ensemble"]["val_macro_f1"] <= 1.0
     assert "eval" in result  # the generated data ships ground truth
+    assert_vote_keys(result)
     return result
+
+
+def assert_vote_keys(result: dict) -> None:
+    """vote.json holds exactly the keys of its typed records (pipeline/run/results.py); with eval
+    ground truth every optional key is there too. (`__annotations__`, not `__required_keys__`:
+    Python 3.11 misreads NotRequired under `from __future__ import annotations`.)"""
+
+    def same(record: dict, typed: type) -> None:
+        assert set(record) == set(typed.__annotations__), (typed.__name__, sorted(record))
+
+    same(result, VoteResult)
+    same(result["ensemble"], EnsembleScores)
+    for scores in (result["ensemble"]["val"], result["eval"]):
+        same(scores, Scores)
+        for task in scores["tasks"].values():
+            same(task, TaskScores)
+    for candidate in result["candidates"]:
+        same(candidate, CandidateScore)
+        for task in candidate["val_tasks"].values():
+            same(task, TaskScores)
 
 
 @pytest.mark.slow

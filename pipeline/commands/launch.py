@@ -80,7 +80,9 @@ def active_run(cfg: DictConfig, cluster: str, fingerprint: dict[str, Any]) -> st
 
 def unchanged_since(latest: dict[str, Any] | None, fingerprint: dict[str, Any]) -> bool:
     """Whether the latest successful run learnt from exactly these inputs and configuration."""
-    return bool(latest) and (latest.get("fingerprint") or {}).get("sha256") == fingerprint["sha256"]
+    if not latest:
+        return False
+    return bool((latest.get("fingerprint") or {}).get("sha256") == fingerprint["sha256"])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -155,7 +157,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             # A new run (rendering manifests reads no data).
             fingerprint = None if render_only else data_fingerprint(cfg)
             latest = None if render_only else read_latest(root_store(cfg))
-            if fingerprint and not args.force and unchanged_since(latest, fingerprint):
+            if (
+                fingerprint
+                and latest is not None
+                and not args.force
+                and unchanged_since(latest, fingerprint)
+            ):
                 print(
                     f"skipped: data and configuration unchanged since run {latest['run_id']} "
                     f"(fingerprint {fingerprint['sha256'][:12]}, {fingerprint['files']} input "
@@ -163,8 +170,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
                 return 0
             # --force starts a new run even beside an active one of the same inputs.
-            look = args.cluster != "local" and fingerprint and not args.force
-            active = active_run(cfg, args.cluster, fingerprint) if look else None
+            look = args.cluster != "local" and not args.force
+            active = active_run(cfg, args.cluster, fingerprint) if look and fingerprint else None
             if active and args.cluster == "slurm":
                 # Its jobs are queued or running: say so, and follow it only when asked to.
                 cfg.run_id = active
@@ -184,15 +191,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             from pipeline.orchestration.k8s import launch_k8s, pass_through
 
             launch_args = [*pass_through(args.overrides), f"run_id={cfg.run_id}"]
-            if not render_only and fingerprint is None:  # a run named on the command line
-                fingerprint = recorded_fingerprint(cfg)
+            sha = None
+            if not render_only:
+                if fingerprint is None:  # a run named on the command line
+                    fingerprint = recorded_fingerprint(cfg)
+                sha = fingerprint["sha256"]
             return launch_k8s(
                 cfg,
                 dry_run=args.dry_run,
                 show_jobs=args.show_jobs,
                 overrides=args.overrides,
                 launch_args=launch_args,
-                fingerprint=None if render_only else fingerprint["sha256"],
+                fingerprint=sha,
             )
         result = run_local(cfg)
     except PipelineError as e:

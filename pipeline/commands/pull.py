@@ -23,6 +23,7 @@ from pipeline.core.config import load_config
 from pipeline.core.errors import ConfigError, PipelineError, StageFailed, StoreError
 from pipeline.core.logs import setup_logging
 from pipeline.run.history import read_latest
+from pipeline.run.results import read_vote
 from pipeline.run.state import root_store
 from pipeline.storage.run_layout import RUNS
 from pipeline.storage.store import Store, join_key
@@ -87,7 +88,7 @@ def summary(root: Store, run_id: str, files: list[tuple[str, int]], to: Path) ->
         f"  {len(files)} files, {sum(s for _, s in files):,} bytes, sizes verified → {to}",
     ]
     if run.exists("vote.json"):
-        vote = run.read_json("vote.json")
+        vote = read_vote(run)
         lines.append(f"  members: {', '.join(vote['members'])}")
         lines.append(
             f"  val macro F1 {vote['ensemble']['val_macro_f1']:.4f}, "

@@ -9,6 +9,7 @@ from pipeline.core.config import load_config
 from pipeline.core.errors import PipelineError
 from pipeline.core.logs import setup_logging
 from pipeline.run.report import write_report
+from pipeline.run.results import read_vote
 from pipeline.run.state import run_store
 
 
@@ -23,7 +24,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = load_config(args[1:])
         cfg.run_id = args[0]
         run = run_store(cfg)
-        print(write_report(cfg, run, run.read_json("vote.json")))
+        print(write_report(cfg, run, read_vote(run)))
     except PipelineError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -11,19 +11,27 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 from pipeline.core.config import load_config
 from pipeline.core.errors import PipelineError, StoreKeyNotFound
 from pipeline.core.logs import setup_logging
+from pipeline.run.results import read_vote
 from pipeline.run.state import root_store
-from pipeline.storage.run_layout import LATEST_KEY, VOTE_KEY
+from pipeline.storage.run_layout import LATEST_KEY
 from pipeline.storage.store import Store, join_key
+
+
+class RowScores(TypedDict):
+    """The two scores a row shows (a model's or the vote's Scores have them among others)."""
+
+    macro_f1: float
+    accuracy: float
 
 
 def results_table(run: Store) -> str:
     """Markdown table of a run whose vote finished (StoreKeyNotFound when it did not)."""
-    vote = run.read_json(VOTE_KEY)
+    vote = read_vote(run)
     lines = [
         f"Run `{vote['run_id']}`.",
         "",
@@ -37,8 +45,8 @@ def results_table(run: Store) -> str:
         lines.append(row("model", name, task, m["val"]))
     for c in vote["candidates"]:
         member = " (voted)" if c["name"] in vote["members"] else ""
-        scores = {"macro_f1": c["val_macro_f1"], "accuracy": c["val_accuracy"]}
-        held_out = (
+        scores: RowScores = {"macro_f1": c["val_macro_f1"], "accuracy": c["val_accuracy"]}
+        held_out: RowScores | None = (
             {"macro_f1": c["eval_macro_f1"], "accuracy": c["eval_accuracy"]}
             if "eval_macro_f1" in c
             else None
@@ -68,8 +76,8 @@ def row(
     kind: str,
     name: str,
     task: str,
-    scores: dict[str, Any],
-    held_out: dict[str, Any] | None = None,
+    scores: RowScores,
+    held_out: RowScores | None = None,
 ) -> str:
     """One table row: val scores, and eval scores where the eval set has ground truth."""
     cells = [f"{scores['macro_f1']:.4f}", f"{scores['accuracy']:.4f}"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, cast
 
 from hydra import compose, initialize_config_module
 from hydra.errors import HydraException
@@ -29,6 +30,16 @@ def load_config(overrides: Sequence[str] = ()) -> DictConfig:
     return cfg
 
 
+def plain_config(cfg: DictConfig) -> dict[str, Any]:
+    """`cfg` resolved into plain dicts and lists (what jobs carry and fingerprints hash)."""
+    config = OmegaConf.to_container(cfg, resolve=True)
+    if not isinstance(config, dict):  # never: a DictConfig converts to a dict
+        raise TypeError(f"expected a mapping, got {type(config).__name__}")
+    # omegaconf types a container's keys as its DictKeyType (str, bytes, int, Enum, float,
+    # bool); the configuration's own keys are names
+    return cast(dict[str, Any], config)
+
+
 #: Train keys that apply to every model of a run (set them with train.<key>=... only).
 RUN_WIDE_TRAIN_KEYS = ("epochs", "image_size", "device", "precision", "num_threads")
 
@@ -43,9 +54,15 @@ def model_specs(cfg: DictConfig) -> dict[str, DictConfig]:
     models = cfg.suite.get("models") or {}
     if not models:
         raise ConfigError("the suite lists no models: add entries under suite.models")
-    specs = {}
-    for name, entry in models.items():
-        entry = OmegaConf.to_container(entry) if entry is not None else {}
+    specs: dict[str, DictConfig] = {}
+    for name, value in models.items():
+        entry = OmegaConf.to_container(value) if isinstance(value, DictConfig) else value
+        if entry is None:
+            entry = {}
+        if not isinstance(entry, dict):
+            raise ConfigError(
+                f"suite model {name!r} must map model keys (and train) to values, got {entry!r}"
+            )
         train_overrides = entry.pop("train", None) or {}
         unknown = sorted(set(entry) - set(cfg.model))
         if unknown:
@@ -60,7 +77,8 @@ def model_specs(cfg: DictConfig) -> dict[str, DictConfig]:
                 f"{list(RUN_WIDE_TRAIN_KEYS)} apply to the whole run (train.<key>=...), "
                 f"other valid keys: {sorted(set(cfg.train) - set(RUN_WIDE_TRAIN_KEYS))}"
             )
-        spec = OmegaConf.merge(cfg.model, entry)
+        # omegaconf types a merge as ListConfig | DictConfig; one into a DictConfig is a DictConfig
+        spec = cast(DictConfig, OmegaConf.merge(cfg.model, entry))
         spec.train = OmegaConf.merge(cfg.train, train_overrides)
         specs[str(name)] = spec
     return specs

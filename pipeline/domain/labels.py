@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from pipeline.core.errors import DataError
 
@@ -71,7 +72,7 @@ def encode(mask: int, gender: int, age_group: int) -> int:
     return mask * 6 + gender * 3 + age_group
 
 
-def encode_array(mask: np.ndarray, gender: np.ndarray, age_group: np.ndarray) -> np.ndarray:
+def encode_array(mask: ArrayLike, gender: ArrayLike, age_group: ArrayLike) -> np.ndarray:
     """Vectorised `encode` (no range check: inputs come from validated columns)."""
     return np.asarray(mask) * 6 + np.asarray(gender) * 3 + np.asarray(age_group)
 

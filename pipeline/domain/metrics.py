@@ -2,12 +2,31 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import NotRequired, TypedDict
 
 import numpy as np
 from sklearn.metrics import confusion_matrix, f1_score
 
 from pipeline.domain.labels import NUM_CLASSES
+
+
+class TaskScores(TypedDict):
+    """One task's (mask, gender or age) scores of 18-class predictions."""
+
+    accuracy: float
+    macro_f1: float
+
+
+class Scores(TypedDict):
+    """What `classification_metrics` returns (and metrics.json files hold under `val`)."""
+
+    macro_f1: float
+    accuracy: float
+    n: int
+    #: num_classes × num_classes, rows the truth, columns the prediction
+    confusion: list[list[int]]
+    #: by task (mask, gender, age): only for the 18 classes
+    tasks: NotRequired[dict[str, TaskScores]]
 
 
 def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int = NUM_CLASSES) -> float:
@@ -27,12 +46,12 @@ def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int = NUM_CLAS
 
 def classification_metrics(
     y_true: np.ndarray, y_pred: np.ndarray, num_classes: int = NUM_CLASSES
-) -> dict[str, Any]:
+) -> Scores:
     """Macro F1, accuracy and confusion matrix over `num_classes`; for the 18 classes also
     per-task (mask, gender, age) accuracy and macro F1."""
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     labels = list(range(num_classes))
-    result: dict[str, Any] = {
+    result: Scores = {
         "macro_f1": macro_f1(y_true, y_pred, num_classes),
         "accuracy": float(np.mean(y_true == y_pred)) if len(y_true) else 0.0,
         "n": len(y_true),
@@ -45,7 +64,7 @@ def classification_metrics(
         "gender": (lambda y: (y // 3) % 2, 2),
         "age": (lambda y: y % 3, 3),
     }
-    per_task = {
+    per_task: dict[str, TaskScores] = {
         name: {
             "accuracy": float(np.mean(part(y_true) == part(y_pred))),
             "macro_f1": macro_f1(part(y_true), part(y_pred), n),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 import pandas as pd
 
@@ -32,7 +34,8 @@ def split_by_person(
         )
     sizes = people.groupby("stratum", sort=True).size()
     exact = sizes * (wanted / n_people)
-    quota = np.floor(exact).astype(int)
+    # numpy's stubs type a ufunc of a Series as an ndarray; pandas returns a Series (same index)
+    quota = cast(pd.Series, np.floor(exact)).astype(int)
     remainder = (exact - quota).sort_values(ascending=False, kind="stable")
     quota[remainder.index[: wanted - int(quota.sum())]] += 1
     rng = np.random.default_rng(seed)

@@ -390,7 +390,9 @@ def _face_outline(lk: Looks) -> np.ndarray:
 def _draw_background(size: tuple[int, int], rng: np.random.Generator) -> Image.Image:
     h, w = size
     corners = rng.uniform(40, 235, (2, 2, 3)) * rng.uniform(0.5, 1.0) + rng.uniform(0, 60)
-    img = Image.fromarray(np.clip(corners, 0, 255).astype(np.uint8)).resize((w, h), Image.BILINEAR)
+    img = Image.fromarray(np.clip(corners, 0, 255).astype(np.uint8)).resize(
+        (w, h), Image.Resampling.BILINEAR
+    )
     d = ImageDraw.Draw(img)
     for _ in range(int(rng.integers(0, 5))):
         x0, y0 = rng.uniform(-0.2, 1.0) * w, rng.uniform(-0.2, 0.9) * h
@@ -675,7 +677,7 @@ def _finish(img: Image.Image, rng: np.random.Generator) -> Image.Image:
         lo = int(rng.uniform(150, 235))
         grad = np.array([[lo, 255]] if rng.random() < 0.5 else [[255, lo]], dtype=np.uint8)
         img = ImageChops.multiply(
-            img, Image.fromarray(grad).resize((w, h), Image.BILINEAR).convert("RGB")
+            img, Image.fromarray(grad).resize((w, h), Image.Resampling.BILINEAR).convert("RGB")
         )
     if rng.random() < 0.2:
         img = img.filter(ImageFilter.BoxBlur(float(rng.uniform(0.4, 1.2))))

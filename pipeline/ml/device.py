@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import shutil
+from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,16 +37,16 @@ def cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
         pass
     for v1 in (root / "cpu,cpuacct", root / "cpu"):
         try:
-            quota = int((v1 / "cpu.cfs_quota_us").read_text())
-            period = int((v1 / "cpu.cfs_period_us").read_text())
+            quota_us = int((v1 / "cpu.cfs_quota_us").read_text())
+            period_us = int((v1 / "cpu.cfs_period_us").read_text())
         except (OSError, ValueError):
             continue
-        return None if quota <= 0 or period <= 0 else quota / period
+        return None if quota_us <= 0 or period_us <= 0 else quota_us / period_us
     return None
 
 
 def available_cpus(
-    env: dict[str, str] | None = None, cgroup_root: Path = Path("/sys/fs/cgroup")
+    env: Mapping[str, str] | None = None, cgroup_root: Path = Path("/sys/fs/cgroup")
 ) -> int:
     """CPUs this process may keep busy: the cores it may run on (sched_getaffinity), capped by
     what its scheduler gave it: a Slurm job's `SLURM_CPUS_PER_TASK`, `MASKSUITE_CPU_LIMIT` (a
@@ -108,7 +109,7 @@ def setup_runtime(cfg: DictConfig) -> Runtime:
     return Runtime(device, pick_precision(str(cfg.train.precision), device), threads)
 
 
-def compiler_for(device: torch.device, env: dict[str, str] | None = None) -> str | None:
+def compiler_for(device: torch.device, env: Mapping[str, str] | None = None) -> str | None:
     """The compiler torch.compile (inductor) would build its kernels with on `device`: a C++
     compiler for CPU kernels (CXX, else g++, clang++ or c++), a C compiler for Triton's GPU
     launchers (CC, else cc, gcc or clang). None when there is none on PATH."""
@@ -156,7 +157,7 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def gpus_given(env: dict[str, str] | None = None) -> str | None:
+def gpus_given(env: Mapping[str, str] | None = None) -> str | None:
     """The variable by which Slurm (CUDA_VISIBLE_DEVICES) or the NVIDIA container runtime
     (NVIDIA_VISIBLE_DEVICES) gave this process GPUs, as `NAME=value`; None when neither did."""
     env = os.environ if env is None else env

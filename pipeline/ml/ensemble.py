@@ -49,9 +49,12 @@ def candidate_specs(cfg: DictConfig) -> dict[str, Candidate]:
         if not found:
             raise ConfigError("the suite has no 18-class model and no suite.candidates to combine")
         return found
-    out = {}
-    for name, entry in OmegaConf.to_container(raw).items():
-        out[name] = parse_candidate(
+    entries = OmegaConf.to_container(raw) if isinstance(raw, DictConfig) else raw
+    if not isinstance(entries, dict):
+        raise ConfigError(f"suite.candidates must map candidate names to models, got {entries!r}")
+    out: dict[str, Candidate] = {}
+    for name, entry in entries.items():
+        out[str(name)] = parse_candidate(
             str(name), entry or {}, {n: str(s.task) for n, s in specs.items()}
         )
     if not out:
@@ -88,7 +91,7 @@ def parse_candidate(name: str, entry: dict, tasks: dict[str, str]) -> Candidate:
             f"candidate {name!r} needs `all`, or `mask`, `gender` and one of `age` / "
             f"`age_by_mask`; got {sorted(entry)}"
         )
-    by_mask = None
+    by_mask: tuple[str, str, str] | None = None
     if "age_by_mask" in entry:
         routes = entry["age_by_mask"] or {}
         if sorted(routes) != sorted(MASK_NAMES):
@@ -96,7 +99,8 @@ def parse_candidate(name: str, entry: dict, tasks: dict[str, str]) -> Candidate:
                 f"candidate {name!r}: age_by_mask needs exactly the keys {list(MASK_NAMES)}, "
                 f"got {sorted(routes)}"
             )
-        by_mask = tuple(model_for("age", routes[m]) for m in MASK_NAMES)
+        wear, incorrect, not_worn = (model_for("age", routes[m]) for m in MASK_NAMES)
+        by_mask = (wear, incorrect, not_worn)
     return Candidate(
         name,
         mask=model_for("mask", entry["mask"]),

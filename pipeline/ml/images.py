@@ -92,8 +92,7 @@ def decode_resized(data: bytes, size: Sequence[int]) -> torch.Tensor:
         except RuntimeError:
             # torchvision's decoders miss some variants (e.g. CMYK JPEG); PIL reads them.
             with Image.open(io.BytesIO(data)) as im:
-                im = ImageOps.exif_transpose(im).convert("RGB")
-                img = F.pil_to_tensor(im)
+                img = F.pil_to_tensor(ImageOps.exif_transpose(im).convert("RGB"))
     h, w = int(size[0]), int(size[1])
     if img.shape[-2:] != (h, w):
         img = F.resize(img, [h, w], antialias=True)

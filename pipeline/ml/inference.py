@@ -51,7 +51,8 @@ def normalize(x: torch.Tensor) -> torch.Tensor:
 def input_shape(image_size: Sequence[int], center_crop: Sequence[float] | None) -> tuple[int, int]:
     """The (H, W) a model sees: `train.image_size` after the optional centre crop."""
     probe = torch.empty(1, 1, int(image_size[0]), int(image_size[1]))
-    return tuple(crop_center(probe, center_crop).shape[-2:])
+    h, w = crop_center(probe, center_crop).shape[-2:]
+    return h, w
 
 
 def probe_precision(

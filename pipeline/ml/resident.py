@@ -16,7 +16,7 @@ cannot read (PNG, CMYK JPEG, ...) fall back to the CPU decoder image by image.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Literal
 
 import torch
@@ -105,11 +105,12 @@ class ResidentImages:
         torch.index_select(self.images, 0, rows.cpu(), out=staging)
         out = staging.to(self.device, non_blocking=True, copy=True)
         if self.device.type == "cuda":
-            self._events[k] = torch.cuda.Event()
-            self._events[k].record()
+            copied = torch.cuda.Event()
+            copied.record()
+            self._events[k] = copied
         return out
 
-    def slices(self, batch_size: int):
+    def slices(self, batch_size: int) -> Iterator[torch.Tensor]:
         """Consecutive batches in order (for prediction), each on the compute device."""
         for start in range(0, len(self), batch_size):
             yield self.batch(torch.arange(start, min(start + batch_size, len(self))))

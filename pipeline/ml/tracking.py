@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, cast
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -48,7 +49,9 @@ class Tracker:
                 name=f"{cfg.run_id}-{name}",
                 job_type="train",
                 config=config,
-                mode=mode,
+                # wandb.init's annotation lists fewer modes than its Settings accept (dryrun,
+                # run); WANDB_MODE is passed on as given, and one wandb refuses is caught below
+                mode=cast(Any, mode),
                 dir=str(settings.get("dir", "outputs/wandb")),
                 reinit="finish_previous",
                 settings=wandb.Settings(
@@ -75,7 +78,7 @@ class Tracker:
             self.run.summary.update(values)
             if confusion is not None:
                 columns = [f"pred_{i}" for i in range(len(confusion))]
-                rows = [[f"true_{i}", *row] for i, row in enumerate(confusion)]
+                rows: list[Iterable[Any]] = [[f"true_{i}", *row] for i, row in enumerate(confusion)]
                 self.run.log({"confusion": wandb.Table(columns=["", *columns], data=rows)})
 
         self._safely(write)

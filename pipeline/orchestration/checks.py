@@ -352,7 +352,7 @@ def _cross_field(cfg: DictConfig, problems: list[str]) -> None:
             AgeThresholds(**ages)
         except (DataError, TypeError) as e:
             problems.append(f"data.age_thresholds={ages}: {e}")
-    model = cfg.get("model") or {}
+    model: DictConfig = cfg.get("model") or DictConfig({})
     if model.get("mask_groups") is not None and model.get("task") != "age":
         problems.append(
             f"model.mask_groups={_show(model.mask_groups)} with model.task={_show(model.task)}: "

@@ -15,6 +15,7 @@ Adding a stage is one entry in `stage_graph` plus its function.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -165,7 +166,7 @@ def run_stages(
     for stage in stages:
         if on_start is not None:
             on_start(stage)
-        markers.append(run_stage(run, stage.name, lambda s=stage: s.run(cfg), where=where,
+        markers.append(run_stage(run, stage.name, functools.partial(stage.run, cfg), where=where,
                                  record_failure=record_failure))  # fmt: skip
         if stage.then is not None:
             stage.then(cfg)

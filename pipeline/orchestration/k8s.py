@@ -147,8 +147,8 @@ def container_env(cfg: DictConfig) -> list[dict[str, Any]]:
             ref = {"name": str(k.s3.secret), "key": var}
             env.append({"name": var, "valueFrom": {"secretKeyRef": ref}})
     if k.wandb_secret:
-        ref = {"name": str(k.wandb_secret), "key": "WANDB_API_KEY", "optional": True}
-        env.append({"name": "WANDB_API_KEY", "valueFrom": {"secretKeyRef": ref}})
+        wandb_ref = {"name": str(k.wandb_secret), "key": "WANDB_API_KEY", "optional": True}
+        env.append({"name": "WANDB_API_KEY", "valueFrom": {"secretKeyRef": wandb_ref}})
     return env
 
 

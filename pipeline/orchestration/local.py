@@ -3,16 +3,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from omegaconf import DictConfig
 
 from pipeline.orchestration.graph import run_stages, suite_graph
+from pipeline.run.results import VoteResult, read_vote
 from pipeline.run.state import new_run_id, run_store
-from pipeline.storage.run_layout import VOTE_KEY
 
 
-def run_local(cfg: DictConfig) -> dict[str, Any]:
+def run_local(cfg: DictConfig) -> VoteResult:
     """Run every stage of the suite for `cfg.run_id` (new when null) on this machine.
 
     Returns vote.json's content. A stage that fails raises after the frame recorded it in the run
@@ -23,4 +21,4 @@ def run_local(cfg: DictConfig) -> dict[str, Any]:
     if not cfg.get("run_id"):
         cfg.run_id = new_run_id()
     run_stages(cfg, graph)
-    return dict(run_store(cfg).read_json(VOTE_KEY))
+    return read_vote(run_store(cfg))

@@ -24,6 +24,7 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 from submitit.core.utils import FailedJobError, FailedSubmissionError
 from submitit.helpers import Checkpointable
 
+from pipeline.core.config import plain_config
 from pipeline.core.errors import ConfigError, PipelineError, StageFailed
 from pipeline.core.logs import setup_logging
 from pipeline.orchestration.checks import CONTAINER_RUNTIMES, check_config
@@ -46,9 +48,10 @@ from pipeline.orchestration.status import (
     run_status,
 )
 from pipeline.run.history import run_ids, summary_lines
+from pipeline.run.results import read_vote
 from pipeline.run.state import one_line, record_stage_state, root_store, run_store, stage_done
 from pipeline.stages.infer import format_summary, infer
-from pipeline.storage.run_layout import FINGERPRINT_KEY, VOTE_KEY
+from pipeline.storage.run_layout import FINGERPRINT_KEY
 from pipeline.storage.store import Store
 
 log = logging.getLogger(__name__)
@@ -134,8 +137,7 @@ def submit_infer(cfg: DictConfig) -> str:
     scfg = cfg.slurm
     folder = Path(absolute_local(str(scfg.folder))) / "infer"
     executor = slurm_executor(scfg, folder)
-    job = submit(executor, scfg, "infer", [InferJob(OmegaConf.to_container(cfg, resolve=True))],
-                 None)[0]  # fmt: skip
+    job = submit(executor, scfg, "infer", [InferJob(plain_config(cfg))], None)[0]
     return f"infer job {job.job_id} submitted for run {cfg.run_id} (log: {job.paths.stderr})"
 
 
@@ -244,7 +246,7 @@ def submit(
     executor: submitit.SlurmExecutor,
     scfg: DictConfig,
     kind: str,
-    jobs: list[StageJob],
+    jobs: Sequence[StageJob | InferJob],
     after: str | None,
 ) -> list[submitit.Job[Any]]:
     """Submit `jobs` of one kind (several: one array) to start after job `after` succeeded."""
@@ -286,7 +288,7 @@ def launch_slurm(cfg: DictConfig, *, wait: bool) -> int:
             f"run {cfg.run_id} still has jobs queued or running ({' '.join(still_active)}): "
             f"wait for them, or `python -m pipeline.runs cancel {cfg.run_id}` first"
         )
-    config = OmegaConf.to_container(cfg, resolve=True)
+    config = plain_config(cfg)
     submitted: dict[str, dict[str, str]] = {}
 
     def note(stages: list[Stage], job: submitit.Job[Any]) -> str:
@@ -325,8 +327,8 @@ def launch_slurm(cfg: DictConfig, *, wait: bool) -> int:
             },
         )
         print(f"run {cfg.run_id} submitted to Slurm (job files and logs: {folder})")
-        for stage, job in submitted.items():
-            print(f"  {stage:<24} job {job['job_id']}")
+        for stage, where in submitted.items():
+            print(f"  {stage:<24} job {where['job_id']}")
         print(
             f"  follow it: python -m pipeline.runs status {cfg.run_id} store.root={cfg.store.root}"
         )
@@ -381,7 +383,7 @@ def follow(cfg: DictConfig, run: Store) -> int:
     if live:
         print()
     if status.state == "done":
-        print("\n".join(summary_lines(cfg, run.read_json(VOTE_KEY), time.time() - started)))
+        print("\n".join(summary_lines(cfg, read_vote(run), time.time() - started)))
         return 0
     stuck = [s.job_id for s in status.stages if s.state in ("blocked", "pending") and s.job_id]
     if stuck:

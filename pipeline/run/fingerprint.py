@@ -21,8 +21,9 @@ import hashlib
 import json
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from pipeline.core.config import plain_config
 from pipeline.core.errors import DataError, StoreKeyNotFound
 from pipeline.run.state import code_version
 from pipeline.storage.store import open_store, read_uri
@@ -41,8 +42,7 @@ def _sha256(obj: Any) -> str:
 
 def model_config(cfg: DictConfig) -> dict[str, Any]:
     """The part of the resolved configuration that determines the models."""
-    config = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(config, dict)
+    config = plain_config(cfg)
     for key in IGNORED_KEYS:
         config.pop(key, None)
     for key in IGNORED_TRAIN_KEYS:

@@ -14,11 +14,12 @@ from __future__ import annotations
 import argparse
 import logging
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypedDict
 
 from omegaconf import DictConfig
 
 from pipeline.core.errors import ConfigError, StoreError
+from pipeline.run.results import VoteResult, read_vote
 from pipeline.run.state import finish_manifest, root_store, run_store
 from pipeline.storage.run_layout import (
     FINGERPRINT_KEY,
@@ -33,6 +34,19 @@ from pipeline.storage.store import Store, join_key
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FILES = ("checkpoint.pt", "last.pt")
+
+
+class LatestRecord(TypedDict):
+    """What `move_latest` writes to latest.json (`read_latest` also reads older records)."""
+
+    run_id: str
+    finished: str
+    members: list[str]
+    method: str | None
+    val_macro_f1: float | None
+    eval_macro_f1: float | None
+    files: dict[str, str]
+    fingerprint: dict[str, Any] | None
 
 
 def read_latest(root: Store) -> dict[str, Any] | None:
@@ -80,14 +94,14 @@ def move_latest(root: Store, run: Store, run_id: str) -> bool:
         if str(current["run_id"]) > run_id:
             log.info("latest.json stays at the newer run %s", current["run_id"])
         return False
-    vote = run.read_json("vote.json")
-    record = {
+    vote = read_vote(run)
+    record: LatestRecord = {
         "run_id": run_id,
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
         "members": vote.get("members", []),
         "method": vote.get("method"),
         "val_macro_f1": vote.get("ensemble", {}).get("val_macro_f1"),
-        "eval_macro_f1": (vote.get("eval") or {}).get("macro_f1"),
+        "eval_macro_f1": vote["eval"].get("macro_f1") if vote.get("eval") else None,
         "files": published_files(run),
         "fingerprint": run.read_json(FINGERPRINT_KEY) if run.exists(FINGERPRINT_KEY) else None,
     }
@@ -119,8 +133,8 @@ def run_summary(root: Store, run_id: str) -> dict[str, Any]:
         "bytes": sum(sizes.values()),
         "checkpoints": sum(1 for k in sizes if k.rsplit("/", 1)[-1] in CHECKPOINT_FILES),
     }
-    if "vote.json" in sizes:
-        vote = run.read_json("vote.json")
+    if VOTE_KEY in sizes:
+        vote = read_vote(run)
         summary["val_macro_f1"] = vote["ensemble"]["val_macro_f1"]
         summary["val_accuracy"] = vote["ensemble"]["val_accuracy"]
         summary["members"] = vote["members"]
@@ -188,7 +202,7 @@ def cmd_list(cfg: DictConfig, args: argparse.Namespace) -> int:
     return 0
 
 
-def summary_lines(cfg: DictConfig, result: dict[str, Any], seconds: float) -> list[str]:
+def summary_lines(cfg: DictConfig, result: VoteResult, seconds: float) -> list[str]:
     """What a user wants to see at the end of a run: where things are and the scores."""
     run = run_store(cfg)
     lines = [

@@ -26,6 +26,7 @@ from omegaconf import DictConfig
 
 from pipeline.core.config import model_specs
 from pipeline.domain.labels import NUM_CLASSES, class_name
+from pipeline.run.results import TaskScores, VoteResult
 from pipeline.run.state import read_index
 from pipeline.storage.store import Store, join_key
 
@@ -60,7 +61,7 @@ def class_distribution(index: Any) -> str:
     for offset, split in ((-0.2, "train"), (0.2, "val")):
         counts = np.bincount(index.loc[index["split"] == split, "label"], minlength=NUM_CLASSES)
         ax.bar(x + offset, counts, width=0.4, label=split)
-    ax.set_xticks(x, [class_name(c) for c in x], rotation=70, fontsize=7)
+    ax.set_xticks(x, [class_name(c) for c in range(NUM_CLASSES)], rotation=70, fontsize=7)
     ax.set_ylabel("images")
     ax.legend()
     return _png(fig)
@@ -106,7 +107,7 @@ def training_curves(histories: dict[str, list[dict[str, Any]]]) -> str:
     return _png(fig)
 
 
-def render(run: Store, cfg: DictConfig, result: dict[str, Any]) -> str:
+def render(run: Store, cfg: DictConfig, result: VoteResult) -> str:
     """The report page of a run whose vote produced `result` (vote.json's content)."""
     index = read_index(run)
     models = list(model_specs(cfg))
@@ -119,7 +120,7 @@ def render(run: Store, cfg: DictConfig, result: dict[str, Any]) -> str:
     scores = {f"vote (top {result['top_k']})": ens["val_macro_f1"]}
     scores |= {f"candidate: {c['name']}": c["val_macro_f1"] for c in result["candidates"]}
     scores |= {f"model: {n}": m["val"]["macro_f1"] for n, m in model_metrics.items()}
-    tasks = {"vote": ens["val"].get("tasks", {})}
+    tasks: dict[str, dict[str, TaskScores]] = {"vote": ens["val"].get("tasks", {})}
     for c in result["candidates"]:
         key = join_key("candidates", c["name"], "metrics.json")
         if run.exists(key):
@@ -145,7 +146,7 @@ def render(run: Store, cfg: DictConfig, result: dict[str, Any]) -> str:
         _table(
             ["", *TASKS],
             [
-                [n, *(t.get(task, {}).get("accuracy", "-") for task in TASKS)]
+                [n, *(t[task].get("accuracy", "-") if task in t else "-" for task in TASKS)]
                 for n, t in tasks.items()
             ],
             "tasks",
@@ -171,7 +172,7 @@ def render(run: Store, cfg: DictConfig, result: dict[str, Any]) -> str:
     )
 
 
-def write_report(cfg: DictConfig, run: Store, result: dict[str, Any]) -> str:
+def write_report(cfg: DictConfig, run: Store, result: VoteResult) -> str:
     """Write the run's report/index.html; returns its URI."""
     run.write_text(REPORT_KEY, render(run, cfg, result))
     return run.uri_of(REPORT_KEY)

@@ -55,8 +55,9 @@ from pipeline.ml.models import model_from_checkpoint, task_target
 from pipeline.ml.resident import image_bytes, load_resident, plan_placement
 from pipeline.run.answers import answers_table, parquet_bytes
 from pipeline.run.history import read_latest
+from pipeline.run.results import read_vote
 from pipeline.run.state import stage_done
-from pipeline.storage.run_layout import RUNS, VOTE_KEY, VOTE_STAGE, checkpoint_key, stage_key
+from pipeline.storage.run_layout import RUNS, VOTE_STAGE, checkpoint_key, stage_key
 from pipeline.storage.shards import write_shards
 from pipeline.storage.store import Store, join_key, open_store
 
@@ -155,7 +156,7 @@ def infer(cfg: DictConfig) -> dict[str, Any]:
     run_id, run = resolve_run(cfg)
     manifest = run.read_json("manifest.json")
     run_cfg = OmegaConf.create(manifest["config"])
-    result = run.read_json(VOTE_KEY)
+    result = read_vote(run)
     members, method = list(result["members"]), str(result.get("method") or "hard")
     candidates = candidate_specs(run_cfg)
     needed = list(dict.fromkeys(m for c in members for m in candidates[c].models()))
@@ -261,7 +262,7 @@ def model_probabilities(
         spec = specs[name]
         _, num_classes = task_target(str(spec.task))
         model = model_from_checkpoint(spec, num_classes, load_checkpoint(run, name))
-        model.to(rt.device, memory_format=torch.channels_last).eval()
+        model.to(rt.device).to(memory_format=torch.channels_last).eval()
         model_rt = rt
         if cfg.train.precision == "auto":
             model_rt = probe_precision(model, input_shape(size, spec.train.center_crop), rt)

@@ -58,7 +58,7 @@ def predict_model(cfg: DictConfig, name: str) -> dict[str, Any]:
     _, num_classes = task_target(str(spec.task))
     rt = setup_runtime(cfg)
     model = model_from_checkpoint(spec, num_classes, load_checkpoint(run, name))
-    model.to(rt.device, memory_format=torch.channels_last).eval()
+    model.to(rt.device).to(memory_format=torch.channels_last).eval()
     if cfg.train.precision == "auto":
         shape = input_shape(cfg.train.image_size, spec.train.center_crop)
         rt = probe_precision(model, shape, rt)

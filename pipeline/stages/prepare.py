@@ -11,7 +11,7 @@ import logging
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import PurePosixPath
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -341,7 +341,9 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
 
     threads = cpu_threads(cfg)
     shard_of: dict[str, str] = {}
-    for (split, source), rows in candidates.groupby(["split", "source"], sort=False):
+    for group, rows in candidates.groupby(["split", "source"], sort=False):
+        # pandas-stubs type a group's key as Hashable: here the values of those two columns
+        split, source = cast(tuple[str, int], group)
         image_of = dict(zip(rows["path"], rows["image_id"], strict=True))
         store = sources[source]
         scope = bad if source == 0 else bad.scoped(f"{store.uri}/")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import io
 import logging
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -24,10 +23,11 @@ from omegaconf import DictConfig
 
 from pipeline.core.config import model_specs
 from pipeline.core.errors import ConfigError, StageFailed, StoreKeyNotFound
-from pipeline.domain.metrics import classification_metrics
+from pipeline.domain.metrics import Scores, classification_metrics
 from pipeline.ml.ensemble import VOTE_METHODS, Candidate, candidate_probs, candidate_specs, combine
 from pipeline.run.answers import answers_table, write_answers
 from pipeline.run.report import write_report
+from pipeline.run.results import CandidateScore, VoteResult
 from pipeline.run.state import read_index, run_store
 from pipeline.storage.run_layout import (
     BAD_INPUTS_KEY,
@@ -61,7 +61,7 @@ def read_probs(run: Store, name: str, split: str, image_ids: pd.Series) -> np.nd
         raise StageFailed(
             f"{run.uri_of(key)} lacks {int(position.isna().sum())} of the run's {split} images"
         )
-    return np.stack(df["probs"].to_numpy())[position.to_numpy(dtype=np.int64)]
+    return np.stack(df["probs"].tolist())[position.to_numpy(dtype=np.int64)]
 
 
 def candidate_distributions(
@@ -90,9 +90,9 @@ def vote_settings(cfg: DictConfig) -> tuple[int, str, dict[str, Candidate]]:
     return top_k, method, candidate_specs(cfg)
 
 
-def rank_candidates(val_answers: dict[str, np.ndarray], truth: np.ndarray) -> list[dict[str, Any]]:
+def rank_candidates(val_answers: dict[str, np.ndarray], truth: np.ndarray) -> list[CandidateScore]:
     """Score each candidate on val and sort best first (macro F1, then accuracy, then name)."""
-    scored = []
+    scored: list[CandidateScore] = []
     for name, pred in val_answers.items():
         m = classification_metrics(truth, pred)
         scored.append(
@@ -113,7 +113,7 @@ def write_candidate_outputs(
     split_ids: dict[str, pd.Series],
     dists: dict[str, np.ndarray],
     labels: dict[str, np.ndarray],
-    metrics: dict[str, Any],
+    metrics: Scores,
 ) -> None:
     """predictions/candidates/<name>/{val,eval}.parquet (the answers schema: the candidate's
     18-class distribution and its argmax, the answer) and candidates/<name>/metrics.json."""
@@ -126,7 +126,7 @@ def write_candidate_outputs(
     run.write_json(join_key("candidates", name, "metrics.json"), metrics)
 
 
-def vote(cfg: DictConfig) -> dict[str, Any]:
+def vote(cfg: DictConfig) -> VoteResult:
     """Run the vote stage for `cfg.run_id`; returns the content of vote.json."""
     run = run_store(cfg)
     top_k, method, candidates = vote_settings(cfg)
@@ -153,7 +153,8 @@ def vote(cfg: DictConfig) -> dict[str, Any]:
             classification_metrics(val_truth, answers["val"][name]),
         )
 
-    ensemble, shares = {}, {}
+    ensemble: dict[str, np.ndarray] = {}
+    shares: dict[str, np.ndarray] = {}
     for s in ids:
         shares[s], ensemble[s] = combine(method, [dists[s][m] for m in members])
         table = answers_table(
@@ -162,7 +163,7 @@ def vote(cfg: DictConfig) -> dict[str, Any]:
         )  # fmt: skip
         write_answers(run, answers_key("vote", "vote", s), table)
     val_metrics = classification_metrics(val_truth, ensemble["val"])
-    result: dict[str, Any] = {
+    result: VoteResult = {
         "run_id": cfg.run_id,
         "top_k": top_k,
         "method": method,

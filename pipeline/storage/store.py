@@ -241,8 +241,9 @@ def _os_reason(e: OSError) -> str:
     return str(e)
 
 
-def _atomic_write(dest: Path, fill: Callable[[BinaryIO], None]) -> None:
-    """Create dest's folder, let `fill` write a temp file next to it, fsync, then rename."""
+def _atomic_write(dest: Path, fill: Callable[[BinaryIO], object]) -> None:
+    """Create dest's folder, let `fill` write a temp file next to it, fsync, then rename (what
+    `fill` returns is ignored)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=dest.parent)
     try:
