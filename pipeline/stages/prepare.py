@@ -1,7 +1,7 @@
 """The prepare stage: scan `data.root`, label, validate, split by person, pack shards, index.
 
-Writes into the run: `index.parquet` (one row per usable image), `bad_inputs.csv` (path,reason for
-everything that cannot be used), `shards/<split>-NNNNN.parquet`, then the stage marker.
+Writes into the run (keys: pipeline/storage/run_layout.py): the index (one row per usable image),
+bad_inputs.csv (path,reason for everything that cannot be used) and the image shards.
 """
 
 from __future__ import annotations

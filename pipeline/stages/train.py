@@ -2,11 +2,9 @@
 macro F1, resumable from the last epoch's state.
 
 Reads the images once per job into resident uint8 tensors at `train.image_size`; batches are
-cropped, augmented and normalised on the training device. Writes into the run:
-    models/<name>/checkpoint.pt   state dict of the best epoch (loaded with weights_only=True)
-    models/<name>/last.pt         model, optimizer, scheduler, fp16 loss scaler, epoch, history —
-                                  a restarted job resumes from it
-    models/<name>/metrics.json    best epoch's val metrics and the per-epoch history
+cropped, augmented and normalised on the training device. Writes the model's checkpoint.pt (the
+best epoch), last.pt (a TrainingState, after every epoch: a restarted job resumes from it) and
+metrics.json (keys: pipeline/storage/run_layout.py `model_key`).
 
 `train_model` reads as named steps, in the spirit of torchvision's classification reference:
 read_recipe (options, checked before any data) → setup (seed, device) → load_data → build (model,
