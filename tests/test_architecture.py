@@ -57,7 +57,7 @@ def fake_stages(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     for name, fake in [("prepare", prepare), ("train_model", train_model),
                        ("predict_model", predict_model), ("vote", vote)]:  # fmt: skip
         monkeypatch.setattr(graph, name, fake)
-    monkeypatch.setattr(graph, "_publish", lambda cfg: calls.append("publish"))
+    monkeypatch.setattr(graph, "publish", lambda cfg, run: calls.append("publish"))
     return calls
 
 

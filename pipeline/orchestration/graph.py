@@ -32,6 +32,7 @@ from pipeline.stages.prepare import prepare
 from pipeline.stages.train import train_model
 from pipeline.stages.vote import vote
 from pipeline.storage.run_layout import PREPARE_STAGE, VOTE_STAGE, predict_stage, train_stage
+from pipeline.storage.store import Store
 
 #: The cluster jobs, in the order they run: one `prepare`, one `model` per model, one `vote`.
 KINDS = ("prepare", "model", "vote")
@@ -49,7 +50,8 @@ class Stage:
     kind:  the cluster job that carries it (one of KINDS);
     step:  what it does (prepare, train, predict, vote), the `python -m jobs.<step>` that runs it;
     model: the suite's model it is about, for train and predict;
-    then:  an idempotent follow-up run after the marker, also when the stage was already done
+    then:  an idempotent follow-up, given the run's store, run right after the marker and also
+           when the stage was already done
            (vote: move latest.json, in case a job died between the marker and latest.json).
     """
 
@@ -59,7 +61,7 @@ class Stage:
     kind: str
     step: str
     model: str | None = None
-    then: Callable[[DictConfig], None] | None = None
+    then: Callable[[DictConfig, Store], None] | None = None
 
 
 def _train(name: str) -> Callable[[DictConfig], dict[str, Any]]:
@@ -81,10 +83,6 @@ def _vote(cfg: DictConfig) -> dict[str, Any]:
     return {"members": vote(cfg)["members"]}
 
 
-def _publish(cfg: DictConfig) -> None:
-    publish(cfg, run_store(cfg))
-
-
 def stage_graph(models: Iterable[str]) -> list[Stage]:
     """The stages of a suite of `models`, in an order that respects `needs`."""
     models = list(models)
@@ -99,7 +97,7 @@ def stage_graph(models: Iterable[str]) -> list[Stage]:
             )
         )
     predicted = tuple(predict_stage(name) for name in models)
-    graph.append(Stage(VOTE_STAGE, predicted, _vote, "vote", "vote", then=_publish))
+    graph.append(Stage(VOTE_STAGE, predicted, _vote, "vote", "vote", then=publish))
     return graph
 
 
@@ -169,7 +167,7 @@ def run_stages(
         markers.append(run_stage(run, stage.name, functools.partial(stage.run, cfg), where=where,
                                  record_failure=record_failure))  # fmt: skip
         if stage.then is not None:
-            stage.then(cfg)
+            stage.then(cfg, run)  # the open store: latest.json moves right after the marker
     return markers
 
 
