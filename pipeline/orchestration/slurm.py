@@ -291,11 +291,6 @@ def launch_slurm(cfg: DictConfig, *, wait: bool) -> int:
     config = plain_config(cfg)
     submitted: dict[str, dict[str, str]] = {}
 
-    def note(stages: list[Stage], job: submitit.Job[Any]) -> str:
-        for stage in stages:
-            submitted[stage.name] = {"job_id": job.job_id, "log": str(job.paths.stderr)}
-        return job.job_id
-
     try:
         after = None
         for kind in KINDS:  # one job per group of the graph; a kind's jobs wait for the last kind's
@@ -306,7 +301,8 @@ def launch_slurm(cfg: DictConfig, *, wait: bool) -> int:
             tasks = [StageJob(config, kind, model) for model in todo]
             jobs = submit(executor, scfg, kind, tasks, after)
             for stages, job in zip(todo.values(), jobs, strict=True):
-                note(stages, job)
+                for s in stages:
+                    submitted[s.name] = {"job_id": job.job_id, "log": str(job.paths.stderr)}
             after = jobs[0].job_id.split("_")[0]  # afterok on an array: every task succeeded
     except StageFailed as e:  # leave nothing half-submitted behind
         orphans = sorted({j["job_id"] for j in submitted.values()})
