@@ -17,12 +17,14 @@ import pytest
 from omegaconf import DictConfig
 
 from pipeline.core.config import load_config
-from pipeline.core.errors import DataError
+from pipeline.core.errors import DataError, StoreError
 from pipeline.orchestration import graph, k8s, local, status
 from pipeline.orchestration.graph import KINDS, Stage, job_groups, job_stages, suite_graph
 from pipeline.orchestration.slurm import StageJob
+from pipeline.run import history
 from pipeline.run.state import read_stage_state, run_stage, run_store, stage_done, write_manifest
 from pipeline.storage.run_layout import VOTE_KEY
+from pipeline.storage.store import open_store
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -57,16 +59,24 @@ def fake_stages(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     for name, fake in [("prepare", prepare), ("train_model", train_model),
                        ("predict_model", predict_model), ("vote", vote)]:  # fmt: skip
         monkeypatch.setattr(graph, name, fake)
-    monkeypatch.setattr(graph, "publish", lambda cfg, run: calls.append("publish"))
+
+    def publish(cfg: DictConfig, run: Any) -> bool:
+        calls.append("publish")
+        return True
+
+    monkeypatch.setattr(graph, "publish", publish)
     return calls
 
 
-def test_the_graph_is_prepare_then_train_and_predict_per_model_then_vote(tmp_path: Path) -> None:
+def test_the_graph_is_prepare_then_train_and_predict_per_model_then_vote_then_publish(
+    tmp_path: Path,
+) -> None:
     cfg = seed_cfg(tmp_path)
     stages = suite_graph(cfg)
     models = list(cfg.suite.models)
     assert [s.name for s in stages] == [
-        "prepare", *[f"{step}-{m}" for m in models for step in ("train", "predict")], "vote"
+        "prepare", *[f"{step}-{m}" for m in models for step in ("train", "predict")], "vote",
+        "publish",
     ]  # fmt: skip
     done: set[str] = set()
     for stage in stages:  # an order that respects `needs`, and only known stages are needed
@@ -76,6 +86,8 @@ def test_the_graph_is_prepare_then_train_and_predict_per_model_then_vote(tmp_pat
     assert next(s for s in stages if s.name == "vote").needs == tuple(
         f"predict-{m}" for m in models
     )
+    publish = stages[-1]  # carried by the vote job, after the vote
+    assert (publish.needs, publish.kind) == (("vote",), "vote")
 
 
 def test_the_local_executor_runs_every_stage_of_the_graph_in_order(
@@ -84,16 +96,18 @@ def test_the_local_executor_runs_every_stage_of_the_graph_in_order(
     cfg = seed_cfg(tmp_path)
     assert local.run_local(cfg)["members"] == ["single"]
     names = [s.name for s in suite_graph(cfg)]
-    assert fake_stages == [*names, "publish"]
+    assert fake_stages == names and names[-2:] == ["vote", "publish"]
     run = run_store(cfg)
     assert all(stage_done(run, n) for n in names)
     marker = run.read_json("stages/train-single.json")
     assert marker["model"] == "single" and marker["val_macro_f1"] == 0.5
     assert run.read_json("stages/predict-single.json")["images"] == {"val": 1, "eval": 1}
 
-    fake_stages.clear()  # again: every stage is done; only the vote's publish runs again
+    assert run.read_json("stages/publish.json")["latest_moved"] is True
+
+    fake_stages.clear()  # again: every stage is done, nothing runs
     local.run_local(cfg)
-    assert fake_stages == ["publish"]
+    assert fake_stages == []
 
 
 def test_slurm_jobs_kubernetes_jobs_job_entry_points_and_status_read_the_same_graph(
@@ -146,9 +160,44 @@ def test_a_stage_added_to_the_graph_is_run_and_shown_by_every_executor(
     assert fake_stages[-2:] == ["publish", "audit"]
     write_manifest(cfg)  # (the fake prepare writes none)
     assert run_store(cfg).read_json("stages/audit.json")["checked"] is True
-    assert [s.name for s in StageJob({}, "vote").stages(cfg)] == ["vote", "audit"]
-    assert [s.name for s in job_stages(cfg, "vote")] == ["vote", "audit"]
+    assert [s.name for s in StageJob({}, "vote").stages(cfg)] == ["vote", "publish", "audit"]
+    assert [s.name for s in job_stages(cfg, "vote")] == ["vote", "publish", "audit"]
     assert [s.stage for s in status.run_status(cfg).stages][-1] == "audit"
+
+
+def test_a_run_shows_done_only_once_latest_json_names_it(
+    tmp_path: Path, fake_stages: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`launch --wait` and `runs status` report a run done when its last stage is; publish (which
+    moves latest.json) is that stage, so a reader who sees the run done finds latest.json moved.
+    A publish that fails is shown as the run's failure, and the vote job's rerun publishes."""
+    monkeypatch.setattr(graph, "publish", history.publish)  # the real one
+    cfg = seed_cfg(tmp_path, "suite=single")
+    write_manifest(cfg)
+    run, root = run_store(cfg), open_store(str(cfg.store.root))
+    stages = suite_graph(cfg)
+    graph.run_stages(cfg, stages[:-1])  # a vote job stopped right after the vote's marker
+    assert stage_done(run, "vote")
+    assert status.run_status(cfg).state != "done" and history.read_latest(root) is None
+
+    def unreachable(*args: Any) -> bool:
+        raise StoreError("s3://runs/latest.json: connection reset")
+
+    move_latest = history.move_latest
+    monkeypatch.setattr(history, "move_latest", unreachable)
+    with pytest.raises(StoreError):
+        graph.run_job_stages(cfg, "vote")
+    shown = status.run_status(cfg)
+    assert shown.state == "failed" and shown.problem is not None
+    assert "publish" in shown.problem and "connection reset" in shown.problem, shown.problem
+
+    monkeypatch.setattr(history, "move_latest", move_latest)  # the store answers again
+    fake_stages.clear()
+    graph.run_job_stages(cfg, "vote")
+    assert fake_stages == []  # the vote is not redone
+    assert status.run_status(cfg).state == "done"
+    assert history.read_latest(root)["run_id"] == "r1"  # type: ignore[index]
+    assert run.read_json("manifest.json")["state"] == "succeeded"
 
 
 def test_the_stage_frame_skips_done_stages_marks_them_last_and_records_failures(

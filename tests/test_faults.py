@@ -287,6 +287,32 @@ def test_training_killed_mid_run_resumes_from_its_last_epoch(
     assert run.exists("stages/train-single.json")
 
 
+@pytest.mark.slow
+def test_training_stopped_after_its_last_epoch_is_only_evaluated_again(
+    tiny_dataset: Path, make_cfg: MakeCfg, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A job stopped (a time limit, a preemption) after the last epoch's last.pt but before the
+    train marker: its next start trains no epoch again, evaluates, and ends with the same scores."""
+    cfg = make_cfg(tiny_dataset, "run_id=atend", "train.epochs=2", "train.num_threads=1")
+    prepare(cfg)
+    run_job_stages(cfg, "train")
+    run = run_store(cfg)
+    first = run.read_json("models/single/metrics.json")
+    folder = tmp_path / "store" / "runs" / "atend"
+    (folder / "stages" / "train-single.json").unlink()  # stopped before the marker and metrics
+    (folder / "models" / "single" / "metrics.json").unlink()
+    assert torch.load(folder / "models" / "single" / "last.pt", weights_only=True)["epoch"] == 2
+
+    caplog.set_level(logging.INFO, logger="pipeline.stages.train")
+    run_job_stages(cfg, "train")
+    assert "resuming after epoch 2" in caplog.text
+    assert not re.search(r"epoch \d/2:", caplog.text), caplog.text  # no epoch trained again
+    again = run.read_json("models/single/metrics.json")
+    assert again["history"] == first["history"]
+    assert again["val"] == first["val"]  # the best checkpoint, evaluated again
+    assert run.exists("stages/train-single.json")
+
+
 # ------------------------------------------------------------------------------ disk full
 
 

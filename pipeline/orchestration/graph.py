@@ -1,14 +1,19 @@
 """The stage graph of a run, written once: which stages a suite has, what each needs, the function
 that runs it and the cluster job that carries it.
 
-    prepare ──▶ train-<model> ──▶ predict-<model> ──▶ vote        (one train/predict per model)
+    prepare ─▶ train-<model> ─▶ predict-<model> ─▶ vote ─▶ publish   (train/predict per model)
 
-Every executor reads it: the local one (pipeline/orchestration/local.py) runs the stages in order;
-Slurm (slurm.py) submits one job per `kind` (an array for `model`), chained with afterok; Kubernetes
-(k8s.py) creates one Job per kind (an Indexed Job for `model`); `runs status` (status.py) shows the
-stages in this order with what each needs; a job started by hand (`python -m jobs.<job>`) runs the
-stages of its job through `run_job`. Every stage runs in the same frame (`run_stage` in
-pipeline/run/state.py): skipped when done, marked done last, its failure recorded.
+`publish` (the manifest's final state, latest.json, checkpoint retention) is a stage of its own,
+carried by the vote job: a run is done when its marker is, so whoever sees the run done
+(`launch --wait`, `runs status`) also sees latest.json moved.
+
+Every executor reads the graph: the local one (pipeline/orchestration/local.py) runs the stages in
+order; Slurm (slurm.py) submits one job per `kind` (an array for `model`), chained with afterok;
+Kubernetes (k8s.py) creates one Job per kind (an Indexed Job for `model`); `runs status`
+(status.py) shows the stages in this order with what each needs; a job started by hand
+(`python -m jobs.<job>`) runs the stages of its job through `run_job`. Every stage runs in the
+same frame (`run_stage` in pipeline/run/state.py): skipped when done, marked done last, its
+failure recorded.
 
 Adding a stage is one entry in `stage_graph` plus its function.
 """
@@ -31,8 +36,13 @@ from pipeline.stages.predict import predict_model
 from pipeline.stages.prepare import prepare
 from pipeline.stages.train import train_model
 from pipeline.stages.vote import vote
-from pipeline.storage.run_layout import PREPARE_STAGE, VOTE_STAGE, predict_stage, train_stage
-from pipeline.storage.store import Store
+from pipeline.storage.run_layout import (
+    PREPARE_STAGE,
+    PUBLISH_STAGE,
+    VOTE_STAGE,
+    predict_stage,
+    train_stage,
+)
 
 #: The cluster jobs, in the order they run: one `prepare`, one `model` per model, one `vote`.
 KINDS = ("prepare", "model", "vote")
@@ -48,11 +58,9 @@ class Stage:
     needs: the stages that must be done before it;
     run:   does the work for a config and returns what its done marker records;
     kind:  the cluster job that carries it (one of KINDS);
-    step:  what it does (prepare, train, predict, vote), the `python -m jobs.<step>` that runs it;
-    model: the suite's model it is about, for train and predict;
-    then:  an idempotent follow-up, given the run's store, run right after the marker and also
-           when the stage was already done
-           (vote: move latest.json, in case a job died between the marker and latest.json).
+    step:  what it does (prepare, train, predict, vote, publish); `python -m jobs.<step>` runs it,
+           and publish is run by `jobs.vote`, the job of its kind;
+    model: the suite's model it is about, for train and predict.
     """
 
     name: str
@@ -61,7 +69,6 @@ class Stage:
     kind: str
     step: str
     model: str | None = None
-    then: Callable[[DictConfig, Store], None] | None = None
 
 
 def _train(name: str) -> Callable[[DictConfig], dict[str, Any]]:
@@ -83,6 +90,10 @@ def _vote(cfg: DictConfig) -> dict[str, Any]:
     return {"members": vote(cfg)["members"]}
 
 
+def _publish(cfg: DictConfig) -> dict[str, Any]:
+    return {"latest_moved": publish(cfg, run_store(cfg))}
+
+
 def stage_graph(models: Iterable[str]) -> list[Stage]:
     """The stages of a suite of `models`, in an order that respects `needs`."""
     models = list(models)
@@ -97,7 +108,8 @@ def stage_graph(models: Iterable[str]) -> list[Stage]:
             )
         )
     predicted = tuple(predict_stage(name) for name in models)
-    graph.append(Stage(VOTE_STAGE, predicted, _vote, "vote", "vote", then=publish))
+    graph.append(Stage(VOTE_STAGE, predicted, _vote, "vote", "vote"))
+    graph.append(Stage(PUBLISH_STAGE, (VOTE_STAGE,), _publish, "vote", "publish"))
     return graph
 
 
@@ -134,8 +146,9 @@ def indexed_model(cfg: DictConfig, env: Mapping[str, str] | None = None) -> str:
 
 
 def job_stages(cfg: DictConfig, job: str) -> list[Stage]:
-    """The stages `python -m jobs.<job>` runs: prepare or vote; train or predict for the selected
-    models (`model_name`, or all); model: train then predict the model `indexed_model` selects."""
+    """The stages `python -m jobs.<job>` runs: prepare; vote then publish; train or predict for
+    the selected models (`model_name`, or all); model: train then predict the model
+    `indexed_model` selects."""
     graph = suite_graph(cfg)
     if job in ("prepare", "vote"):
         return [s for s in graph if s.kind == job]
@@ -166,8 +179,6 @@ def run_stages(
             on_start(stage)
         markers.append(run_stage(run, stage.name, functools.partial(stage.run, cfg), where=where,
                                  record_failure=record_failure))  # fmt: skip
-        if stage.then is not None:
-            stage.then(cfg, run)  # the open store: latest.json moves right after the marker
     return markers
 
 

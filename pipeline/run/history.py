@@ -169,12 +169,16 @@ def prune_checkpoints(root: Store, keep: int) -> list[str]:
     return deleted
 
 
-def publish(cfg: DictConfig, run: Store) -> None:
-    """After a successful vote: move latest.json forward, then apply checkpoint retention."""
+def publish(cfg: DictConfig, run: Store) -> bool:
+    """The publish stage, after a successful vote: record the run's final state in its manifest,
+    move latest.json forward, then apply checkpoint retention. Returns whether latest.json moved
+    (not when it already names this run or a newer one). Idempotent: a rerun changes nothing."""
     finish_manifest(run, "succeeded")
     root = root_store(cfg)
-    if move_latest(root, run, str(cfg.run_id)):
+    moved = move_latest(root, run, str(cfg.run_id))
+    if moved:
         prune_checkpoints(root, int(cfg.store.keep_checkpoints))
+    return moved
 
 
 def format_runs(summaries: list[dict[str, Any]], latest: str | None) -> list[str]:
