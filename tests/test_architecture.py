@@ -52,7 +52,8 @@ def fake_stages(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     def vote(cfg: DictConfig) -> dict[str, Any]:
         calls.append("vote")
-        result = {"members": ["single"], "candidates": []}
+        ensemble = {"val_macro_f1": 0.5, "val_accuracy": 0.5}
+        result = {"members": ["single"], "candidates": [], "ensemble": ensemble}
         run_store(cfg).write_json(VOTE_KEY, result)
         return result
 
@@ -190,6 +191,7 @@ def test_a_run_shows_done_only_once_latest_json_names_it(
     shown = status.run_status(cfg)
     assert shown.state == "failed" and shown.problem is not None
     assert "publish" in shown.problem and "connection reset" in shown.problem, shown.problem
+    assert history.run_summary(root, "r1")["state"] == "failed"  # `runs list` agrees
 
     monkeypatch.setattr(history, "move_latest", move_latest)  # the store answers again
     fake_stages.clear()
@@ -198,6 +200,7 @@ def test_a_run_shows_done_only_once_latest_json_names_it(
     assert status.run_status(cfg).state == "done"
     assert history.read_latest(root)["run_id"] == "r1"  # type: ignore[index]
     assert run.read_json("manifest.json")["state"] == "succeeded"
+    assert history.run_summary(root, "r1")["state"] == "succeeded"
 
 
 def test_the_stage_frame_skips_done_stages_marks_them_last_and_records_failures(

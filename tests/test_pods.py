@@ -220,6 +220,6 @@ def test_a_whole_run_of_pods_from_the_image_ends_in_a_submission(
     assert submission["ans"].between(0, 17).all()
     stages = {k.removeprefix("stages/").removesuffix(".json") for k in run.list("stages")}
     per_model = {f"{stage}-{m}" for m in models for stage in ("train", "predict")}
-    assert stages == {"prepare", "vote", *per_model}
+    assert stages == {"prepare", "vote", "publish", *per_model}
     latest = open_store(f"{s3_root}/store").read_json("latest.json")
     assert latest["run_id"] == run_id

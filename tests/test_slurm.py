@@ -142,7 +142,7 @@ def test_whole_suite_on_slurm_with_the_store_on_s3_survives_preemption(
     code, out, err = launch(capsys, *args)
     assert code == 0, out + err
     run_id, jobs = run_id_of(out), submitted_jobs(out)
-    assert set(jobs) == {"prepare", "train-single", "predict-single", "vote"}
+    assert set(jobs) == {"prepare", "train-single", "predict-single", "vote", "publish"}
     job = jobs["train-single"]
     assert job == jobs["predict-single"]  # one job trains, then predicts
     log = tmp_path / "slurm" / run_id / f"{job}_0_log.err"
@@ -234,7 +234,7 @@ def test_failed_model_blocks_the_vote_then_resume_redoes_only_what_is_missing(
     args = overrides(tiny_dataset, store, tmp_path, *fixed)
     code, out, err = launch(capsys, "--resume", run_id, "--wait", *args)
     assert code == 0, out + err
-    assert set(submitted_jobs(out)) == {"train-broken", "predict-broken", "vote"}
+    assert set(submitted_jobs(out)) == {"train-broken", "predict-broken", "vote", "publish"}
     after = markers(run)
     assert {k: after[k] for k in done_before} == done_before  # nothing complete was redone
     check_submission(run, tiny_dataset)

@@ -127,7 +127,8 @@ def run_summary(root: Store, run_id: str) -> dict[str, Any]:
                 failed.append(f"{record.get('stage')}: {record.get('error', '')}"[:200])
     summary: dict[str, Any] = {
         "run_id": run_id,
-        "state": "succeeded" if "vote" in stages else ("failed" if failed else "incomplete"),
+        # a failure recorded once the vote is done is publish's (latest.json not moved)
+        "state": "failed" if failed else ("succeeded" if "vote" in stages else "incomplete"),
         "stages_done": stages,
         "failed": failed,
         "bytes": sum(sizes.values()),
