@@ -18,11 +18,13 @@ from pipeline.commands.launch import main as launch_main
 from pipeline.commands.pull import main as pull_main
 from pipeline.commands.pull import verify
 from pipeline.commands.runs import main as runs_main
+from pipeline.core.config import load_config
 from pipeline.core.errors import StoreError
 from pipeline.run.fingerprint import data_fingerprint
 from pipeline.run.history import (
     move_latest,
     prune_checkpoints,
+    publish,
     read_latest,
     run_ids,
     run_summary,
@@ -220,6 +222,22 @@ def test_retention_keeps_the_newest_runs_and_always_the_latest(tmp_path: Path) -
     make_run(root, ids[2])
     prune_checkpoints(root, keep=1)
     assert root.exists(f"runs/{ids[2]}/models/b/last.pt")  # the latest run's are never deleted
+
+
+def test_a_publish_stopped_before_retention_applies_it_when_rerun(tmp_path: Path) -> None:
+    """The publish stage moved latest.json, then its job was stopped before retention: the rerun
+    (latest.json already names the run, so it does not move) still deletes the old checkpoints."""
+    root = LocalStore(tmp_path)
+    ids = [f"2026010{d}T000000Z-abcdef" for d in range(1, 4)]
+    for run_id in ids:
+        make_run(root, run_id)
+    run = root.child(f"runs/{ids[2]}")
+    run.write_json("vote.json", {"members": ["a"]})
+    root.write_json("latest.json", {"run_id": ids[2]})
+    cfg = load_config([f"store.root={tmp_path}", f"run_id={ids[2]}", "store.keep_checkpoints=1"])
+    assert publish(cfg, run) is False  # latest.json stays as it is
+    assert [r for r in ids if root.exists(f"runs/{r}/models/a/checkpoint.pt")] == [ids[2]]
+    assert run.read_json("manifest.json")["state"] == "succeeded"
 
 
 @pytest.mark.slow
