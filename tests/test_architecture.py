@@ -22,7 +22,14 @@ from pipeline.orchestration import graph, k8s, local, status
 from pipeline.orchestration.graph import KINDS, Stage, job_groups, job_stages, suite_graph
 from pipeline.orchestration.slurm import StageJob
 from pipeline.run import history
-from pipeline.run.state import read_stage_state, run_stage, run_store, stage_done, write_manifest
+from pipeline.run.state import (
+    finish_manifest,
+    read_stage_state,
+    run_stage,
+    run_store,
+    stage_done,
+    write_manifest,
+)
 from pipeline.storage.run_layout import VOTE_KEY
 from pipeline.storage.store import open_store
 
@@ -201,6 +208,24 @@ def test_a_run_shows_done_only_once_latest_json_names_it(
     assert history.read_latest(root)["run_id"] == "r1"  # type: ignore[index]
     assert run.read_json("manifest.json")["state"] == "succeeded"
     assert history.run_summary(root, "r1")["state"] == "succeeded"
+
+
+def test_a_run_published_before_publish_was_a_stage_still_shows_done(
+    tmp_path: Path, fake_stages: list[str]
+) -> None:
+    """Runs finished by an earlier version have no publish marker: the vote's follow-up moved
+    latest.json and then recorded `succeeded` in the manifest. `runs status` shows them done."""
+    cfg = seed_cfg(tmp_path, "suite=single")
+    write_manifest(cfg)
+    graph.run_stages(cfg, suite_graph(cfg)[:-1])
+    assert status.run_status(cfg).state != "done"  # voted, not yet published
+    finish_manifest(run_store(cfg), "succeeded")
+    shown = status.run_status(cfg)
+    assert shown.state == "done", shown
+    assert (shown.stages[-1].stage, shown.stages[-1].detail) == (
+        "publish",
+        "recorded in manifest.json",
+    )
 
 
 def test_the_stage_frame_skips_done_stages_marks_them_last_and_records_failures(

@@ -29,8 +29,14 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline.core.config import model_specs
 from pipeline.core.errors import ConfigError
 from pipeline.orchestration import graph
-from pipeline.run.state import read_stage_state, record_stage_state, run_store, stage_done
-from pipeline.storage.run_layout import SCHEDULER_KEY, stage_key
+from pipeline.run.state import (
+    manifest_state,
+    read_stage_state,
+    record_stage_state,
+    run_store,
+    stage_done,
+)
+from pipeline.storage.run_layout import PUBLISH_STAGE, SCHEDULER_KEY, stage_key
 from pipeline.storage.store import Store
 
 #: Cluster name in scheduler.json → module with queue_states(ids) and cancel_jobs(ids).
@@ -148,6 +154,10 @@ def stage_status(
     """The state of one stage from its marker, its job's queue entry and its job record."""
     job_id = job["job_id"] if job else None
     log = job.get("log") if job else None
+    if stage == PUBLISH_STAGE and not stage_done(run, stage) and manifest_state(run) == "succeeded":
+        # a run published before publish was a stage with a marker: its manifest's final state,
+        # which publishing writes last, says it was
+        return StageStatus(stage, "done", job_id, log, "recorded in manifest.json")
     if stage_done(run, stage):
         marker = run.read_json(stage_key(stage))
         detail = f"{marker.get('seconds', 0):.0f} s on {marker.get('host', '?')}"

@@ -171,14 +171,14 @@ def prune_checkpoints(root: Store, keep: int) -> list[str]:
 
 
 def publish(cfg: DictConfig, run: Store) -> bool:
-    """The publish stage, after a successful vote: record the run's final state in its manifest,
-    move latest.json forward, then apply checkpoint retention. Returns whether latest.json moved
+    """The publish stage, after a successful vote: move latest.json forward, apply checkpoint
+    retention, then record the run's final state in its manifest. Returns whether latest.json moved
     (not when it already names this run or a newer one). Idempotent: a rerun of a publish that
     stopped part-way finishes it (retention too), a rerun of a finished one changes nothing."""
-    finish_manifest(run, "succeeded")
     root = root_store(cfg)
     moved = move_latest(root, run, str(cfg.run_id))
     prune_checkpoints(root, int(cfg.store.keep_checkpoints))
+    finish_manifest(run, "succeeded")  # last: a run whose manifest says so is published
     return moved
 
 

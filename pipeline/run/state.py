@@ -23,7 +23,12 @@ from omegaconf import DictConfig, OmegaConf
 import pipeline
 from pipeline.core.config import model_specs
 from pipeline.core.errors import ConfigError, PipelineError, StageFailed, StoreKeyNotFound
-from pipeline.storage.run_layout import INDEX_KEY, job_state_key, stage_key
+from pipeline.storage.run_layout import (
+    INDEX_KEY,
+    MANIFEST_KEY,
+    job_state_key,
+    stage_key,
+)
 from pipeline.storage.store import Store, join_key, open_store
 
 log = logging.getLogger(__name__)
@@ -79,6 +84,14 @@ def stage_done(run: Store, stage: str) -> bool:
     return run.exists(stage_key(stage))
 
 
+def manifest_state(run: Store) -> str | None:
+    """The final state the run's manifest records (`succeeded`), or None while it has none."""
+    if not run.exists(MANIFEST_KEY):
+        return None
+    state = run.read_json(MANIFEST_KEY).get("state")
+    return str(state) if state is not None else None
+
+
 def mark_stage_done(run: Store, stage: str, info: dict[str, Any], started: float) -> None:
     """Write the stage's completion marker (call it after every output is written)."""
     record = {
@@ -122,7 +135,7 @@ def read_stage_state(run: Store, stage: str) -> dict[str, Any] | None:
 def write_manifest(cfg: DictConfig) -> None:
     """Write the run's manifest (once: an existing manifest is kept)."""
     run = run_store(cfg)
-    if run.exists("manifest.json"):
+    if run.exists(MANIFEST_KEY):
         return
     config = OmegaConf.to_container(cfg, resolve=True)
     manifest = {
@@ -138,12 +151,12 @@ def write_manifest(cfg: DictConfig) -> None:
         if run.exists("fingerprint.json")
         else None,
     }
-    run.write_json("manifest.json", manifest)
+    run.write_json(MANIFEST_KEY, manifest)
 
 
 def finish_manifest(run: Store, state: str) -> dict[str, Any]:
     """Add the run's final state and every stage's timing to its manifest; returns it."""
-    manifest = run.read_json("manifest.json") if run.exists("manifest.json") else {}
+    manifest = run.read_json(MANIFEST_KEY) if run.exists(MANIFEST_KEY) else {}
     stages = {}
     for key in run.list("stages"):
         record = run.read_json(key)
@@ -151,7 +164,7 @@ def finish_manifest(run: Store, state: str) -> dict[str, Any]:
             k: record.get(k) for k in ("state", "finished", "seconds", "host")
         }
     manifest.update(state=state, stages=stages)
-    run.write_json("manifest.json", manifest)
+    run.write_json(MANIFEST_KEY, manifest)
     return manifest
 
 
