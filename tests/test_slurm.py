@@ -13,11 +13,13 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -28,7 +30,7 @@ from pipeline.commands.runs import main as runs_main
 from pipeline.core.config import load_config
 from pipeline.core.errors import ConfigError, DataError
 from pipeline.orchestration.slurm import follow
-from pipeline.run.state import run_store, write_manifest
+from pipeline.run.state import run_store, stage_done, write_manifest
 from pipeline.storage.store import Store, open_store
 from tests.conftest import TINY_OVERRIDES
 from tests.seaweed import SeaweedServer
@@ -331,6 +333,41 @@ def test_a_requeue_that_raises_through_the_stage_is_not_recorded_as_a_failure(
         job()  # the requeued job starts afresh: a real failure is recorded as one
     record = read_stage_state(run, "train-single")
     assert record["state"] == "failed" and "train-00003" in record["error"], record
+
+
+def test_a_warning_signal_after_the_jobs_last_stage_neither_requeues_nor_fails_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Slurm's warning signal can come while a job whose stages are all done is exiting (a time
+    limit close to the work's length). Handled, it would requeue the finished job or end it as
+    failed, and Slurm would cancel the jobs that wait for it; once the work is done it is ignored.
+    The handler submitit installs in a job is stood in for by one that counts its calls."""
+    from omegaconf import OmegaConf
+
+    import pipeline.orchestration.graph
+    from pipeline.orchestration.slurm import StageJob, warning_signal
+
+    cfg = load_config([f"store.root={tmp_path / 'store'}", "run_id=20260101T000000Z-000000"])
+    write_manifest(cfg)
+    handled: list[int] = []
+
+    def prepare(cfg: object) -> dict[str, Any]:
+        os.kill(os.getpid(), warning_signal())  # during the work: submitit's handler runs
+        return {"images": {}}
+
+    monkeypatch.setattr(pipeline.orchestration.graph, "prepare", prepare)
+    previous = signal.signal(warning_signal(), lambda signum, frame: handled.append(signum))
+    try:
+        assert StageJob(OmegaConf.to_container(cfg, resolve=True), "prepare")().startswith(
+            "prepare done"
+        )
+        assert handled == [warning_signal()]
+        os.kill(os.getpid(), warning_signal())  # the job is exiting: ignored
+        time.sleep(0.1)
+        assert handled == [warning_signal()]
+    finally:
+        signal.signal(warning_signal(), previous)
+    assert stage_done(run_store(cfg), "prepare")
 
 
 def test_the_wckey_is_configurable_or_left_out(tmp_path: Path) -> None:

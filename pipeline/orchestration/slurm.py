@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import logging
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -96,6 +97,9 @@ class StageJob(Checkpointable):
         run_stages(cfg, self.stages(cfg), where=job_where(), on_start=starting,
                    record_failure=lambda: not self.requeuing)  # fmt: skip
         self.current = None
+        # Every stage is done: a warning signal from now on (the time limit reached while the
+        # job exits) must not requeue it, nor end it as failed and cancel the jobs after it.
+        signal.signal(warning_signal(), signal.SIG_IGN)
         return f"{self.kind} done: run_id={cfg.run_id}"
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
@@ -115,6 +119,12 @@ class StageJob(Checkpointable):
         return super().checkpoint(*args, **kwargs)
 
 
+def warning_signal() -> signal.Signals:
+    """The signal submitit asks Slurm to send before the time limit (USR2, or
+    $SUBMITIT_PREEMPT_SIGNAL) and handles by calling `checkpoint`."""
+    return signal.Signals[f"SIG{submitit.JobEnvironment.USR_SIG}"]
+
+
 class InferJob(Checkpointable):
     """A `python -m pipeline.infer --cluster slurm` batch as one Slurm job. Requeued on the
     warning signal like the stages; a requeued batch classifies what it has not recorded yet."""
@@ -124,7 +134,9 @@ class InferJob(Checkpointable):
 
     def __call__(self) -> str:
         setup_logging()
-        return format_summary(infer(job_config(self.config)))
+        summary = format_summary(infer(job_config(self.config)))
+        signal.signal(warning_signal(), signal.SIG_IGN)  # done: as StageJob, never requeued now
+        return summary
 
 
 def submit_infer(cfg: DictConfig) -> str:
