@@ -113,7 +113,8 @@ def test_launch_local_end_to_end_then_rerun_is_a_no_op(
     # Re-running the same run redoes nothing: every stage marker stays as it was.
     markers = {k: run.read_bytes(k) for k in run.list("stages")}
     assert set(markers) == {f"stages/{s}.json" for s in
-                            ("prepare", "train-single", "predict-single", "vote")}  # fmt: skip
+                            ("prepare", "train-single", "predict-single", "vote",
+                             "publish")}  # fmt: skip
     assert launch_main([*overrides, f"run_id={run_id}"]) == 0
     assert {k: run.read_bytes(k) for k in run.list("stages")} == markers
 
@@ -197,6 +198,9 @@ def test_job_entry_points_run_the_stages_in_turn(tiny_dataset: Path, tmp_path: P
         assert done.returncode == 0, done.stderr[-2000:]
         assert "run_id=jobs" in done.stdout
     assert (tmp_path / "store" / "runs" / "jobs" / "submission.csv").is_file()
+    # jobs.vote also publishes: latest.json names the run and its marker ends the run
+    assert json.loads((tmp_path / "store" / "latest.json").read_text())["run_id"] == "jobs"
+    assert (tmp_path / "store" / "runs" / "jobs" / "stages" / "publish.json").is_file()
     # a run made stage by stage is fingerprinted like a launched one: the same launch skips
     launched = run_job("pipeline.launch", *[o for o in common if o != "run_id=jobs"])
     assert launched.returncode == 0, launched.stderr[-2000:]
