@@ -213,8 +213,8 @@ def test_a_run_shows_done_only_once_latest_json_names_it(
 def test_a_run_published_before_publish_was_a_stage_still_shows_done(
     tmp_path: Path, fake_stages: list[str]
 ) -> None:
-    """Runs finished by an earlier version have no publish marker: the vote's follow-up moved
-    latest.json and then recorded `succeeded` in the manifest. `runs status` shows them done."""
+    """Runs finished by an earlier version have no publish marker: the vote's follow-up recorded
+    `succeeded` in the manifest, then moved latest.json. `runs status` shows them done."""
     cfg = seed_cfg(tmp_path, "suite=single")
     write_manifest(cfg)
     graph.run_stages(cfg, suite_graph(cfg)[:-1])

@@ -3,7 +3,7 @@ that runs it and the cluster job that carries it.
 
     prepare ─▶ train-<model> ─▶ predict-<model> ─▶ vote ─▶ publish   (train/predict per model)
 
-`publish` (the manifest's final state, latest.json, checkpoint retention) is a stage of its own,
+`publish` (latest.json, checkpoint retention, the manifest's final state) is a stage of its own,
 carried by the vote job: a run is done when its marker is, so whoever sees the run done
 (`launch --wait`, `runs status`) also sees latest.json moved.
 

@@ -154,16 +154,16 @@ def stage_status(
     """The state of one stage from its marker, its job's queue entry and its job record."""
     job_id = job["job_id"] if job else None
     log = job.get("log") if job else None
-    if stage == PUBLISH_STAGE and not stage_done(run, stage) and manifest_state(run) == "succeeded":
-        # a run published before publish was a stage with a marker: its manifest's final state,
-        # which publishing writes last, says it was
-        return StageStatus(stage, "done", job_id, log, "recorded in manifest.json")
     if stage_done(run, stage):
         marker = run.read_json(stage_key(stage))
         detail = f"{marker.get('seconds', 0):.0f} s on {marker.get('host', '?')}"
         if "val_macro_f1" in marker:
             detail += f", val macro F1 {marker['val_macro_f1']:.4f}"
         return StageStatus(stage, "done", job_id, log, detail)
+    if stage == PUBLISH_STAGE and manifest_state(run) == "succeeded":
+        # a run published by a version before publish was a stage has no marker; that version
+        # recorded `succeeded` in the manifest right before moving latest.json
+        return StageStatus(stage, "done", job_id, log, "recorded in manifest.json")
     record = read_stage_state(run, stage)
     if record and job_id and record.get("job_id") not in (None, job_id):
         record = None  # written by the job of an earlier launch

@@ -33,7 +33,7 @@ from pipeline.storage.store import join_key
 #: Names of the stages (their markers: stages/<name>.json); train and predict are per model.
 PREPARE_STAGE = "prepare"
 VOTE_STAGE = "vote"
-#: Moves latest.json, finishes the manifest, prunes checkpoints; its marker ends a run.
+#: Moves latest.json, prunes checkpoints, finishes the manifest; its marker ends a run.
 PUBLISH_STAGE = "publish"
 LATEST_KEY = "latest.json"
 #: Folder of the store holding one folder per run.
