@@ -76,14 +76,19 @@ format: $(STAMP)
 clean:
 	rm -rf outputs .pytest_cache .ruff_cache
 
-# The results table in README: suite=seed on a full-size generated dataset (2,700 + 1,800 people)
-# drawn with generator seed RESULTS_SEED; the eval columns are scores on its held-out eval set.
-RESULTS_SEED      ?= 2
-RESULTS_DATA      ?= data/full-seed$(RESULTS_SEED)
-RESULTS_STORE     ?= outputs/results-seed$(RESULTS_SEED)
-RESULTS_OVERRIDES ?= train.image_size=[64,48] train.epochs=4 tracking.mode=disabled
+# The results table in README: suite=seed on a generated dataset of RESULTS_PEOPLE training and
+# RESULTS_EVAL_PEOPLE eval people drawn with generator seed RESULTS_SEED; the eval columns are
+# scores on its held-out eval set. Seeds 11 and 12 were never looked at while the suite and the
+# vote were designed (seed 2 was: keep it for development), README "Results table".
+RESULTS_SEED        ?= 11
+RESULTS_PEOPLE      ?= 1200
+RESULTS_EVAL_PEOPLE ?= 600
+RESULTS_DATA        ?= data/results-seed$(RESULTS_SEED)
+RESULTS_STORE       ?= outputs/results-seed$(RESULTS_SEED)
+RESULTS_OVERRIDES   ?= train.image_size=[64,48] train.epochs=4 tracking.mode=disabled
 results: $(STAMP)
-	test -f $(RESULTS_DATA)/train/train.csv || $(BIN)/python -m pipeline.synth $(RESULTS_DATA) --seed $(RESULTS_SEED)
+	test -f $(RESULTS_DATA)/train/train.csv || $(BIN)/python -m pipeline.synth $(RESULTS_DATA) \
+	  --people $(RESULTS_PEOPLE) --eval-people $(RESULTS_EVAL_PEOPLE) --seed $(RESULTS_SEED)
 	$(BIN)/python -m pipeline.launch suite=seed data.root=$(RESULTS_DATA) store.root=$(RESULTS_STORE) $(RESULTS_OVERRIDES)
 	$(BIN)/python -m pipeline.results store.root=$(RESULTS_STORE) --out $(RESULTS_STORE)/results.md
 

@@ -73,6 +73,10 @@ BAD = [
     (["+model.pretrained=true"], "model.pretrained=true: unknown key"),
     (["+data.age_thresholds.middle=45"], "data.age_thresholds.middle"),
     (["k8s.backoff_limit=-2"], "k8s.backoff_limit"),
+    # issue 24: frozen layers without pretrained weights would stay random
+    (["model.freeze=[layer1,layer2]"], "model.freeze=['layer1', 'layer2'] with model.weights=null"),
+    (["suite=seed", "+suite.models.single.freeze=[layer1]"], "suite.models.single.freeze"),
+    (["train.augment.cutmix_cut_range=[0.5,0.2]"], "train.augment.cutmix_cut_range"),
 ]
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import os
 import re
@@ -30,6 +31,7 @@ from pipeline.ml.checkpoints import load_checkpoint, load_torch, save_torch
 from pipeline.ml.training_state import TrainingState
 from pipeline.orchestration.graph import run_job_stages
 from pipeline.run.state import run_store
+from pipeline.stages import train as train_stage
 from pipeline.stages.predict import predict_model
 from pipeline.stages.prepare import prepare
 from pipeline.stages.train import resume_state, train_model
@@ -311,6 +313,39 @@ def test_training_stopped_after_its_last_epoch_is_only_evaluated_again(
     assert again["history"] == first["history"]
     assert again["val"] == first["val"]  # the best checkpoint, evaluated again
     assert run.exists("stages/train-single.json")
+
+
+def test_a_job_preempted_after_early_stopping_ships_the_same_epoch_when_resumed(
+    tiny_dataset: Path,
+    make_cfg: MakeCfg,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 24: patience 1 and val F1 0.5, 0.4 stop training after epoch 2 and ship epoch 1. A
+    job preempted after that last.pt but before metrics.json must, when it resumes, train no
+    epoch 3 (whose scripted F1 0.9 would otherwise replace the shipped checkpoint)."""
+    scores = iter([0.5, 0.4, 0.9, 0.9, 0.9])
+    monkeypatch.setattr(train_stage, "evaluate", lambda *args: (next(scores), 0.5))
+    cfg = make_cfg(tiny_dataset, "run_id=stop", "train.epochs=4", "train.num_threads=1",
+                   "train.early_stopping_patience=1")  # fmt: skip
+    prepare(cfg)
+    run_job_stages(cfg, "train")
+    folder = tmp_path / "store" / "runs" / "stop" / "models" / "single"
+    first = json.loads((folder / "metrics.json").read_text())
+    assert (first["best_epoch"], first["epochs_trained"], first["stopped_early"]) == (1, 2, True)
+    shipped = (folder / "checkpoint.pt").read_bytes()
+    (tmp_path / "store" / "runs" / "stop" / "stages" / "train-single.json").unlink()
+    (folder / "metrics.json").unlink()  # preempted between the stop and metrics.json
+
+    caplog.set_level(logging.INFO, logger="pipeline.stages.train")
+    run_job_stages(cfg, "train")
+    assert "stopped early after epoch 2" in caplog.text
+    assert not re.search(r"epoch \d/4:", caplog.text), caplog.text  # no epoch trained again
+    again = json.loads((folder / "metrics.json").read_text())
+    assert (again["best_epoch"], again["epochs_trained"], again["stopped_early"]) == (1, 2, True)
+    assert again["val"] == first["val"] and again["history"] == first["history"]
+    assert (folder / "checkpoint.pt").read_bytes() == shipped
 
 
 # ------------------------------------------------------------------------------ disk full

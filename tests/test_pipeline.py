@@ -218,10 +218,11 @@ def test_job_errors_are_one_clear_line(tmp_path: Path) -> None:
     assert done.returncode == 1 and "train.epochz" in done.stderr
 
 
-SEED_MODELS = {"single": 18, "mask": 3, "gender": 2, "age": 3, "age_masked": 3, "age_unmasked": 3,
-               "single_lb": 18, "age_masked_focal": 3, "age_unmasked_focal": 3}  # fmt: skip
-SEED_CANDIDATES = ["single", "per_task", "conditional", "single_lb", "conditional_focal",
-                   "single_lb_conditional_focal"]  # fmt: skip
+SEED_MODELS = {"single": 18, "mask": 3, "gender": 2, "age": 3, "gender_b": 2, "age_b": 3,
+               "gender_c": 2, "age_c": 3, "age_masked": 3, "age_unmasked": 3, "single_lb": 18,
+               "age_masked_focal": 3, "age_unmasked_focal": 3}  # fmt: skip
+SEED_CANDIDATES = ["single", "per_task", "per_task_b", "per_task_c", "conditional", "single_lb",
+                   "conditional_focal", "single_lb_conditional_focal"]  # fmt: skip
 
 
 @pytest.mark.slow
@@ -249,7 +250,21 @@ def test_seed_suite_trains_every_model_and_votes_the_top_five(
     assert sorted(names) == sorted(SEED_CANDIDATES)
     scores = [c["val_macro_f1"] for c in result["candidates"]]
     assert scores == sorted(scores, reverse=True)
-    assert result["members"] == names[:5]
+    # the top five are voted; the best alone is submitted only when it beats their vote on val
+    assert result["voted"] == names[:5] and result["method"] == "hard_per_task"
+    applied = result["fallback"]["applied"]
+    assert result["members"] == (names[:1] if applied else names[:5]), result["fallback"]
+    assert result["submitted"] == ("best_member" if applied else "vote")
+    by_method = result["methods"]["hard_per_task"]["val"]
+    assert (by_method["diff"] < 0) == applied  # fallback_margin 0: the vote must not trail on val
+    # every method scored on val with a person-level interval and the paired difference
+    assert set(result["methods"]) == {"hard", "hard_per_task", "soft"}
+    for scored in [*(m["val"] for m in result["methods"].values()),
+                   *(c["val_interval"] for c in result["candidates"])]:  # fmt: skip
+        assert scored["low"] <= scored["macro_f1"] <= scored["high"]
+        assert scored["diff_low"] <= scored["diff"] <= scored["diff_high"]
+    assert result["candidates"][0]["val_interval"]["diff"] == 0.0
+    assert result["interval"]["by"] == "person" and result["interval"]["reference"] == names[0]
     for name in names:
         candidate = json.loads(run.read_bytes(f"candidates/{name}/metrics.json"))
         assert len(candidate["confusion"]) == 18 and "tasks" in candidate
@@ -259,9 +274,8 @@ def test_seed_suite_trains_every_model_and_votes_the_top_five(
     # The hard vote again with top_k=3: the three best on val, each candidate's score recomputed
     # here from its val Parquet with scikit-learn, and the submission recomputed as a hard vote of
     # the members' eval Parquet (majority; a tie goes to the best-ranked member's class).
-    assert result["method"] == "soft"  # the seed suite's default
     run.delete("stages/vote.json")
-    cfg.suite.vote.top_k, cfg.suite.vote.method = 3, "hard"
+    cfg.suite.vote.top_k, cfg.suite.vote.method, cfg.suite.vote.fallback_margin = 3, "hard", None
     again = vote(cfg)
     val = read_index(run).query("split == 'val'").set_index("image_id")["label"]
 
@@ -293,11 +307,27 @@ def test_seed_suite_trains_every_model_and_votes_the_top_five(
     for name in [*SEED_MODELS, *names]:
         assert f"| {name}" in text
     ens, held_out = again["ensemble"], again["eval"]
+    ci = ens["val_interval"]
     assert (
-        f"| vote | top-3 hard vote | 18 classes | {ens['val_macro_f1']:.4f} | "
-        f"{ens['val_accuracy']:.4f} | {held_out['macro_f1']:.4f} | {held_out['accuracy']:.4f} |"
+        f"| vote | top-3 hard vote (submitted) | 18 classes | {ens['val_macro_f1']:.4f} "
+        f"[{ci['low']:.3f}, {ci['high']:.3f}] | {ci['diff']:+.4f} [{ci['diff_low']:+.3f}, "
+        f"{ci['diff_high']:+.3f}] | {ens['val_accuracy']:.4f} | {held_out['macro_f1']:.4f} | "
+        f"{held_out['accuracy']:.4f} |"
     ) in text
+    assert "| vote | top-3 hard_per_task vote |" in text and "| vote | top-3 soft vote |" in text
     truth = pd.read_csv(tiny_dataset / "eval" / "ground_truth.csv").set_index("ImageID")["ans"]
+    # the per-task vote of the same members, recomputed from their eval answers
+    per_task = []
+    for column in zip(*ballots, strict=True):
+        codes = [(c // 6, (c // 3) % 2, c % 3) for c in column]
+        voted = []
+        for t in range(3):
+            counts = Counter(code[t] for code in codes)
+            voted.append(next(code[t] for code in codes if counts[code[t]] == max(counts.values())))
+        per_task.append(voted[0] * 6 + voted[1] * 3 + voted[2])
+    assert again["methods"]["hard_per_task"]["eval_macro_f1"] == pytest.approx(
+        f1_score(truth.loc[eval_ids], per_task, average="macro")
+    )
     best = again["candidates"][0]
     pred = answers(best["name"], "eval").loc[truth.index]
     assert best["eval_macro_f1"] == pytest.approx(f1_score(truth, pred, average="macro"))
@@ -307,7 +337,7 @@ def test_seed_suite_trains_every_model_and_votes_the_top_five(
     # distribution rebuilt here from the members' models' eval Parquet; an unknown method refused.
     run.delete("stages/vote.json")
     cfg.suite.vote.method = "mean"
-    with pytest.raises(ConfigError, match=r"suite.vote.method must be one of \['hard', 'soft'\]"):
+    with pytest.raises(ConfigError, match=r"suite.vote.method must be one of \['hard', "):
         vote(cfg)
     cfg.suite.vote.method = "soft"
     soft = vote(cfg)
@@ -324,7 +354,7 @@ def test_seed_suite_trains_every_model_and_votes_the_top_five(
     submission = pd.read_csv(io.BytesIO(run.read_bytes("submission.csv")))
     assert submission["ans"].tolist() == mean.argmax(axis=1).tolist()
     assert results_main(["--run", "seed", "--out", str(table), f"store.root={cfg.store.root}"]) == 0
-    assert "| vote | top-3 soft vote |" in table.read_text()
+    assert "| vote | top-3 soft vote (submitted) |" in table.read_text()
 
 
 @pytest.mark.slow

@@ -59,9 +59,12 @@ def test_balanced_sampling_evens_out_classes() -> None:
 
 def test_seed_suite_models_and_per_model_train_overrides() -> None:
     specs = spec_for("train.epochs=3")
-    assert set(specs) == {"single", "mask", "gender", "age", "age_masked", "age_unmasked",
-                          "single_lb", "age_masked_focal", "age_unmasked_focal"}  # fmt: skip
-    assert list(specs["single"].freeze) == ["layer1", "layer2"]
+    assert set(specs) == {"single", "mask", "gender", "age", "gender_b", "age_b", "gender_c",
+                          "age_c", "age_masked", "age_unmasked", "single_lb", "age_masked_focal",
+                          "age_unmasked_focal"}  # fmt: skip
+    # model a freezes layer1 and layer2 only when pretrained weights are given (issue 24)
+    assert specs["single"].freeze == [] and specs["single"].weights is None
+    assert list(specs["single"].freeze_if_pretrained) == ["layer1", "layer2"]
     assert specs["single_lb"].freeze == [] and specs["single_lb"].train.loss.f1 == 0.5
     assert list(specs["single_lb"].train.drop_ages) == [[27, 29], [57, 59]]
     assert specs["age_masked_focal"].train.augment.hflip  # a nested override keeps the rest

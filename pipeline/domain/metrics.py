@@ -72,3 +72,96 @@ def classification_metrics(
         for name, (part, n) in tasks.items()
     }
     return {**result, "tasks": per_task}
+
+
+class Interval(TypedDict):
+    """A macro F1 on a split with its person-level bootstrap interval, and (when a reference
+    predictor is given) its paired difference against the reference with that interval."""
+
+    macro_f1: float
+    low: float
+    high: float
+    diff: NotRequired[float]
+    diff_low: NotRequired[float]
+    diff_high: NotRequired[float]
+
+
+def _macro_f1_of_confusions(conf: np.ndarray) -> np.ndarray:
+    """Macro F1 of each confusion matrix in `conf` (... × C × C, rows the truth), over the
+    classes present in the truth or the predictions, as `macro_f1`."""
+    tp = np.diagonal(conf, axis1=-2, axis2=-1).astype(np.float64)
+    truth, pred = conf.sum(axis=-1), conf.sum(axis=-2)
+    present = (truth + pred) > 0
+    denominator = truth + pred  # 2 TP + FP + FN
+    f1 = np.divide(2.0 * tp, denominator, out=np.zeros_like(tp), where=denominator > 0)
+    count = present.sum(axis=-1)
+    return np.divide((f1 * present).sum(axis=-1), count, out=np.zeros(count.shape), where=count > 0)
+
+
+def bootstrap_by_person(
+    truth: np.ndarray,
+    predictions: dict[str, np.ndarray],
+    persons: np.ndarray,
+    *,
+    reference: str | None = None,
+    resamples: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+    num_classes: int = NUM_CLASSES,
+) -> dict[str, Interval]:
+    """Macro F1 of each predictor with a percentile interval from a bootstrap **by person**: each
+    resample draws the split's people with replacement and keeps all of their photos, so the
+    interval reflects how much the score would move with other people (a person's 7 photos are
+    not independent). Every predictor is scored on the same resamples, so `diff` (the predictor's
+    macro F1 minus `reference`'s) and its interval are paired. Deterministic for a `seed`.
+
+    truth, each prediction and persons are aligned arrays of one split (labels 0..num_classes-1;
+    persons any hashable ids). Raises ValueError for misaligned or empty inputs.
+    """
+    truth = np.asarray(truth, dtype=np.int64)
+    people, person_index = np.unique(np.asarray(persons), return_inverse=True)
+    if len(truth) == 0 or len(person_index) != len(truth):
+        raise ValueError(f"need aligned, non-empty truth ({len(truth)}) and persons")
+    if reference is not None and reference not in predictions:
+        raise ValueError(f"reference {reference!r} is not among the predictions")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    rng = np.random.default_rng(seed)
+    n_people = len(people)
+    weights = np.stack(
+        [
+            np.bincount(rng.integers(0, n_people, n_people), minlength=n_people)
+            for _ in range(resamples)
+        ]
+    ).astype(np.float64)  # resamples × people: how often each person is drawn
+    cells = num_classes * num_classes
+    tail = (1.0 - level) / 2.0
+    boot: dict[str, np.ndarray] = {}
+    out: dict[str, Interval] = {}
+    for name, pred in predictions.items():
+        pred = np.asarray(pred, dtype=np.int64)
+        if len(pred) != len(truth):
+            raise ValueError(f"{name}: {len(pred)} predictions for {len(truth)} labels")
+        if pred.min() < 0 or pred.max() >= num_classes:
+            raise ValueError(f"{name}: predictions hold labels outside 0..{num_classes - 1}")
+        per_person = np.bincount(
+            person_index * cells + truth * num_classes + pred, minlength=n_people * cells
+        ).reshape(n_people, cells)
+        whole = per_person.sum(axis=0).reshape(num_classes, num_classes)
+        scores = _macro_f1_of_confusions(
+            (weights @ per_person).reshape(-1, num_classes, num_classes)
+        )
+        boot[name] = scores
+        low, high = np.quantile(scores, [tail, 1.0 - tail])
+        out[name] = {
+            "macro_f1": float(_macro_f1_of_confusions(whole)),
+            "low": float(low),
+            "high": float(high),
+        }
+    if reference is not None:
+        for name, interval in out.items():
+            diffs = boot[name] - boot[reference]
+            low, high = np.quantile(diffs, [tail, 1.0 - tail])
+            interval["diff"] = interval["macro_f1"] - out[reference]["macro_f1"]
+            interval["diff_low"], interval["diff_high"] = float(low), float(high)
+    return out

@@ -25,8 +25,13 @@ from pipeline.core.errors import ConfigError
 
 #: ITU-R 601 luma weights, as torchvision's rgb_to_grayscale.
 _LUMA = (0.299, 0.587, 0.114)
-#: Range of the vertical CutMix cut, as fractions of the image height (see `vertical_cutmix`).
-CUT_RANGE = (0.3, 0.7)
+#: Default range of the vertical CutMix cut, as fractions of the whole photo's height (see
+#: `vertical_cutmix`): above the mask line. On the generated faces a mask's highest pixel (its
+#: ear loops, the nose bridge of a worn mask) is never above 0.34 H (tests/test_augment.py measures
+#: it), so every cut in [0.2, 0.33] H leaves all of the mask's evidence to the face that gives the
+#: bottom and the mask label. A cut lower down (the 0.3-0.7 H drawn before) shows the top face's own
+#: mask or nose above the partner's mask label: about a third of cuts were mislabelled.
+CUT_RANGE = (0.2, 0.33)
 ERASE_FILLS = ("noise", "mean")
 
 
@@ -51,6 +56,26 @@ def _strength(name: str, value: Any) -> float:
     if not 0.0 <= s < 1.0:
         raise ConfigError(f"{name} must be in [0, 1) (0 turns it off), got {value!r}")
     return s
+
+
+def _cut_range(name: str, value: Any) -> tuple[float, float]:
+    """Two fractions 0 < lo <= hi < 1 of the photo's height."""
+    if isinstance(value, str) or not hasattr(value, "__len__") or len(value) != 2:
+        raise ConfigError(f"{name} must be [lo, hi], fractions of the photo height, got {value!r}")
+    lo, hi = (_number(name, v) for v in value)
+    if not 0.0 < lo <= hi < 1.0:
+        raise ConfigError(f"{name} must satisfy 0 < lo <= hi < 1, got {list(value)!r}")
+    return lo, hi
+
+
+def crop_rows(photo_range: tuple[float, float], crop_height: float) -> tuple[float, float] | None:
+    """A range of rows given in fractions of the whole photo's height, in fractions of a centre
+    crop of `crop_height` of it (1.0: the whole photo); None when the range lies above the crop."""
+    top = (1.0 - crop_height) / 2.0
+    lo, hi = ((r - top) / crop_height for r in photo_range)
+    if hi <= 0.0:
+        return None
+    return max(lo, 0.0), min(hi, 1.0)
 
 
 def _alpha(name: str, value: Any) -> float:
@@ -276,22 +301,24 @@ def vertical_cutmix(
     p: float,
     generator: torch.Generator | None = None,
     task: str | None = None,
+    cut_range: tuple[float, float] = CUT_RANGE,
 ) -> tuple[Tensor, Tensor]:
     """With probability p (per batch), give each image the bottom rows of a partner image (a
     random permutation of the batch); the mask label follows the bottom rows, gender and age mix
     by area (see `vertical_cutmix_with`).
 
-    The cut row is drawn per image, uniform over the integers in [0.3 H, 0.7 H]: each face then
-    keeps at least 30% of the height, so the top (eyes, hair: gender and age cues) and the bottom
-    (nose, mouth: the mask) both carry visible evidence for their share of the label. Cuts near the
-    edges would give a label weight to a sliver that shows almost nothing of its face.
+    The cut row is drawn per image, uniform over the integers in [lo H, hi H] of `cut_range`
+    (fractions of these images' height; `BatchAugment` converts the configured photo fractions
+    for a centre crop). The range must lie above the mask line: the label gives the mask wholly to
+    the bottom face, so a cut below the top of a mask (or a bare nose) would show the top face's
+    own mask evidence under the partner's label.
     """
     p = _probability("cutmix_vertical", p)
     n, height = len(images), images.shape[2]
     if n < 2 or height < 2 or not _coin(p, generator):
         return images, soft_targets
-    lo = max(1, math.ceil(CUT_RANGE[0] * height))
-    hi = max(lo, min(height - 1, math.floor(CUT_RANGE[1] * height)))
+    lo = max(1, math.ceil(cut_range[0] * height))
+    hi = max(lo, min(height - 1, math.floor(cut_range[1] * height)))
     gen = _generator_on(images.device, generator)
     partner = _randperm(n, images.device, gen)
     cut = torch.randint(lo, hi + 1, (n,), generator=gen, device=images.device)
@@ -332,15 +359,20 @@ class BatchAugment:
     applies it with its own probability (`cutmix_vertical`, `mixup_prob`).
 
     hflip: flip half of the images left-right. color_jitter: strength s in [0, 1). random_erasing
-    and cutmix_vertical: probabilities (per image, per batch). mixup_alpha >= 0 (0 = off).
+    and cutmix_vertical: probabilities (per image, per batch). cutmix_cut_range: where the cut
+    falls, fractions [lo, hi] of the whole photo's height (above the mask line). mixup_alpha >= 0
+    (0 = off). crop_height: the centre crop's share of the photo height that the batches show (the
+    model's train.center_crop; 1.0 for the whole photo): not a config key of `augment`.
     """
 
     hflip: bool = True
     color_jitter: float = 0.0
     random_erasing: float = 0.0
     cutmix_vertical: float = 0.0
+    cutmix_cut_range: tuple[float, float] = CUT_RANGE
     mixup_alpha: float = 0.0
     mixup_prob: float = 1.0
+    crop_height: float = 1.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.hflip, bool):
@@ -348,19 +380,31 @@ class BatchAugment:
         _strength("color_jitter", self.color_jitter)
         _probability("random_erasing", self.random_erasing)
         _probability("cutmix_vertical", self.cutmix_vertical)
+        photo_range = _cut_range("cutmix_cut_range", self.cutmix_cut_range)
+        object.__setattr__(self, "cutmix_cut_range", photo_range)
+        if self.cutmix_vertical > 0.0 and crop_rows(photo_range, self.crop_height) is None:
+            raise ConfigError(
+                f"cutmix_vertical with cutmix_cut_range {list(photo_range)} of the photo and a "
+                f"centre crop of {self.crop_height:g} of its height: the cut range lies above the "
+                "crop; lower the range or crop less"
+            )
         _alpha("mixup_alpha", self.mixup_alpha)
         _probability("mixup_prob", self.mixup_prob)
 
     @classmethod
-    def from_config(cls, cfg_augment: Mapping[str, Any]) -> BatchAugment:
+    def from_config(cls, cfg_augment: Mapping[str, Any], crop_height: float = 1.0) -> BatchAugment:
         """Build from a mapping (e.g. the `augment` config group) whose keys are this class's
-        fields; missing keys keep their defaults. Raises ConfigError on unknown keys or bad values.
+        fields (but crop_height, given apart); missing keys keep their defaults. Raises
+        ConfigError on unknown keys or bad values.
         """
-        valid = [f.name for f in fields(cls)]
+        valid = [f.name for f in fields(cls) if f.name != "crop_height"]
         unknown = sorted(str(k) for k in cfg_augment if k not in valid)
         if unknown:
             raise ConfigError(f"unknown augment keys {unknown}; valid keys: {valid}")
-        return cls(**{str(k): v for k, v in cfg_augment.items()})
+        values = {str(k): v for k, v in cfg_augment.items()}
+        if "cutmix_cut_range" in values:
+            values["cutmix_cut_range"] = tuple(values["cutmix_cut_range"])
+        return cls(**values, crop_height=crop_height)
 
     def __call__(
         self,
@@ -389,7 +433,11 @@ class BatchAugment:
             use_cutmix = _coin(0.5, generator)
             use_mixup = not use_cutmix
         if use_cutmix:
-            images, soft = vertical_cutmix(images, soft, self.cutmix_vertical, generator, task)
+            rows = crop_rows(self.cutmix_cut_range, self.crop_height)
+            assert rows is not None  # refused in __post_init__
+            images, soft = vertical_cutmix(
+                images, soft, self.cutmix_vertical, generator, task, cut_range=rows
+            )
         elif use_mixup and _coin(self.mixup_prob, generator):
             images, soft = mixup(images, soft, self.mixup_alpha, generator)
         return images, soft

@@ -158,8 +158,17 @@ def predict_candidate(
     return candidate_probs(c, probs, tasks).argmax(axis=1)
 
 
-#: How the members' answers are combined (suite.vote.method).
-VOTE_METHODS = ("hard", "soft")
+#: How the members' answers are combined (suite.vote.method): `hard`, the seed's majority of the
+#: members' 18-class answers; `hard_per_task`, a majority for mask, gender and age separately;
+#: `soft`, the mean of the members' 18-class distributions.
+VOTE_METHODS = ("hard", "hard_per_task", "soft")
+
+#: Each task's classes within the 18: class = mask * 6 + gender * 3 + age.
+TASK_CODES = {
+    "mask": (lambda y: y // 6, 3),
+    "gender": (lambda y: (y // 3) % 2, 2),
+    "age": (lambda y: y % 3, 3),
+}
 
 
 def hard_vote(ranked_preds: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
@@ -206,14 +215,38 @@ def vote_shares(member_answers: np.ndarray, num_classes: int = NUM_CLASSES) -> n
     return shares / max(len(members), 1)
 
 
+def per_task_vote(ranked_preds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Majority per task of 18-class answers (members × images, best-ranked member first): mask,
+    gender and age each voted separately by the members' answers for that task, a tie going to
+    the tied value of the best-ranked member. Returns (shares, answers): the product of the
+    per-task vote shares (images × 18) and the classes composed of the three majorities.
+
+    Members that share a model agree on its task; a joint-label majority can then split: ballots
+    F/30-59, F/60+, M/30-59, F/<30, M/30-59 elect M/30-59 although three members say female.
+    Voted per task they elect F/30-59.
+    """
+    preds = np.asarray(ranked_preds, dtype=np.int64)
+    answers = np.zeros(preds.shape[1], dtype=np.int64)
+    shares = np.ones((preds.shape[1], 1), dtype=np.float64)
+    for scale, task in ((6, "mask"), (3, "gender"), (1, "age")):
+        part, n = TASK_CODES[task]
+        votes = part(preds)
+        answers += scale * hard_vote(votes, n)
+        shares = (shares[:, :, None] * vote_shares(votes, n)[:, None, :]).reshape(len(answers), -1)
+    return shares, answers
+
+
 def combine(method: str, member_dists: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """The vote of members (best-ranked first) given their 18-class distributions (images × 18):
     (probabilities, answers). Soft: the mean distribution and its argmax; hard: the members' vote
-    shares and the hard vote of their argmaxes."""
+    shares and the hard vote of their argmaxes; hard_per_task: the product of the per-task vote
+    shares and the per-task majorities (`per_task_vote`). One member gives its own answers."""
     stacked = np.stack(member_dists)
     if method == "soft":
         return stacked.mean(axis=0), soft_vote(stacked)
+    votes = stacked.argmax(axis=2)
     if method == "hard":
-        votes = stacked.argmax(axis=2)
         return vote_shares(votes), hard_vote(votes)
+    if method == "hard_per_task":
+        return per_task_vote(votes)
     raise ConfigError(f"suite.vote.method must be one of {list(VOTE_METHODS)}, got {method!r}")

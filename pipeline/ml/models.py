@@ -64,7 +64,8 @@ def read_weights(uri: str) -> dict[str, torch.Tensor]:
 
 
 def build_model(spec: DictConfig, num_classes: int) -> nn.Module:
-    """Build `spec.arch` with a `num_classes` head, load `spec.weights` (all but the head), freeze.
+    """Build `spec.arch` with a `num_classes` head, load `spec.weights` (all but the head), freeze
+    `spec.freeze` and, when weights were loaded, `spec.freeze_if_pretrained`.
 
     Raises ConfigError for unknown architectures, unknown frozen modules and unusable weights.
     """
@@ -74,9 +75,11 @@ def build_model(spec: DictConfig, num_classes: int) -> nn.Module:
             f"model.arch={spec.arch!r} is not a torchvision classifier; valid: {archs}"
         )
     model = torchvision.models.get_model(spec.arch, weights=None, num_classes=num_classes)
+    frozen = list(spec.get("freeze") or [])
     if spec.get("weights"):
         load_backbone(model, read_weights(str(spec.weights)), str(spec.weights))
-    for name in spec.get("freeze") or []:
+        frozen += [n for n in spec.get("freeze_if_pretrained") or [] if n not in frozen]
+    for name in frozen:
         module = getattr(model, name, None)
         if not isinstance(module, nn.Module):
             valid = [n for n, _ in model.named_children()]

@@ -116,6 +116,18 @@ def pair(item: Check, what: str) -> Check:
     return check
 
 
+def cut_range(v: Any) -> str | None:
+    v = _plain(v)
+    if (
+        isinstance(v, list)
+        and len(v) == 2
+        and all(_is_number(x) for x in v)
+        and 0 < v[0] <= v[1] < 1
+    ):
+        return None
+    return "must be [lo, hi], fractions of the photo height with 0 < lo <= hi < 1"
+
+
 def strings(v: Any) -> str | None:
     v = _plain(v)
     if isinstance(v, list) and all(isinstance(x, str) and x for x in v):
@@ -190,6 +202,7 @@ def _train_rules() -> dict[str, Check]:
         "augment.color_jitter": fraction,
         "augment.random_erasing": fraction,
         "augment.cutmix_vertical": fraction,
+        "augment.cutmix_cut_range": cut_range,
         "augment.mixup_alpha": number(0.0),
         "augment.mixup_prob": fraction,
         "early_stopping_patience": optional(whole(1)),
@@ -207,6 +220,7 @@ MODEL_RULES: dict[str, Check] = {
     "arch": architecture,
     "weights": optional(text),
     "freeze": strings,
+    "freeze_if_pretrained": strings,
     "task": task,
     "mask_groups": mask_groups,
 }
@@ -333,6 +347,18 @@ def _unknown_keys(cfg: DictConfig, problems: list[str]) -> None:
             )
 
 
+def _freeze_without_weights(spec: Any, prefix: str) -> str | None:
+    """A model that freezes layers it did not load: they would stay random."""
+    frozen = _plain(spec.get("freeze"))
+    if not isinstance(frozen, list) or not frozen or spec.get("weights"):
+        return None
+    return (
+        f"{prefix}freeze={_show(frozen)} with {prefix}weights=null: frozen layers would keep their "
+        f"random initialisation; set {prefix}weights to a pretrained state dict (path or s3:// "
+        "URI), or use freeze_if_pretrained, which freezes only when weights are given"
+    )
+
+
 def _cross_field(cfg: DictConfig, problems: list[str]) -> None:
     from pipeline.domain.labels import AgeThresholds
 
@@ -353,6 +379,9 @@ def _cross_field(cfg: DictConfig, problems: list[str]) -> None:
         except (DataError, TypeError) as e:
             problems.append(f"data.age_thresholds={ages}: {e}")
     model: DictConfig = cfg.get("model") or DictConfig({})
+    frozen = _freeze_without_weights(model, "model.")
+    if frozen:
+        problems.append(frozen)
     if model.get("mask_groups") is not None and model.get("task") != "age":
         problems.append(
             f"model.mask_groups={_show(model.mask_groups)} with model.task={_show(model.task)}: "
@@ -379,6 +408,10 @@ def _suite(cfg: DictConfig, problems: list[str]) -> None:
         _apply(MODEL_RULES, spec, prefix, problems, only=set(entry) - {"train"})
         overridden = {p.removeprefix("train.") for p in _paths(entry.get("train") or {}, "train")}
         _apply(train_rules, spec.train, f"{prefix}train.", problems, only=overridden)
+        frozen = _freeze_without_weights(spec, prefix)
+        top_frozen = _plain(spec.get("freeze")) == _plain(cfg.model.get("freeze"))
+        if frozen and not (top_frozen and spec.get("weights") == cfg.model.get("weights")):
+            problems.append(frozen)
         inherited = _plain(spec.get("mask_groups")) == _plain(cfg.model.get("mask_groups"))
         top_level_reported = cfg.model.get("mask_groups") is not None and cfg.model.task != "age"
         if inherited and top_level_reported:

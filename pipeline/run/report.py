@@ -4,7 +4,9 @@ Written by the vote stage after vote.json. Plots are PNGs embedded in the page (
 the file reads offline, pulled to a laptop or opened from the store's web console. It shows:
 the scores (vote and every candidate), val macro F1 of every model, candidate and the vote, the
 vote's confusion matrix, per-task accuracy, training curves and the class distribution of train
-and val. `python -m pipeline.report RUN_ID [overrides]` writes it again for an existing run.
+and val; every candidate's and vote method's val macro F1 with its interval by person and the
+paired difference against the best member, and what was submitted and why.
+`python -m pipeline.report RUN_ID [overrides]` writes it again for an existing run.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from omegaconf import DictConfig
 
 from pipeline.core.config import model_specs
 from pipeline.domain.labels import NUM_CLASSES, class_name
-from pipeline.run.results import TaskScores, VoteResult
+from pipeline.run.results import Interval, TaskScores, VoteResult
 from pipeline.run.state import read_index
 from pipeline.storage.store import Store, join_key
 
@@ -107,6 +109,39 @@ def training_curves(histories: dict[str, list[dict[str, Any]]]) -> str:
     return _png(fig)
 
 
+def _interval_cells(iv: Interval) -> list[str]:
+    return [
+        f"{iv['macro_f1']:.4f} [{iv['low']:.3f}, {iv['high']:.3f}]",
+        f"{iv['diff']:+.4f} [{iv['diff_low']:+.3f}, {iv['diff_high']:+.3f}]"
+        if "diff" in iv
+        else "-",
+    ]
+
+
+def choices_section(result: VoteResult) -> list[str]:
+    """Every candidate and every vote method on val with its interval by person and the paired
+    difference against the best member: what each choice rests on (empty for an older vote.json
+    without intervals)."""
+    if "methods" not in result or "interval" not in result:
+        return []
+    info = result["interval"]
+    rows = [
+        [f"candidate: {c['name']}", *_interval_cells(c["val_interval"])]
+        for c in result["candidates"]
+        if "val_interval" in c
+    ]
+    rows += [[f"vote: {m}", *_interval_cells(s["val"])] for m, s in result["methods"].items()]
+    note = (
+        f"{info['level']:.0%} bootstrap intervals over the {info['persons']} val people "
+        f"({info['resamples']} resamples); differences paired against {info['reference']}."
+    )
+    return [
+        "<h2>What the choices rest on (val, intervals by person)</h2>",
+        f"<p>{html.escape(note)}</p>",
+        _table(["", "val macro F1 [CI]", "minus best member [CI]"], rows, "choices"),
+    ]
+
+
 def render(run: Store, cfg: DictConfig, result: VoteResult) -> str:
     """The report page of a run whose vote produced `result` (vote.json's content)."""
     index = read_index(run)
@@ -135,10 +170,13 @@ def render(run: Store, cfg: DictConfig, result: VoteResult) -> str:
             ("eval macro F1", result["eval"]["macro_f1"]),
             ("eval accuracy", result["eval"]["accuracy"]),
         ]
+    if "fallback" in result:
+        headline.append(("submitted", result["fallback"]["reason"]))
     counts = index["split"].value_counts().to_dict()
     sections = [
         f"<h1>Run <span id='run-id'>{html.escape(str(result['run_id']))}</span></h1>",
         _table(["", ""], headline, "headline"),
+        *choices_section(result),
         "<h2>Val macro F1: models, candidates and the vote</h2>",
         _table(["name", "val macro F1"], list(scores.items()), "scores"),
         f1_bars(scores),

@@ -6,12 +6,24 @@ The vote stage (pipeline.stages.vote) writes it; the end-of-run summary and late
 plain JSON written with sorted keys (Store.write_json); these records only type it:
 
     run_id      the run
-    method      how the members were combined per image (suite.vote.method): hard | soft
-    top_k       how many of the best candidates were voted (suite.vote.top_k)
-    members     the voted candidates, best first
+    method      how the members are combined per image (suite.vote.method):
+                hard | hard_per_task | soft
+    top_k       how many of the best candidates are voted (suite.vote.top_k)
+    voted       the top-k candidates, best first
+    members     what the submission combines: `voted`, or the best candidate alone when the
+                fallback rule applied (infer uses these, with `method`)
+    submitted   vote | best_member
+    fallback    the rule for when one candidate dominates, whether it applied, and why (Fallback)
     candidates  every candidate with its scores, best first (CandidateScore)
-    ensemble    the vote's val scores (EnsembleScores)
-    eval        the vote's scores on eval, only when the eval set has ground truth (Scores)
+    methods     every vote method's val score (with interval) on the `voted` members, and its eval
+                macro F1 where eval has ground truth: what the others would have given
+    interval    how the intervals were made (by person, level, resamples, reference)
+    ensemble    the submission's val scores (EnsembleScores)
+    eval        the submission's scores on eval, only when the eval set has ground truth (Scores)
+
+Intervals (pipeline.domain.metrics.Interval): val macro F1 with a bootstrap interval by person, and
+the paired difference against the best-ranked candidate with its interval. vote.json files from
+before issue 24 lack voted, submitted, fallback, methods, interval and the intervals.
 
 Scores and TaskScores are what pipeline.domain.metrics.classification_metrics returns.
 """
@@ -20,18 +32,29 @@ from __future__ import annotations
 
 from typing import NotRequired, TypedDict
 
-from pipeline.domain.metrics import Scores, TaskScores
+from pipeline.domain.metrics import Interval, Scores, TaskScores
 from pipeline.storage.run_layout import VOTE_KEY
 from pipeline.storage.store import Store
 
 __all__ = [
+    "INTERVAL_LEVEL",
+    "INTERVAL_RESAMPLES",
     "CandidateScore",
     "EnsembleScores",
+    "Fallback",
+    "Interval",
+    "IntervalInfo",
+    "MethodScore",
     "Scores",
     "TaskScores",
     "VoteResult",
     "read_vote",
 ]
+
+
+#: The intervals of vote.json: 95 % percentile intervals from 1,000 resamples of the val people.
+INTERVAL_LEVEL = 0.95
+INTERVAL_RESAMPLES = 1000
 
 
 class CandidateScore(TypedDict):
@@ -42,6 +65,8 @@ class CandidateScore(TypedDict):
     val_macro_f1: float
     val_accuracy: float
     val_tasks: dict[str, TaskScores]
+    #: val macro F1's interval by person, and the paired difference against the best candidate
+    val_interval: NotRequired[Interval]
     #: only when the eval set has ground truth (for the record: nothing is chosen on them)
     eval_macro_f1: NotRequired[float]
     eval_accuracy: NotRequired[float]
@@ -53,6 +78,35 @@ class EnsembleScores(TypedDict):
     val_macro_f1: float
     val_accuracy: float
     val: Scores
+    #: the submission's val macro F1 with its interval and difference against the best member
+    val_interval: NotRequired[Interval]
+
+
+class MethodScore(TypedDict):
+    """One vote method of vote.json's `methods`, on the voted members."""
+
+    val: Interval
+    val_accuracy: float
+    eval_macro_f1: NotRequired[float]
+    eval_accuracy: NotRequired[float]
+
+
+class Fallback(TypedDict):
+    """vote.json's `fallback`: when the best candidate is submitted alone instead of the vote."""
+
+    rule: str
+    applied: bool
+    reason: str
+
+
+class IntervalInfo(TypedDict):
+    """vote.json's `interval`: how the intervals were made."""
+
+    by: str
+    level: float
+    resamples: int
+    persons: int
+    reference: str
 
 
 class VoteResult(TypedDict):
@@ -63,8 +117,13 @@ class VoteResult(TypedDict):
     #: suite.vote.method (always a hard vote) still reads
     method: NotRequired[str]
     top_k: int
+    voted: NotRequired[list[str]]
     members: list[str]
+    submitted: NotRequired[str]
+    fallback: NotRequired[Fallback]
     candidates: list[CandidateScore]
+    methods: NotRequired[dict[str, MethodScore]]
+    interval: NotRequired[IntervalInfo]
     ensemble: EnsembleScores
     eval: NotRequired[Scores]
 

@@ -275,7 +275,14 @@ def train_model(cfg: DictConfig, name: str) -> dict[str, Any]:
     epochs = int(cfg.train.epochs)
     tracker = Tracker(cfg, name, tracked_config(cfg, recipe.spec))
     try:
+        # a job restarted after early stopping (the history says so) trains no further: it
+        # ships the epoch the uninterrupted job would have shipped
+        stopped = stopped_early(history, recipe.patience)
+        if stopped:
+            log.info("%s: stopped early after epoch %d before the restart", stage, len(history))
         for epoch in range(len(history) + 1, epochs + 1):
+            if stopped:
+                break
             loss, seconds = fit_one_epoch(trainer, data, recipe)
             f1, accuracy = evaluate(trainer.model, data, trainer.rt, recipe)
             history.append(epoch_record(epoch, loss, f1, accuracy, seconds, len(data.targets)))
@@ -283,10 +290,11 @@ def train_model(cfg: DictConfig, name: str) -> dict[str, Any]:
             tracker.log({k: v for k, v in history[-1].items() if k != "epoch"}, step=epoch)
             save(run, name, trainer, history, best=f1 > best_f1)
             best_f1 = max(best_f1, f1)
-            if recipe.patience is not None and epochs_since_best(history) >= recipe.patience:
+            stopped = stopped_early(history, recipe.patience)
+            if stopped:
                 log.info("%s: no val improvement for %d epochs, stopping", stage, recipe.patience)
-                break
         metrics = final_metrics(cfg, run, recipe, trainer.rt, data, history)
+        metrics["stopped_early"] = stopped
         val = metrics["val"]
         tracker.summary(
             {"val_macro_f1": val["macro_f1"], "val_accuracy": val["accuracy"]},
@@ -303,7 +311,8 @@ def read_recipe(cfg: DictConfig, name: str) -> Recipe:
     spec = model_specs(cfg)[name]
     tcfg = spec.train
     target, num_classes = task_target(str(spec.task))
-    augment = BatchAugment.from_config(tcfg.augment)
+    crop = tcfg.get("center_crop")
+    augment = BatchAugment.from_config(tcfg.augment, float(crop[0]) if crop else 1.0)
     loss_fn = build_loss(
         dict(tcfg.loss),
         num_classes=num_classes,
@@ -463,6 +472,13 @@ def epoch_record(
         "seconds": round(seconds, 2),
         "images_per_s": round(images / seconds, 1),
     }
+
+
+def stopped_early(history: list[dict[str, Any]], patience: int | None) -> bool:
+    """Whether early stopping ends training after the last epoch of `history`: no val improvement
+    for `patience` epochs. Read from the history that last.pt records, so a job preempted between
+    the stop and metrics.json decides the same when it resumes."""
+    return patience is not None and bool(history) and epochs_since_best(history) >= patience
 
 
 def epochs_since_best(history: list[dict[str, Any]]) -> int:

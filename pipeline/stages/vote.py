@@ -1,9 +1,13 @@
 """The vote stage: the top-k candidates voted into `submission.csv` and `vote.json`.
 
 Candidates (pipeline.ml.ensemble) are ranked by val macro F1. `suite.vote.method` says how the
-chosen members are combined per image: `hard` (the seed's), the class most members predict, a
-tie going to the class of the best-ranked member among the tied ones; `soft`, the class of
-highest mean probability over the members' 18-class distributions. Each candidate's val/eval
+top-k members are combined per image: `hard_per_task`, a majority for mask, gender and age
+separately; `hard` (the seed's), the class most members predict; each tie going to the
+best-ranked member among the tied; `soft`, the class of highest mean probability over the
+members' 18-class distributions. Every method and candidate is scored on val with a bootstrap
+interval by person and the paired difference against the best member (vote.json). When the best
+member beats the configured vote on val by more than `suite.vote.fallback_margin`, it is
+submitted alone (one candidate dominates) and vote.json says so. Each candidate's val/eval
 answers go to `predictions/candidates/<name>/`, the vote's to `predictions/vote/` (the answers
 schema, pipeline/run/answers.py), each candidate's metrics to `candidates/<name>/metrics.json`.
 The submission has exactly the rows and order of `eval/info.csv`, or the stage fails.
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import io
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -23,11 +28,24 @@ from omegaconf import DictConfig
 
 from pipeline.core.config import model_specs
 from pipeline.core.errors import ConfigError, StageFailed, StoreKeyNotFound
-from pipeline.domain.metrics import Scores, classification_metrics
+from pipeline.domain.metrics import (
+    Interval,
+    Scores,
+    bootstrap_by_person,
+    classification_metrics,
+    macro_f1,
+)
 from pipeline.ml.ensemble import VOTE_METHODS, Candidate, candidate_probs, candidate_specs, combine
 from pipeline.run.answers import answers_table, write_answers
 from pipeline.run.report import write_report
-from pipeline.run.results import CandidateScore, VoteResult
+from pipeline.run.results import (
+    INTERVAL_LEVEL,
+    INTERVAL_RESAMPLES,
+    CandidateScore,
+    Fallback,
+    MethodScore,
+    VoteResult,
+)
 from pipeline.run.state import read_index, run_store
 from pipeline.storage.run_layout import (
     BAD_INPUTS_KEY,
@@ -78,16 +96,38 @@ def candidate_distributions(
     return {name: candidate_probs(c, probs, tasks) for name, c in candidates.items()}
 
 
-def vote_settings(cfg: DictConfig) -> tuple[int, str, dict[str, Candidate]]:
-    """`suite.vote.top_k`, `suite.vote.method` and the parsed candidates, checked: ConfigError
-    saying what is valid. Launch calls it before any work, the vote stage again."""
-    top_k = int(cfg.suite.vote.top_k)
-    if top_k < 1:
-        raise ConfigError(f"suite.vote.top_k must be at least 1, got {top_k}")
+@dataclass(frozen=True)
+class VoteSettings:
+    """`suite.vote`, checked: how many candidates are voted, how, and when the best alone wins."""
+
+    top_k: int
+    method: str
+    #: submit the best-ranked candidate alone when it beats the vote on val by more than this
+    #: (macro F1); None: always submit the vote
+    fallback_margin: float | None
+    candidates: dict[str, Candidate]
+
+
+def vote_settings(cfg: DictConfig) -> VoteSettings:
+    """`suite.vote.top_k`, `.method`, `.fallback_margin` and the parsed candidates, checked:
+    ConfigError saying what is valid. Launch calls it before any work, the vote stage again."""
+    top_k = cfg.suite.vote.top_k
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise ConfigError(f"suite.vote.top_k must be a whole number >= 1, got {top_k!r}")
     method = str(cfg.suite.vote.get("method", "hard"))
     if method not in VOTE_METHODS:
         raise ConfigError(f"suite.vote.method must be one of {list(VOTE_METHODS)}, got {method!r}")
-    return top_k, method, candidate_specs(cfg)
+    margin = cfg.suite.vote.get("fallback_margin")
+    if margin is not None and (
+        isinstance(margin, bool) or not isinstance(margin, int | float) or not 0 <= margin < 1
+    ):
+        raise ConfigError(
+            f"suite.vote.fallback_margin must be null (always vote) or a macro F1 margin in "
+            f"[0, 1), got {margin!r}"
+        )
+    return VoteSettings(
+        top_k, method, None if margin is None else float(margin), candidate_specs(cfg)
+    )
 
 
 def rank_candidates(val_answers: dict[str, np.ndarray], truth: np.ndarray) -> list[CandidateScore]:
@@ -127,9 +167,15 @@ def write_candidate_outputs(
 
 
 def vote(cfg: DictConfig) -> VoteResult:
-    """Run the vote stage for `cfg.run_id`; returns the content of vote.json."""
+    """Run the vote stage for `cfg.run_id`; returns the content of vote.json.
+
+    Every candidate and every vote method (of the top-k members) is scored on val with a
+    person-level bootstrap interval and its paired difference against the best member; the
+    configured method is submitted, or the best member alone when the fallback rule says so.
+    """
     run = run_store(cfg)
-    top_k, method, candidates = vote_settings(cfg)
+    settings = vote_settings(cfg)
+    candidates = settings.candidates
     tasks = {n: str(s.task) for n, s in model_specs(cfg).items()}
 
     index = read_index(run)
@@ -140,7 +186,8 @@ def vote(cfg: DictConfig) -> VoteResult:
     answers = {s: {n: d.argmax(axis=1) for n, d in dists[s].items()} for s in ids}
     val_truth = val_rows["label"].to_numpy()
     ranking = rank_candidates(answers["val"], val_truth)
-    members = [c["name"] for c in ranking[:top_k]]
+    voted = [c["name"] for c in ranking[: settings.top_k]]
+    best = voted[0]
     labels = {"val": val_truth, "eval": eval_rows["label"].to_numpy()}
     for name in candidates:
         write_candidate_outputs(
@@ -153,41 +200,125 @@ def vote(cfg: DictConfig) -> VoteResult:
             classification_metrics(val_truth, answers["val"][name]),
         )
 
-    ensemble: dict[str, np.ndarray] = {}
-    shares: dict[str, np.ndarray] = {}
-    for s in ids:
-        shares[s], ensemble[s] = combine(method, [dists[s][m] for m in members])
+    # every method on the same members, so a user sees what the others would have given
+    combined = {(m, s): combine(m, [dists[s][c] for c in voted]) for m in VOTE_METHODS for s in ids}
+    val_persons = val_rows["person_id"].to_numpy()
+    intervals = bootstrap_by_person(
+        val_truth,
+        {**answers["val"], **{vote_name(m): combined[m, "val"][1] for m in VOTE_METHODS}},
+        val_persons,
+        reference=best,
+        resamples=INTERVAL_RESAMPLES,
+        level=INTERVAL_LEVEL,
+        seed=int(cfg.seed),
+    )
+    for c in ranking:
+        c["val_interval"] = intervals[c["name"]]
+    chosen = intervals[vote_name(settings.method)]
+    fallback = fallback_decision(settings, best, chosen, len(voted))
+    members = [best] if fallback["applied"] else voted
+    submitted = {  # (probabilities, answers) of what is submitted, per split
+        s: combine(settings.method, [dists[s][best]])
+        if fallback["applied"]
+        else combined[settings.method, s]
+        for s in ids
+    }
+    for s, (probs, split_answers) in submitted.items():
         table = answers_table(
             run_id=str(cfg.run_id), split=s, image_ids=ids[s].tolist(), kind="vote", name="vote",
-            task="all", probs=shares[s], answers=ensemble[s], labels=labels[s],
+            task="all", probs=probs, answers=split_answers, labels=labels[s],
         )  # fmt: skip
         write_answers(run, answers_key("vote", "vote", s), table)
-    val_metrics = classification_metrics(val_truth, ensemble["val"])
+    val_metrics = classification_metrics(val_truth, submitted["val"][1])
+    eval_truth = eval_rows["label"].to_numpy()
+    has_eval_truth = bool(len(eval_truth)) and bool((eval_truth >= 0).all())
+    methods: dict[str, MethodScore] = {}
+    for m in VOTE_METHODS:
+        method_answers = {s: combined[m, s][1] for s in ids}
+        methods[m] = {
+            "val": intervals[vote_name(m)],
+            "val_accuracy": float(np.mean(method_answers["val"] == val_truth)),
+        }
+        if has_eval_truth:
+            methods[m]["eval_macro_f1"] = macro_f1(eval_truth, method_answers["eval"])
+            methods[m]["eval_accuracy"] = float(np.mean(method_answers["eval"] == eval_truth))
     result: VoteResult = {
         "run_id": cfg.run_id,
-        "top_k": top_k,
-        "method": method,
+        "top_k": settings.top_k,
+        "method": settings.method,
+        "voted": voted,
         "members": members,
+        "submitted": "best_member" if fallback["applied"] else "vote",
+        "fallback": fallback,
         "candidates": ranking,
+        "methods": methods,
+        "interval": {
+            "by": "person",
+            "level": INTERVAL_LEVEL,
+            "resamples": INTERVAL_RESAMPLES,
+            "persons": len(set(val_persons.tolist())),
+            "reference": best,
+        },
         "ensemble": {
             "val_macro_f1": val_metrics["macro_f1"],
             "val_accuracy": val_metrics["accuracy"],
             "val": val_metrics,
+            "val_interval": intervals[best] if fallback["applied"] else chosen,
         },
     }
-    eval_truth = eval_rows["label"].to_numpy()
-    if len(eval_truth) and (eval_truth >= 0).all():
+    if has_eval_truth:
         # held-out scores, for the record only: nothing is chosen on them
-        result["eval"] = classification_metrics(eval_truth, ensemble["eval"])
+        result["eval"] = classification_metrics(eval_truth, submitted["eval"][1])
         for c in ranking:
-            m = classification_metrics(eval_truth, answers["eval"][c["name"]])
-            c["eval_macro_f1"], c["eval_accuracy"] = m["macro_f1"], m["accuracy"]
-    submission = pd.DataFrame({"ImageID": ids["eval"].to_numpy(), "ans": ensemble["eval"]})
+            held_out = classification_metrics(eval_truth, answers["eval"][c["name"]])
+            c["eval_macro_f1"], c["eval_accuracy"] = held_out["macro_f1"], held_out["accuracy"]
+    submission = pd.DataFrame({"ImageID": ids["eval"].to_numpy(), "ans": submitted["eval"][1]})
     run.write_bytes(SUBMISSION_KEY, submission.to_csv(index=False).encode())
     run.write_json(VOTE_KEY, result)
     write_report(cfg, run, result)
-    log.info("vote done for run %s: members %s", cfg.run_id, members)
+    what = f"vote of {', '.join(members)}" if len(members) > 1 else f"answers of {best} alone"
+    ci = result["ensemble"]["val_interval"]
+    log.info(
+        "vote done for run %s: %s %s, val macro F1 %.4f [%.4f, %.4f]; %s",
+        cfg.run_id, settings.method, what, ci["macro_f1"], ci["low"], ci["high"],
+        fallback["reason"],
+    )  # fmt: skip
     return result
+
+
+def vote_name(method: str) -> str:
+    """The key of a vote method among the bootstrap's predictors (never a candidate's name)."""
+    return f"vote:{method}"
+
+
+def fallback_decision(
+    settings: VoteSettings, best: str, vote_interval: Interval, members: int
+) -> Fallback:
+    """Whether the best-ranked candidate is submitted alone instead of the vote: when it beats
+    the vote on val by more than `suite.vote.fallback_margin` (the paired difference by person).
+    A vote that loses to its best member on val is one whose weaker members drag it down: one
+    candidate dominates. The reason names both scores and the interval of the difference."""
+    diff = vote_interval["diff"]
+    span = f"{diff:+.4f} [{vote_interval['diff_low']:+.4f}, {vote_interval['diff_high']:+.4f}]"
+    rule = (
+        "always vote (suite.vote.fallback_margin=null)"
+        if settings.fallback_margin is None
+        else f"submit the best member alone when the vote trails it on val by more than "
+        f"{settings.fallback_margin:g} macro F1"
+    )
+    if members < 2:
+        return {"rule": rule, "applied": False, "reason": f"one member ({best}): nothing to vote"}
+    applied = settings.fallback_margin is not None and -diff > settings.fallback_margin
+    verdict = (
+        f"{best} submitted alone: it leads the {settings.method} vote of {members}"
+        if applied
+        else f"the {settings.method} vote of {members} submitted"
+    )
+    return {
+        "rule": rule,
+        "applied": applied,
+        "reason": f"{verdict} (vote minus {best} on val: {span} macro F1)",
+    }
 
 
 def eval_rows_in_order(run: Store, index: pd.DataFrame) -> pd.DataFrame:
