@@ -312,6 +312,8 @@ def suite(
             "eval_people": scale.eval_people,
             "epochs": scale.epochs,
             "members": vote["members"],
+            "voted": vote.get("voted", vote["members"]),
+            "submitted": vote.get("submitted", "vote"),
             "method": vote.get("method"),
             "val_macro_f1": round(vote["ensemble"]["val_macro_f1"], 4),
             # held-out scores: the generator writes the eval folder's answers

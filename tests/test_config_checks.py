@@ -127,7 +127,7 @@ def test_show_config_prints_what_a_run_would_use(tmp_path: Path, capsys) -> None
     assert launch_main(["--show-config", f"store.root={store}", "train.epochs=3"]) == 0
     shown = yaml.safe_load(capsys.readouterr().out)
     assert shown["train"]["epochs"] == 3 and shown["store"]["root"] == str(store)
-    assert shown["suite"]["vote"]["method"] == "hard" and not store.exists()
+    assert shown["suite"]["vote"]["method"] == "hard_per_task" and not store.exists()
     assert launch_main(["--show-config", "train.epochs=0"]) == 1
     assert "train.epochs=0: must be a whole number >= 1" in capsys.readouterr().err
 

@@ -58,8 +58,10 @@ def test_tiny_check_on_cpu_runs_every_step(tmp_path: Path) -> None:
     assert decode["raw_decode_difference"] == {"max": 0, "mean": 0.0}
     suite = json.loads((out / "suite-auto.json").read_text())
     trains = [s for s in suite["stages_s"] if s.startswith("train-")]
-    assert len(trains) == 9 and {"prepare", "vote"} <= set(suite["stages_s"])
-    assert suite["submission_rows"] == 8 * 7 and len(suite["members"]) == 5
+    assert len(trains) == 13 and {"prepare", "vote"} <= set(suite["stages_s"])
+    assert suite["submission_rows"] == 8 * 7 and len(suite["voted"]) == 5
+    assert suite["members"] == (suite["voted"][:1] if suite["submitted"] == "best_member" else
+                                suite["voted"])  # fmt: skip
     assert 0.0 <= suite["val_macro_f1"] <= 1.0 and suite["eval_macro_f1"] is not None
     assert (out / "suite-auto.log").read_text().count("prepare done") == 1
 

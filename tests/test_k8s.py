@@ -118,7 +118,7 @@ def test_training_job_is_indexed_with_one_gpu_per_model_and_ignores_disruptions(
     train = render_jobs(cfg)[1]
     spec = train["spec"]
     assert spec["completionMode"] == "Indexed"
-    assert spec["completions"] == spec["parallelism"] == len(model_specs(cfg)) == 9
+    assert spec["completions"] == spec["parallelism"] == len(model_specs(cfg)) == 13
     assert spec["backoffLimitPerIndex"] == 3 and "backoffLimit" not in spec
     assert spec["podFailurePolicy"]["rules"] == [
         {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
@@ -334,8 +334,8 @@ def test_k8s_refuses_paths_that_pods_cannot_share(
 def test_a_suite_index_selects_its_model() -> None:
     cfg = config("suite=seed")
     assert indexed_model(cfg, {"JOB_COMPLETION_INDEX": "0"}) == "single"
-    assert indexed_model(cfg, {"JOB_COMPLETION_INDEX": "8"}) == "age_unmasked_focal"
-    for bad in ({"JOB_COMPLETION_INDEX": "9"}, {"JOB_COMPLETION_INDEX": "x"}, {}):
+    assert indexed_model(cfg, {"JOB_COMPLETION_INDEX": "12"}) == "age_unmasked_focal"
+    for bad in ({"JOB_COMPLETION_INDEX": "13"}, {"JOB_COMPLETION_INDEX": "x"}, {}):
         with pytest.raises(ConfigError, match="does not select a model"):
             indexed_model(cfg, bad)
     cfg.model_name = "gender"
@@ -438,7 +438,7 @@ def test_driver_creates_the_jobs_in_order_and_waits_for_each() -> None:
                       for op in ("create", "read", "read", "read")]  # fmt: skip
     assert sleeps == [15.0] * 6
     train = api.jobs[f"masksuite-{RUN_ID.lower()}-train"]
-    assert train["spec"]["completions"] == len(model_specs(cfg)) == 9
+    assert train["spec"]["completions"] == len(model_specs(cfg)) == 13
 
 
 def test_driver_stops_at_a_failed_index_and_names_its_model(

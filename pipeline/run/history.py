@@ -19,7 +19,7 @@ from typing import Any, TypedDict
 from omegaconf import DictConfig
 
 from pipeline.core.errors import ConfigError, StoreError
-from pipeline.run.results import VoteResult, read_vote
+from pipeline.run.results import Interval, VoteResult, read_vote
 from pipeline.run.state import finish_manifest, root_store, run_store
 from pipeline.storage.run_layout import (
     FINGERPRINT_KEY,
@@ -207,6 +207,17 @@ def cmd_list(cfg: DictConfig, args: argparse.Namespace) -> int:
     return 0
 
 
+def interval_text(interval: Interval | None) -> str:
+    """'  [low, high], minus best +d' for an interval by person; empty when there is none."""
+    if interval is None:
+        return ""
+    text = f"  [{interval['low']:.3f}, {interval['high']:.3f}]"
+    if "diff" in interval and interval["diff"] != 0.0:
+        text += f"  vs best {interval['diff']:+.4f} [{interval['diff_low']:+.3f}, "
+        text += f"{interval['diff_high']:+.3f}]"
+    return text
+
+
 def summary_lines(cfg: DictConfig, result: VoteResult, seconds: float) -> list[str]:
     """What a user wants to see at the end of a run: where things are and the scores."""
     run = run_store(cfg)
@@ -217,14 +228,26 @@ def summary_lines(cfg: DictConfig, result: VoteResult, seconds: float) -> list[s
         f"  report:     {run.uri_of(REPORT_KEY)}",
         "  val macro F1 / accuracy:",
     ]
+    voted = result.get("voted", result["members"])
     for c in result["candidates"]:
-        mark = "*" if c["name"] in result["members"] else " "
-        lines.append(f"   {mark} {c['name']:<20} {c['val_macro_f1']:.4f} / {c['val_accuracy']:.4f}")
+        mark = "*" if c["name"] in voted else " "
+        lines.append(
+            f"   {mark} {c['name']:<20} {c['val_macro_f1']:.4f} / {c['val_accuracy']:.4f}"
+            + interval_text(c.get("val_interval"))
+        )
+    for method, scored in result.get("methods", {}).items():
+        label = f"vote {method}"
+        lines.append(
+            f"     {label:<20} {scored['val']['macro_f1']:.4f} / {scored['val_accuracy']:.4f}"
+            + interval_text(scored["val"])
+        )
     ens = result["ensemble"]
     lines.append(
-        f"     {'vote':<20} {ens['val_macro_f1']:.4f} / {ens['val_accuracy']:.4f}"
-        f"   (members marked *)"
+        f"     {'submitted':<20} {ens['val_macro_f1']:.4f} / {ens['val_accuracy']:.4f}"
+        f"   (voted candidates marked *)"
     )
+    if "fallback" in result:
+        lines.append(f"  submitted: {result['fallback']['reason']}")
     if "eval" in result:
         ev = result["eval"]
         lines.append(
