@@ -91,6 +91,8 @@ results: $(STAMP)
 	  --people $(RESULTS_PEOPLE) --eval-people $(RESULTS_EVAL_PEOPLE) --seed $(RESULTS_SEED)
 	$(BIN)/python -m pipeline.launch suite=seed data.root=$(RESULTS_DATA) store.root=$(RESULTS_STORE) $(RESULTS_OVERRIDES)
 	$(BIN)/python -m pipeline.results store.root=$(RESULTS_STORE) --out $(RESULTS_STORE)/results.md
+	$(BIN)/python -m bench.heldout --run $(RESULTS_DATA) $(RESULTS_STORE) $(RESULTS_SEED) \
+	  --out $(RESULTS_STORE)/heldout.md
 
 # Training and prediction throughput, ours vs the seed-style baseline, in one run (README "Speed").
 BENCH_ARGS ?=

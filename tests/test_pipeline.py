@@ -17,6 +17,8 @@ import pytest
 from omegaconf import DictConfig
 from sklearn.metrics import f1_score
 
+from bench.heldout import eval_persons
+from bench.heldout import main as heldout_main
 from pipeline.commands.launch import main as launch_main
 from pipeline.commands.results import main as results_main
 from pipeline.core.config import model_specs
@@ -355,6 +357,21 @@ def test_seed_suite_trains_every_model_and_votes_the_top_five(
     assert submission["ans"].tolist() == mean.argmax(axis=1).tolist()
     assert results_main(["--run", "seed", "--out", str(table), f"store.root={cfg.store.root}"]) == 0
     assert "| vote | top-3 soft vote (submitted) |" in table.read_text()
+
+    # The held-out check of README's results table (bench.heldout): eval scores by person, read
+    # from the run's answers; the generator's plan names the 6 eval people of the 42 photos.
+    out = tmp_path / "heldout.md"
+    assert (
+        heldout_main(["--run", str(tiny_dataset), str(cfg.store.root), "7", "--out", str(out)]) == 0
+    )
+    held = out.read_text()
+    submitted = f1_score(truth.loc[eval_ids], submission["ans"], average="macro")
+    assert f"| submitted (default) | {submitted:.4f} [" in held
+    best_eval = soft["candidates"][0]["eval_macro_f1"]
+    assert f"| best member ({soft['voted'][0]}) | {best_eval:.4f} [" in held
+    assert len(set(eval_persons(tiny_dataset, 7, eval_ids).tolist())) == 6
+    with pytest.raises(SystemExit, match="not the generator's"):
+        eval_persons(tiny_dataset, 8, eval_ids)
 
 
 @pytest.mark.slow

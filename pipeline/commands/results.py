@@ -18,7 +18,7 @@ from typing import TypedDict
 from pipeline.core.config import load_config
 from pipeline.core.errors import PipelineError, StoreKeyNotFound
 from pipeline.core.logs import setup_logging
-from pipeline.run.results import Interval, read_vote
+from pipeline.run.results import Interval, difference_text, interval_text, read_vote
 from pipeline.run.state import root_store
 from pipeline.storage.run_layout import LATEST_KEY
 from pipeline.storage.store import Store, join_key
@@ -120,15 +120,9 @@ def row(
 ) -> str:
     """One table row: val scores (with the interval and the paired difference against the best
     member when given), and eval scores where the eval set has ground truth."""
-    f1 = f"{scores['macro_f1']:.4f}"
-    diff = "—"
+    f1, diff = f"{scores['macro_f1']:.4f}", "—"
     if interval is not None:
-        f1 += f" [{interval['low']:.3f}, {interval['high']:.3f}]"
-        if "diff" in interval:
-            diff = (
-                f"{interval['diff']:+.4f} [{interval['diff_low']:+.3f}, "
-                f"{interval['diff_high']:+.3f}]"
-            )
+        f1, diff = interval_text(interval), difference_text(interval) or "—"
     cells = [f1, diff, f"{scores['accuracy']:.4f}"]
     if held_out is None:
         cells += ["—", "—"]

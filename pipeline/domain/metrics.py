@@ -98,6 +98,49 @@ def _macro_f1_of_confusions(conf: np.ndarray) -> np.ndarray:
     return np.divide((f1 * present).sum(axis=-1), count, out=np.zeros(count.shape), where=count > 0)
 
 
+def bootstrap_scores(
+    truth: np.ndarray,
+    predictions: dict[str, np.ndarray],
+    persons: np.ndarray,
+    *,
+    resamples: int = 1000,
+    seed: int = 0,
+    num_classes: int = NUM_CLASSES,
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Macro F1 of each predictor on the split, and on `resamples` bootstrap resamples **by
+    person** (each draws the split's people with replacement and keeps all of their photos; every
+    predictor is scored on the same resamples, so differences are paired). Deterministic for a
+    `seed`. Raises ValueError for misaligned, empty or out-of-range inputs."""
+    truth = np.asarray(truth, dtype=np.int64)
+    people, person_index = np.unique(np.asarray(persons), return_inverse=True)
+    if len(truth) == 0 or len(person_index) != len(truth):
+        raise ValueError(f"need aligned, non-empty truth ({len(truth)}) and persons")
+    rng = np.random.default_rng(seed)
+    n_people = len(people)
+    weights = np.stack(
+        [np.bincount(rng.integers(0, n_people, n_people), minlength=n_people)
+         for _ in range(resamples)]
+    ).astype(np.float64)  # resamples × people: how often each person is drawn  # fmt: skip
+    cells = num_classes * num_classes
+    points: dict[str, float] = {}
+    boot: dict[str, np.ndarray] = {}
+    for name, pred in predictions.items():
+        pred = np.asarray(pred, dtype=np.int64)
+        if len(pred) != len(truth):
+            raise ValueError(f"{name}: {len(pred)} predictions for {len(truth)} labels")
+        if pred.min() < 0 or pred.max() >= num_classes:
+            raise ValueError(f"{name}: predictions hold labels outside 0..{num_classes - 1}")
+        per_person = np.bincount(
+            person_index * cells + truth * num_classes + pred, minlength=n_people * cells
+        ).reshape(n_people, cells)
+        whole = per_person.sum(axis=0).reshape(num_classes, num_classes)
+        points[name] = float(_macro_f1_of_confusions(whole))
+        boot[name] = _macro_f1_of_confusions(
+            (weights @ per_person).reshape(-1, num_classes, num_classes)
+        )
+    return points, boot
+
+
 def bootstrap_by_person(
     truth: np.ndarray,
     predictions: dict[str, np.ndarray],
@@ -109,59 +152,28 @@ def bootstrap_by_person(
     seed: int = 0,
     num_classes: int = NUM_CLASSES,
 ) -> dict[str, Interval]:
-    """Macro F1 of each predictor with a percentile interval from a bootstrap **by person**: each
-    resample draws the split's people with replacement and keeps all of their photos, so the
-    interval reflects how much the score would move with other people (a person's 7 photos are
-    not independent). Every predictor is scored on the same resamples, so `diff` (the predictor's
-    macro F1 minus `reference`'s) and its interval are paired. Deterministic for a `seed`.
+    """Macro F1 of each predictor with a percentile interval from a bootstrap **by person**
+    (`bootstrap_scores`): the interval reflects how much the score would move with other people
+    (a person's 7 photos are not independent). `diff` is the predictor's macro F1 minus
+    `reference`'s, its interval paired (the same resamples). Deterministic for a `seed`.
 
     truth, each prediction and persons are aligned arrays of one split (labels 0..num_classes-1;
-    persons any hashable ids). Raises ValueError for misaligned or empty inputs.
+    persons any sortable ids). Raises ValueError for misaligned or empty inputs.
     """
-    truth = np.asarray(truth, dtype=np.int64)
-    people, person_index = np.unique(np.asarray(persons), return_inverse=True)
-    if len(truth) == 0 or len(person_index) != len(truth):
-        raise ValueError(f"need aligned, non-empty truth ({len(truth)}) and persons")
     if reference is not None and reference not in predictions:
         raise ValueError(f"reference {reference!r} is not among the predictions")
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must be in (0, 1), got {level}")
-    rng = np.random.default_rng(seed)
-    n_people = len(people)
-    weights = np.stack(
-        [
-            np.bincount(rng.integers(0, n_people, n_people), minlength=n_people)
-            for _ in range(resamples)
-        ]
-    ).astype(np.float64)  # resamples × people: how often each person is drawn
-    cells = num_classes * num_classes
+    points, boot = bootstrap_scores(
+        truth, predictions, persons, resamples=resamples, seed=seed, num_classes=num_classes
+    )
     tail = (1.0 - level) / 2.0
-    boot: dict[str, np.ndarray] = {}
     out: dict[str, Interval] = {}
-    for name, pred in predictions.items():
-        pred = np.asarray(pred, dtype=np.int64)
-        if len(pred) != len(truth):
-            raise ValueError(f"{name}: {len(pred)} predictions for {len(truth)} labels")
-        if pred.min() < 0 or pred.max() >= num_classes:
-            raise ValueError(f"{name}: predictions hold labels outside 0..{num_classes - 1}")
-        per_person = np.bincount(
-            person_index * cells + truth * num_classes + pred, minlength=n_people * cells
-        ).reshape(n_people, cells)
-        whole = per_person.sum(axis=0).reshape(num_classes, num_classes)
-        scores = _macro_f1_of_confusions(
-            (weights @ per_person).reshape(-1, num_classes, num_classes)
-        )
-        boot[name] = scores
+    for name, scores in boot.items():
         low, high = np.quantile(scores, [tail, 1.0 - tail])
-        out[name] = {
-            "macro_f1": float(_macro_f1_of_confusions(whole)),
-            "low": float(low),
-            "high": float(high),
-        }
-    if reference is not None:
-        for name, interval in out.items():
-            diffs = boot[name] - boot[reference]
-            low, high = np.quantile(diffs, [tail, 1.0 - tail])
-            interval["diff"] = interval["macro_f1"] - out[reference]["macro_f1"]
-            interval["diff_low"], interval["diff_high"] = float(low), float(high)
+        out[name] = {"macro_f1": points[name], "low": float(low), "high": float(high)}
+        if reference is not None:
+            low, high = np.quantile(scores - boot[reference], [tail, 1.0 - tail])
+            out[name]["diff"] = points[name] - points[reference]
+            out[name]["diff_low"], out[name]["diff_high"] = float(low), float(high)
     return out

@@ -19,7 +19,13 @@ from typing import Any, TypedDict
 from omegaconf import DictConfig
 
 from pipeline.core.errors import ConfigError, StoreError
-from pipeline.run.results import Interval, VoteResult, read_vote
+from pipeline.run.results import (
+    Interval,
+    VoteResult,
+    difference_text,
+    interval_text,
+    read_vote,
+)
 from pipeline.run.state import finish_manifest, root_store, run_store
 from pipeline.storage.run_layout import (
     FINGERPRINT_KEY,
@@ -207,15 +213,13 @@ def cmd_list(cfg: DictConfig, args: argparse.Namespace) -> int:
     return 0
 
 
-def interval_text(interval: Interval | None) -> str:
-    """'  [low, high], minus best +d' for an interval by person; empty when there is none."""
+def interval_suffix(interval: Interval | None) -> str:
+    """'  [low, high]  vs best +d [lo, hi]' for a summary line; empty without an interval."""
     if interval is None:
         return ""
-    text = f"  [{interval['low']:.3f}, {interval['high']:.3f}]"
-    if "diff" in interval and interval["diff"] != 0.0:
-        text += f"  vs best {interval['diff']:+.4f} [{interval['diff_low']:+.3f}, "
-        text += f"{interval['diff_high']:+.3f}]"
-    return text
+    text = "  " + interval_text(interval).split(" ", 1)[1]
+    diff = difference_text(interval)
+    return text + (f"  vs best {diff}" if diff and interval["diff"] != 0.0 else "")
 
 
 def summary_lines(cfg: DictConfig, result: VoteResult, seconds: float) -> list[str]:
@@ -233,13 +237,13 @@ def summary_lines(cfg: DictConfig, result: VoteResult, seconds: float) -> list[s
         mark = "*" if c["name"] in voted else " "
         lines.append(
             f"   {mark} {c['name']:<20} {c['val_macro_f1']:.4f} / {c['val_accuracy']:.4f}"
-            + interval_text(c.get("val_interval"))
+            + interval_suffix(c.get("val_interval"))
         )
     for method, scored in result.get("methods", {}).items():
         label = f"vote {method}"
         lines.append(
             f"     {label:<20} {scored['val']['macro_f1']:.4f} / {scored['val_accuracy']:.4f}"
-            + interval_text(scored["val"])
+            + interval_suffix(scored["val"])
         )
     ens = result["ensemble"]
     lines.append(

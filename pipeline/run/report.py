@@ -28,7 +28,13 @@ from omegaconf import DictConfig
 
 from pipeline.core.config import model_specs
 from pipeline.domain.labels import NUM_CLASSES, class_name
-from pipeline.run.results import Interval, TaskScores, VoteResult
+from pipeline.run.results import (
+    Interval,
+    TaskScores,
+    VoteResult,
+    difference_text,
+    interval_text,
+)
 from pipeline.run.state import read_index
 from pipeline.storage.store import Store, join_key
 
@@ -110,12 +116,7 @@ def training_curves(histories: dict[str, list[dict[str, Any]]]) -> str:
 
 
 def _interval_cells(iv: Interval) -> list[str]:
-    return [
-        f"{iv['macro_f1']:.4f} [{iv['low']:.3f}, {iv['high']:.3f}]",
-        f"{iv['diff']:+.4f} [{iv['diff_low']:+.3f}, {iv['diff_high']:+.3f}]"
-        if "diff" in iv
-        else "-",
-    ]
+    return [interval_text(iv), difference_text(iv) or "-"]
 
 
 def choices_section(result: VoteResult) -> list[str]:

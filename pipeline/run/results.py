@@ -48,6 +48,8 @@ __all__ = [
     "Scores",
     "TaskScores",
     "VoteResult",
+    "difference_text",
+    "interval_text",
     "read_vote",
 ]
 
@@ -126,6 +128,19 @@ class VoteResult(TypedDict):
     interval: NotRequired[IntervalInfo]
     ensemble: EnsembleScores
     eval: NotRequired[Scores]
+
+
+def interval_text(interval: Interval) -> str:
+    """'0.6123 [0.590, 0.634]': a val macro F1 and its interval by person."""
+    return f"{interval['macro_f1']:.4f} [{interval['low']:.3f}, {interval['high']:.3f}]"
+
+
+def difference_text(interval: Interval) -> str | None:
+    """'+0.0123 [-0.004, +0.029]': the paired difference against the best member and its
+    interval; None when the interval has none."""
+    if "diff" not in interval:
+        return None
+    return f"{interval['diff']:+.4f} [{interval['diff_low']:+.3f}, {interval['diff_high']:+.3f}]"
 
 
 def read_vote(run: Store) -> VoteResult:
