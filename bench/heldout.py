@@ -90,8 +90,11 @@ def held_out(data_root: Path, store_root: str, seed: int) -> HeldOut:
         eval_persons(data_root, seed, ids),
         resamples=INTERVAL_RESAMPLES,
     )
+    how = vote.get("method", "hard")
     submitted = (
-        f"{vote.get('submitted', 'vote')}: {vote.get('method')}, {', '.join(vote['members'])}"
+        f"the {how} vote of {', '.join(vote['members'])}"
+        if vote.get("submitted", "vote") == "vote"
+        else f"{vote['members'][0]} alone (the fallback rule)"
     )
     return HeldOut(f"{data_root.name} (run {run_id})", voted[0], submitted, points, samples)
 
@@ -104,7 +107,7 @@ def interval(samples: np.ndarray) -> str:
 
 def table(result: HeldOut) -> list[str]:
     lines = [
-        f"Held-out eval of {result.label}; submitted {result.submitted}.",
+        f"Held-out eval of {result.label}; submitted: {result.submitted}.",
         "",
         "| predictor | eval macro F1 [95 % CI] | minus best member [95 % CI] |",
         "|---|---:|---:|",
