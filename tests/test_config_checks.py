@@ -77,6 +77,14 @@ BAD = [
     (["model.freeze=[layer1,layer2]"], "model.freeze=['layer1', 'layer2'] with model.weights=null"),
     (["suite=seed", "+suite.models.single.freeze=[layer1]"], "suite.models.single.freeze"),
     (["train.augment.cutmix_cut_range=[0.5,0.2]"], "train.augment.cutmix_cut_range"),
+    (
+        [
+            "suite=seed",
+            "+suite.models.single_lb.train.augment.cutmix_cut_range=[0.1,0.2]",
+            "+suite.models.single_lb.train.center_crop=[0.586,0.521]",
+        ],
+        "cut range lies above the crop",
+    ),
 ]
 
 

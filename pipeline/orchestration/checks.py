@@ -359,6 +359,26 @@ def _freeze_without_weights(spec: Any, prefix: str) -> str | None:
     )
 
 
+def _cut_above_crop(train: Any, prefix: str) -> str | None:
+    """Vertical CutMix whose cut range (fractions of the photo) lies wholly above the centre crop
+    the model sees: no row to cut at (pipeline.ml.augment.crop_rows, checked again at job start)."""
+    augment = train.get("augment") or {}
+    crop, cut = _plain(train.get("center_crop")), _plain(augment.get("cutmix_cut_range"))
+    p: Any = augment.get("cutmix_vertical")
+    if not (_is_number(p) and p > 0 and cut_range(cut) is None and crop_pair(crop)):
+        return None
+    if cut[1] > (1.0 - crop[0]) / 2.0:
+        return None
+    return (
+        f"{prefix}augment.cutmix_cut_range={_show(cut)} with {prefix}center_crop={_show(crop)}: "
+        "the cut range lies above the crop; lower the range or crop less"
+    )
+
+
+def crop_pair(v: Any) -> bool:
+    return isinstance(v, list) and len(v) == 2 and all(_is_number(x) and 0 < x <= 1 for x in v)
+
+
 def _cross_field(cfg: DictConfig, problems: list[str]) -> None:
     from pipeline.domain.labels import AgeThresholds
 
@@ -408,6 +428,9 @@ def _suite(cfg: DictConfig, problems: list[str]) -> None:
         _apply(MODEL_RULES, spec, prefix, problems, only=set(entry) - {"train"})
         overridden = {p.removeprefix("train.") for p in _paths(entry.get("train") or {}, "train")}
         _apply(train_rules, spec.train, f"{prefix}train.", problems, only=overridden)
+        cut = _cut_above_crop(spec.train, f"{prefix}train.")
+        if cut:
+            problems.append(cut)
         frozen = _freeze_without_weights(spec, prefix)
         top_frozen = _plain(spec.get("freeze")) == _plain(cfg.model.get("freeze"))
         if frozen and not (top_frozen and spec.get("weights") == cfg.model.get("weights")):
