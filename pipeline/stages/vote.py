@@ -297,7 +297,8 @@ def fallback_decision(
     """Whether the best-ranked candidate is submitted alone instead of the vote: when it beats
     the vote on val by more than `suite.vote.fallback_margin` (the paired difference by person).
     A vote that loses to its best member on val is one whose weaker members drag it down: one
-    candidate dominates. The reason names both scores and the interval of the difference."""
+    candidate dominates. The reason gives the vote's difference from the best member on val and
+    its interval."""
     diff = vote_interval["diff"]
     span = f"{diff:+.4f} [{vote_interval['diff_low']:+.4f}, {vote_interval['diff_high']:+.4f}]"
     rule = (
