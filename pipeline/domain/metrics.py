@@ -7,7 +7,7 @@ from typing import NotRequired, TypedDict
 import numpy as np
 from sklearn.metrics import confusion_matrix, f1_score
 
-from pipeline.domain.labels import NUM_CLASSES
+from pipeline.domain.labels import NUM_CLASSES, TASK_SIZES, decode_array
 
 
 class TaskScores(TypedDict):
@@ -59,17 +59,13 @@ def classification_metrics(
     }
     if num_classes != NUM_CLASSES:
         return result
-    tasks = {
-        "mask": (lambda y: y // 6, 3),
-        "gender": (lambda y: (y // 3) % 2, 2),
-        "age": (lambda y: y % 3, 3),
-    }
+    truth, pred = decode_array(y_true), decode_array(y_pred)
     per_task: dict[str, TaskScores] = {
         name: {
-            "accuracy": float(np.mean(part(y_true) == part(y_pred))),
-            "macro_f1": macro_f1(part(y_true), part(y_pred), n),
+            "accuracy": float(np.mean(truth[name] == pred[name])),
+            "macro_f1": macro_f1(truth[name], pred[name], n),
         }
-        for name, (part, n) in tasks.items()
+        for name, n in TASK_SIZES.items()
     }
     return {**result, "tasks": per_task}
 

@@ -26,11 +26,12 @@ from pipeline.core.errors import ConfigError
 #: ITU-R 601 luma weights, as torchvision's rgb_to_grayscale.
 _LUMA = (0.299, 0.587, 0.114)
 #: Default range of the vertical CutMix cut, as fractions of the whole photo's height (see
-#: `vertical_cutmix`): above the mask line. On the generated faces a mask's highest pixel (its
-#: ear loops, the nose bridge of a worn mask) is never above 0.34 H (tests/test_augment.py measures
-#: it), so every cut in [0.2, 0.33] H leaves all of the mask's evidence to the face that gives the
-#: bottom and the mask label. A cut lower down (the 0.3-0.7 H drawn before) shows the top face's own
-#: mask or nose above the partner's mask label: about a third of cuts were mislabelled.
+#: `vertical_cutmix`): above the mask line. On the generated faces a mask's highest pixel (its ear
+#: loops, the nose bridge of a worn mask) lies at 0.328 H at the highest at 64x48 (0.336 H at
+#: 128x96; tests/test_augment.py measures it); cut rows are whole rows below 0.33 H, so every cut
+#: leaves all of the mask's evidence to the face that gives the bottom and the mask label. A cut
+#: lower down (the 0.3-0.7 H drawn before) shows the top face's own mask or nose above the
+#: partner's mask label: about a third of cuts were mislabelled.
 CUT_RANGE = (0.2, 0.33)
 ERASE_FILLS = ("noise", "mean")
 

@@ -18,7 +18,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.core.config import model_specs
 from pipeline.core.errors import ConfigError
-from pipeline.domain.labels import MASK_NAMES, NUM_CLASSES
+from pipeline.domain.labels import (
+    MASK_NAMES,
+    NUM_CLASSES,
+    TASK_SIZES,
+    decode_array,
+    encode_array,
+)
 
 SLOTS = ("all", "mask", "gender", "age", "age_by_mask")
 
@@ -163,13 +169,6 @@ def predict_candidate(
 #: `soft`, the mean of the members' 18-class distributions.
 VOTE_METHODS = ("hard", "hard_per_task", "soft")
 
-#: Each task's classes within the 18: class = mask * 6 + gender * 3 + age.
-TASK_CODES = {
-    "mask": (lambda y: y // 6, 3),
-    "gender": (lambda y: (y // 3) % 2, 2),
-    "age": (lambda y: y % 3, 3),
-}
-
 
 def hard_vote(ranked_preds: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
     """Majority class per column of `ranked_preds` (members × images, best-ranked member first).
@@ -225,14 +224,14 @@ def per_task_vote(ranked_preds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     F/30-59, F/60+, M/30-59, F/<30, M/30-59 elect M/30-59 although three members say female.
     Voted per task they elect F/30-59.
     """
-    preds = np.asarray(ranked_preds, dtype=np.int64)
-    answers = np.zeros(preds.shape[1], dtype=np.int64)
-    shares = np.ones((preds.shape[1], 1), dtype=np.float64)
-    for scale, task in ((6, "mask"), (3, "gender"), (1, "age")):
-        part, n = TASK_CODES[task]
-        votes = part(preds)
-        answers += scale * hard_vote(votes, n)
-        shares = (shares[:, :, None] * vote_shares(votes, n)[:, None, :]).reshape(len(answers), -1)
+    parts = decode_array(np.asarray(ranked_preds, dtype=np.int64))
+    winners = {task: hard_vote(parts[task], n) for task, n in TASK_SIZES.items()}
+    shares = np.ones((parts["mask"].shape[1], 1), dtype=np.float64)
+    for task, n in TASK_SIZES.items():  # mask × gender × age, the order of the class code
+        shares = (shares[:, :, None] * vote_shares(parts[task], n)[:, None, :]).reshape(
+            len(shares), -1
+        )
+    answers = encode_array(winners["mask"], winners["gender"], winners["age"])
     return shares, answers
 
 
