@@ -85,7 +85,9 @@ RESULTS_PEOPLE      ?= 1200
 RESULTS_EVAL_PEOPLE ?= 600
 RESULTS_DATA        ?= data/results-seed$(RESULTS_SEED)
 RESULTS_STORE       ?= outputs/results-seed$(RESULTS_SEED)
-RESULTS_OVERRIDES   ?= train.image_size=[64,48] train.epochs=4 tracking.mode=disabled
+# data.holdout_fraction=0: the table was measured before the publish gate's holdout existed;
+# without it, every person trains or validates as then, so the table reproduces.
+RESULTS_OVERRIDES   ?= train.image_size=[64,48] train.epochs=4 tracking.mode=disabled data.holdout_fraction=0
 results: $(STAMP)
 	test -f $(RESULTS_DATA)/train/train.csv || $(BIN)/python -m pipeline.synth $(RESULTS_DATA) \
 	  --people $(RESULTS_PEOPLE) --eval-people $(RESULTS_EVAL_PEOPLE) --seed $(RESULTS_SEED)

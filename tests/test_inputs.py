@@ -71,7 +71,7 @@ def two_tone(width: int = 48, height: int = 64) -> Image.Image:
 
 
 def train_count(index: pd.DataFrame) -> int:
-    return int(index["split"].isin(["train", "val"]).sum())
+    return int(index["split"].isin(["train", "val", "holdout"]).sum())
 
 
 def replace_photo(folder: Path, stem: str, data: bytes, ext: str) -> Path:

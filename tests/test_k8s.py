@@ -35,7 +35,7 @@ from pipeline.orchestration.k8s import (
     render_jobs,
     run_jobs,
 )
-from pipeline.storage.store import open_store
+from pipeline.storage.store import LocalStore, open_store
 from tests.conftest import TINY_OVERRIDES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -426,8 +426,12 @@ def creates(api: FakeJobsApi) -> list[str]:
     return [name.rsplit("-", 1)[-1] for op, name in api.calls if op == "create"]
 
 
-def test_driver_creates_the_jobs_in_order_and_waits_for_each() -> None:
+def test_driver_creates_the_jobs_in_order_and_waits_for_each(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cfg = config("suite=seed")
+    # the run is read at the end for the publish gate's decision (none here)
+    monkeypatch.setattr("pipeline.orchestration.k8s.run_store", lambda cfg: LocalStore(tmp_path))
     api = FakeJobsApi(polls=3)
     sleeps: list[float] = []
     assert launch_k8s(cfg, dry_run=False, api=api, sleep=sleeps.append) == 0
@@ -439,6 +443,24 @@ def test_driver_creates_the_jobs_in_order_and_waits_for_each() -> None:
     assert sleeps == [15.0] * 6
     train = api.jobs[f"masksuite-{RUN_ID.lower()}-train"]
     assert train["spec"]["completions"] == len(model_specs(cfg)) == 13
+
+
+def test_driver_says_when_the_publish_gate_held_the_run_and_exits_3(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The vote job's publish stage held the run (its gate.json; pipeline/stages/publish.py):
+    the launcher (the nightly CronJob's pod) says so in one line and exits 3, so the CronJob's
+    Job fails visibly while latest.json stays on the champion."""
+    cfg = config()
+    run = LocalStore(tmp_path)  # the run's folder in the store (S3 for real pods)
+    monkeypatch.setattr("pipeline.orchestration.k8s.run_store", lambda cfg: run)
+    reason = "held: holdout macro F1 0.0195 [0.007, 0.034] against champion r0 0.1042 [...]"
+    gate = {"run_id": RUN_ID, "decision": "held", "compared": True, "reason": reason,
+            "champion": "r0", "tolerance": 0.0, "decided": "2026-12-06T02:00:00+00:00",
+            "holdout": {"fraction": 0.1, "people": 25, "photos": 175}}  # fmt: skip
+    run.write_json("gate.json", gate)
+    assert launch_k8s(cfg, dry_run=False, api=FakeJobsApi(), sleep=lambda s: None) == 3
+    assert f"  publish: {reason}" in capsys.readouterr().out
 
 
 def test_driver_stops_at_a_failed_index_and_names_its_model(

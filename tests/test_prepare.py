@@ -42,7 +42,8 @@ def test_clean_dataset_is_indexed_split_by_person_and_packed(
     assert bad.empty and list(bad.columns) == ["path", "reason"]
     n_people = len(person_folders(tiny_dataset))
     info = pd.read_csv(tiny_dataset / "eval" / "info.csv")
-    assert summary["images"]["train"] + summary["images"]["val"] == 7 * n_people
+    labelled = sum(summary["images"][s] for s in ("train", "val", "holdout"))
+    assert labelled == 7 * n_people
     assert summary["images"]["eval"] == len(info)
 
     train = index[index["split"] != "eval"]
@@ -124,7 +125,7 @@ def test_bad_files_are_reported_and_the_rest_is_used(dataset_copy: Path, make_cf
     # nothing bad is indexed; everything else is
     assert not set(index["path"]) & set(reasons)
     usable = 7 * len(folders) - 7 - 2
-    assert summary["images"]["train"] + summary["images"]["val"] == usable
+    assert sum(summary["images"][s] for s in ("train", "val", "holdout")) == usable
 
 
 def test_too_many_bad_photos_fail_with_a_summary(dataset_copy: Path, make_cfg: MakeCfg) -> None:

@@ -30,7 +30,13 @@ from pipeline.core.logs import setup_logging
 from pipeline.orchestration.checks import check_config
 from pipeline.orchestration.local import run_local
 from pipeline.run.fingerprint import data_fingerprint
-from pipeline.run.history import read_latest, summary_lines
+from pipeline.run.history import (
+    EXIT_HELD,
+    held_unchanged,
+    read_latest,
+    run_exit_status,
+    summary_lines,
+)
 from pipeline.run.state import new_run_id, root_store, run_store
 from pipeline.storage.run_layout import FINGERPRINT_KEY
 
@@ -169,6 +175,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "files); latest.json left as it is. Use --force to retrain anyway."
                 )
                 return 0
+            held = (
+                None
+                if not fingerprint or args.force
+                else held_unchanged(root_store(cfg), fingerprint, latest)
+            )
+            if held is not None:
+                # Retraining unchanged inputs would give the same held run again, every night.
+                print(
+                    f"skipped: data and configuration unchanged since run {held['run_id']}, "
+                    f"which the publish gate held ({held['reason']}). Promote it (python -m "
+                    f"pipeline.runs promote {held['run_id']} --reason '...'), change the data "
+                    "or configuration, or use --force to retrain anyway."
+                )
+                return EXIT_HELD
             # --force starts a new run even beside an active one of the same inputs.
             look = args.cluster != "local" and not args.force
             active = active_run(cfg, args.cluster, fingerprint) if look and fingerprint else None
@@ -209,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print("\n".join(summary_lines(cfg, result, time.time() - started)))
-    return 0
+    return run_exit_status(run_store(cfg))
 
 
 if __name__ == "__main__":

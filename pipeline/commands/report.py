@@ -1,4 +1,13 @@
-"""`python -m pipeline.report RUN_ID [overrides]`: (re)write a finished run's report."""
+"""`python -m pipeline.report`: (re)write a report.
+
+    python -m pipeline.report RUN_ID [overrides]    a finished run's report
+                                                    (runs/<RUN_ID>/report/index.html)
+    python -m pipeline.report --store [overrides]   the store page: every run, holdout macro F1
+                                                    over time (<store.root>/report/index.html)
+
+Overrides are Hydra's (`store.root=...`). Prints the page's URI; a PipelineError prints one
+`error: ...` line and exits 1; a missing RUN_ID (or --store) prints the usage and exits 2.
+"""
 
 from __future__ import annotations
 
@@ -10,21 +19,34 @@ from pipeline.core.errors import PipelineError
 from pipeline.core.logs import setup_logging
 from pipeline.run.report import write_report
 from pipeline.run.results import read_vote
-from pipeline.run.state import run_store
+from pipeline.run.state import root_store, run_store
+from pipeline.run.store_page import write_store_page
+
+USAGE = "usage: python -m pipeline.report (RUN_ID | --store) [hydra overrides]"
+STORE_FLAG = "--store"
+
+
+def write_page(target: str, overrides: Sequence[str]) -> str:
+    """Write the run report of run `target`, or the store page when `target` is --store;
+    returns the page's URI."""
+    cfg = load_config(overrides)
+    if target == STORE_FLAG:
+        return write_store_page(root_store(cfg))
+    cfg.run_id = target
+    run = run_store(cfg)
+    return write_report(cfg, run, read_vote(run))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m pipeline.report RUN_ID [overrides]`: (re)write a finished run's report."""
+    """`python -m pipeline.report (RUN_ID | --store) [overrides]`: (re)write a finished run's
+    report, or the store page."""
     args = list(sys.argv[1:] if argv is None else argv)
-    if not args or "=" in args[0]:
-        print("usage: python -m pipeline.report RUN_ID [hydra overrides]", file=sys.stderr)
+    if not args or "=" in args[0] or (args[0].startswith("-") and args[0] != STORE_FLAG):
+        print(USAGE, file=sys.stderr)
         return 2
     setup_logging()
     try:
-        cfg = load_config(args[1:])
-        cfg.run_id = args[0]
-        run = run_store(cfg)
-        print(write_report(cfg, run, read_vote(run)))
+        print(write_page(args[0], args[1:]))
     except PipelineError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -3,21 +3,43 @@
     status RUN_ID    every stage's state, job id and the tail of its log (orchestration/status.py)
     cancel RUN_ID    cancel the run's jobs that are still queued or running
     list             every run with its state and scores, newest first (pipeline/run/history.py)
+    promote RUN_ID --reason TEXT [--by NAME]
+                     publish a held (or any finished) run by hand: latest.json moves to it, and
+                     its gate.json records who and why (pipeline/stages/publish.py)
 
 Hydra overrides such as store.root=... come last.
 """
 
 from __future__ import annotations
 
+import argparse
+import getpass
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
+
+from omegaconf import DictConfig
 
 from pipeline.core.config import load_config
 from pipeline.core.errors import PipelineError
 from pipeline.core.logs import setup_logging
 from pipeline.orchestration import status
 from pipeline.run import history
+from pipeline.stages import publish
+
+
+def cmd_promote(cfg: DictConfig, args: argparse.Namespace) -> int:
+    """`python -m pipeline.runs promote RUN_ID --reason TEXT [--by NAME]`."""
+    by = args.by or os.environ.get("USER") or getpass.getuser()
+    gate = publish.promote(cfg, str(args.run_id), str(args.reason), by)
+    promoted = gate["promoted"]
+    print(
+        f"run {args.run_id} published by hand by {promoted['by']}: latest.json now names it "
+        f"(was {promoted['previous']}); reason recorded in its gate.json"
+    )
+    return 0
+
 
 # --------------------------------------------------------------------------------------------
 # command line: python -m pipeline.runs COMMAND [options] [hydra overrides]
@@ -30,8 +52,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     run/history.py); the config is composed from the overrides (store.root=... as for launch)
     with run_id set.
     """
-    import argparse
-
     parser = argparse.ArgumentParser(
         prog="python -m pipeline.runs", description="Look at and manage runs in the store."
     )
@@ -51,9 +71,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         "list", "every run with its state and scores, newest first", history.cmd_list, run_id=False
     )
 
+    promote = add_command(
+        "promote", "publish a held (or any finished) run by hand: latest.json moves to it",
+        cmd_promote,
+    )  # fmt: skip
+    promote.add_argument("--reason", required=True, help="why it is published by hand (recorded)")
+    promote.add_argument(
+        "--by", default=None, help="who publishes it (recorded; default: the login name)"
+    )
+
     for sub in commands.choices.values():
         sub.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. store.root=s3://b/p")
-    args = parser.parse_args(argv)
+    # overrides may also follow options (promote RUN --reason "..." store.root=...)
+    args, extra = parser.parse_known_args(argv)
+    unknown = [a for a in extra if a.startswith("-") or "=" not in a]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.overrides = [*args.overrides, *extra]
     setup_logging()
     try:
         cfg = load_config(args.overrides)

@@ -1,7 +1,13 @@
-"""Split people into train and validation: no person on both sides, strata proportions kept."""
+"""Split people into holdout, train and validation: no person on two sides.
+
+The holdout (`holdout_by_person`) is drawn by a stable rule, a salted hash of the person id, so
+it never moves when people are added; validation (`split_by_person`) is drawn among the rest with
+a seed, stratified exactly.
+"""
 
 from __future__ import annotations
 
+import hashlib
 from typing import cast
 
 import numpy as np
@@ -44,3 +50,36 @@ def split_by_person(
         order = rng.permutation(group["person"].to_numpy())
         chosen.append(order[: quota[stratum]])
     return rows["person"].isin(np.concatenate(chosen)).to_numpy()
+
+
+def person_draws(person_ids: np.ndarray, salt: str) -> np.ndarray:
+    """A number in [0, 1) per person id, fixed by the id and `salt` alone: the first 8 bytes of
+    sha256(salt, id). A person's draw never depends on who else is in the data."""
+    prefix = salt.encode() + b"\0"
+    return np.array(
+        [
+            int.from_bytes(hashlib.sha256(prefix + str(p).encode()).digest()[:8], "big") / 2.0**64
+            for p in np.asarray(person_ids)
+        ],
+        dtype=np.float64,
+    )
+
+
+def holdout_by_person(person_ids: np.ndarray, salt: str, fraction: float) -> np.ndarray:
+    """A boolean array, True for rows whose person is in the holdout: their draw
+    (`person_draws`) is below `fraction`.
+
+    The rule is stable: adding or removing people moves nobody else, a person's side is the same
+    every night, and new people join the holdout in proportion (each with probability
+    `fraction`). Strata (gender × age group) keep their proportions in expectation, not exactly:
+    an exact quota per stratum would move people whenever the data changes. A smaller fraction
+    with the same salt gives a subset of the larger one's holdout.
+    """
+    if not 0.0 <= fraction < 0.5:
+        raise ConfigError(f"data.holdout_fraction must be in [0, 0.5), got {fraction}")
+    if fraction == 0.0:
+        return np.zeros(len(np.asarray(person_ids)), dtype=bool)
+    ids = pd.Series(np.asarray(person_ids))
+    people = ids.drop_duplicates()
+    draws = pd.Series(person_draws(people.to_numpy(), salt), index=people.to_numpy())
+    return (ids.map(draws) < fraction).to_numpy()

@@ -128,6 +128,12 @@ def cut_range(v: Any) -> str | None:
     return "must be [lo, hi], fractions of the photo height with 0 < lo <= hi < 1"
 
 
+def webhook(v: Any) -> str | None:
+    from pipeline.run.notify import check_notify_url
+
+    return text(v) or check_notify_url(str(v))
+
+
 def strings(v: Any) -> str | None:
     v = _plain(v)
     if isinstance(v, list) and all(isinstance(x, str) and x for x in v):
@@ -237,6 +243,9 @@ def _top_rules() -> dict[str, Check]:
     rules: dict[str, Check] = {
         "data.root": text,
         "data.val_fraction": number(0.0, 0.5, low_open=True),
+        "data.holdout_fraction": number(0.0, 0.5, high_open=True),
+        "publish.tolerance": number(-1.0, 1.0, low_open=True, high_open=True),
+        "notify.url": optional(webhook),
         "data.age_thresholds.young_below": whole(1, 150),
         "data.age_thresholds.old_from": whole(1, 150),
         "data.max_bad_fraction": number(0.0, 1.0),

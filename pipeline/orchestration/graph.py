@@ -3,7 +3,8 @@ that runs it and the cluster job that carries it.
 
     prepare ─▶ train-<model> ─▶ predict-<model> ─▶ vote ─▶ publish   (train/predict per model)
 
-`publish` (latest.json, checkpoint retention, the manifest's final state) is a stage of its own,
+`publish` (the gate against the champion, latest.json, checkpoint retention, the manifest's final
+state; pipeline/stages/publish.py) is a stage of its own,
 carried by the vote job: a run is done when its marker is, so whoever sees the run done
 (`launch --wait`, `runs status`) also sees latest.json moved.
 
@@ -30,10 +31,11 @@ from omegaconf import DictConfig
 
 from pipeline.core.config import model_specs, selected_models
 from pipeline.core.errors import ConfigError
-from pipeline.run.history import publish
-from pipeline.run.state import run_stage, run_store
+from pipeline.run.notify import notify
+from pipeline.run.state import one_line, run_stage, run_store
 from pipeline.stages.predict import predict_model
 from pipeline.stages.prepare import prepare
+from pipeline.stages.publish import publish_run
 from pipeline.stages.train import train_model
 from pipeline.stages.vote import vote
 from pipeline.storage.run_layout import (
@@ -90,10 +92,6 @@ def _vote(cfg: DictConfig) -> dict[str, Any]:
     return {"members": vote(cfg)["members"]}
 
 
-def _publish(cfg: DictConfig) -> dict[str, Any]:
-    return {"latest_moved": publish(cfg, run_store(cfg))}
-
-
 def stage_graph(models: Iterable[str]) -> list[Stage]:
     """The stages of a suite of `models`, in an order that respects `needs`."""
     models = list(models)
@@ -109,7 +107,7 @@ def stage_graph(models: Iterable[str]) -> list[Stage]:
         )
     predicted = tuple(predict_stage(name) for name in models)
     graph.append(Stage(VOTE_STAGE, predicted, _vote, "vote", "vote"))
-    graph.append(Stage(PUBLISH_STAGE, (VOTE_STAGE,), _publish, "vote", "publish"))
+    graph.append(Stage(PUBLISH_STAGE, (VOTE_STAGE,), publish_run, "vote", "publish"))
     return graph
 
 
@@ -171,14 +169,22 @@ def run_stages(
     on_start: Callable[[Stage], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Run `stages` in order for `cfg.run_id`, each in the stage frame (skipped when done);
-    returns their done markers."""
+    returns their done markers. A stage that fails (not a Slurm requeue) is told to `notify.url`
+    before the error goes on."""
     run = run_store(cfg)
     markers = []
     for stage in stages:
         if on_start is not None:
             on_start(stage)
-        markers.append(run_stage(run, stage.name, functools.partial(stage.run, cfg), where=where,
-                                 record_failure=record_failure))  # fmt: skip
+        try:
+            markers.append(run_stage(run, stage.name, functools.partial(stage.run, cfg),
+                                     where=where, record_failure=record_failure))  # fmt: skip
+        except Exception as e:
+            if record_failure():  # a failure, not a Slurm requeue
+                notify(cfg, "failed", str(cfg.run_id),
+                       f"masksuite run {cfg.run_id}: stage {stage.name} failed: {one_line(e)}",
+                       stage=stage.name, store=run.uri)  # fmt: skip
+            raise
     return markers
 
 

@@ -39,7 +39,8 @@ from pipeline.core.config import model_specs
 from pipeline.core.errors import ConfigError, PipelineError, StageFailed
 from pipeline.ml.device import CPU_LIMIT_ENV
 from pipeline.orchestration.graph import KINDS
-from pipeline.run.state import require_run_id
+from pipeline.run.history import read_gate, run_exit_status
+from pipeline.run.state import require_run_id, run_store
 
 log = logging.getLogger("pipeline.orchestration.k8s")
 
@@ -738,8 +739,12 @@ def launch_k8s(
             poll_seconds=float(cfg.k8s.poll_seconds),
             sleep=sleep,
         )
+        print(f"run {cfg.run_id} finished on Kubernetes (namespace {cfg.k8s.namespace})")
+        run = run_store(cfg)
+        gate = read_gate(run)
+        if gate is not None:
+            print(f"  publish: {gate['reason']}")
+        return run_exit_status(run)  # 3 when the publish gate held the run
     except PipelineError as e:
         print(f"error: run {cfg.run_id}: {e}", file=sys.stderr)
         return 1
-    print(f"run {cfg.run_id} finished on Kubernetes (namespace {cfg.k8s.namespace})")
-    return 0

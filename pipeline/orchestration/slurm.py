@@ -48,7 +48,7 @@ from pipeline.orchestration.status import (
     record_submission,
     run_status,
 )
-from pipeline.run.history import run_ids, summary_lines
+from pipeline.run.history import run_exit_status, run_ids, summary_lines
 from pipeline.run.results import read_vote
 from pipeline.run.state import one_line, record_stage_state, root_store, run_store, stage_done
 from pipeline.stages.infer import format_summary, infer
@@ -369,7 +369,8 @@ def active_run(cfg: DictConfig, sha256: str, *, newest: int = 20) -> str | None:
 
 
 def follow(cfg: DictConfig, run: Store) -> int:
-    """Show the run's progress until it is done (return 0) or failed (return 1).
+    """Show the run's progress until it is done (return 0, or 3 when the publish gate held it)
+    or failed (return 1).
 
     On a terminal the progress line is rewritten in place, elsewhere a line is printed whenever
     it changes. Jobs that can never start because a dependency failed are cancelled.
@@ -392,7 +393,7 @@ def follow(cfg: DictConfig, run: Store) -> int:
         print()
     if status.state == "done":
         print("\n".join(summary_lines(cfg, read_vote(run), time.time() - started)))
-        return 0
+        return run_exit_status(run)
     stuck = [s.job_id for s in status.stages if s.state in ("blocked", "pending") and s.job_id]
     if stuck:
         cancel_jobs(sorted(set(stuck)))

@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline.core.config import model_specs
 from pipeline.core.errors import ConfigError
 from pipeline.orchestration import graph
+from pipeline.run.history import EXIT_HELD, gate_line, gate_state, read_gate
 from pipeline.run.state import (
     manifest_state,
     read_stage_state,
@@ -292,10 +293,16 @@ def format_status(status: RunStatus, *, tail: int = 5) -> str:
 
 
 def cmd_status(cfg: DictConfig, args: argparse.Namespace) -> int:
-    """Print the run's status; exit 0 when done or running, 1 when it failed."""
+    """Print the run's status and the publish gate's decision; exit 0 when done or running, 1
+    when it failed, 3 when the gate held it."""
     status = run_status(cfg)
     print(format_status(status, tail=args.tail))
-    return 1 if status.state == "failed" else 0
+    gate = read_gate(run_store(cfg))
+    if gate is not None:
+        print(f"  publish: {gate_line(gate)}")
+    if status.state == "failed":
+        return 1
+    return EXIT_HELD if gate_state(gate) == "held" else 0
 
 
 def cancel_run(cfg: DictConfig) -> list[str]:

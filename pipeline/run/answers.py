@@ -6,7 +6,7 @@ classifies, all share `SCHEMA`, so any set of these files reads as one dataset
 One row is one image answered by one model, candidate or vote:
 
     run_id     string   the run whose models answered
-    split      string   val | eval (the run's own splits) | new (pipeline.stages.infer)
+    split      string   val | eval | holdout (the run's own splits) | new (pipeline.stages.infer)
     image_id   string   the image (eval: the competition's ImageID; new: its key under the input)
     kind       string   model | candidate | vote
     name       string   the model's or candidate's name; "vote" for the vote

@@ -29,7 +29,7 @@ from pipeline.run.state import code_version
 from pipeline.storage.store import open_store, read_uri
 
 #: Top-level config keys that never change what a run learns.
-IGNORED_KEYS = ("run_id", "model_name", "tracking", "store", "slurm", "k8s")
+IGNORED_KEYS = ("run_id", "model_name", "tracking", "store", "slurm", "k8s", "publish", "notify")
 #: train.* keys that change speed or placement, not the models (not `compile`: a compiled step
 #: once trained frozen batch norms differently, so it is kept as part of what a run learns).
 IGNORED_TRAIN_KEYS = ("num_threads", "gpu_memory_budget")

@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 
 from pipeline.core.errors import ConfigError, StoreError
 from pipeline.run.results import (
+    GateRecord,
     Interval,
     VoteResult,
     difference_text,
@@ -29,6 +30,7 @@ from pipeline.run.results import (
 from pipeline.run.state import finish_manifest, root_store, run_store
 from pipeline.storage.run_layout import (
     FINGERPRINT_KEY,
+    GATE_KEY,
     LATEST_KEY,
     REPORT_KEY,
     RUNS,
@@ -88,15 +90,18 @@ def published_files(run: Store) -> dict[str, str]:
     }
 
 
-def move_latest(root: Store, run: Store, run_id: str) -> bool:
+def move_latest(root: Store, run: Store, run_id: str, *, force: bool = False) -> bool:
     """Point latest.json at `run_id` (whose vote just succeeded) unless it or a newer run is
-    already there (a rerun of a finished vote changes nothing). Returns whether it moved.
+    already there (a rerun of a finished vote changes nothing); `force` (runs promote) moves it
+    to any other run, older ones too. Returns whether it moved.
 
     The record holds the run id, the time, the vote's scores and the run's data fingerprint
     (used to skip a nightly run when nothing changed).
     """
     current = read_latest(root)
-    if current is not None and str(current["run_id"]) >= run_id:
+    if force and current is not None and str(current["run_id"]) == run_id:
+        return False
+    if not force and current is not None and str(current["run_id"]) >= run_id:
         if str(current["run_id"]) > run_id:
             log.info("latest.json stays at the newer run %s", current["run_id"])
         return False
@@ -120,8 +125,77 @@ def run_ids(root: Store) -> list[str]:
     return sorted({key.split("/", 2)[1] for key in root.list(RUNS) if key.count("/") >= 2})
 
 
+def read_gate(run: Store) -> GateRecord | None:
+    """The run's gate.json (the publish gate's decision), or None when its publish has not run
+    or predates the gate."""
+    if not run.exists(GATE_KEY):
+        return None
+    record: GateRecord = run.read_json(GATE_KEY)
+    return record
+
+
+#: The exit status of `launch` (and `--wait`) for a run the publish gate held.
+EXIT_HELD = 3
+
+
+def run_exit_status(run: Store) -> int:
+    """0 for a finished run, EXIT_HELD when the publish gate held it (and nobody promoted it)."""
+    return EXIT_HELD if gate_state(read_gate(run)) == "held" else 0
+
+
+def held_unchanged(
+    root: Store, fingerprint: dict[str, Any], latest: dict[str, Any] | None
+) -> GateRecord | None:
+    """The gate record of the newest run after latest.json's that the gate held, when it learnt
+    from exactly these inputs and configuration: retraining would give the same run again, so a
+    nightly launch skips it. None when there is no such run (or a newer run finished since)."""
+    after = str(latest["run_id"]) if latest else ""
+    for run_id in reversed(run_ids(root)):
+        if run_id <= after:
+            return None
+        run = root.child(join_key(RUNS, run_id))
+        gate = read_gate(run)
+        if gate is None:
+            continue  # still running, failed, or from before the gate
+        if gate_state(gate) != "held" or not run.exists(FINGERPRINT_KEY):
+            return None
+        same = run.read_json(FINGERPRINT_KEY).get("sha256") == fingerprint["sha256"]
+        return gate if same else None
+    return None
+
+
+#: A run's state in `runs list` and the store page.
+RUN_STATES = ("published", "held", "succeeded", "failed", "incomplete")
+
+
+def gate_state(gate: GateRecord | None) -> str | None:
+    """published / held from a gate record (a held run promoted by hand is published); None when
+    the record decides neither (no record, or superseded)."""
+    if gate is None:
+        return None
+    if gate.get("promoted") or gate["decision"] == "published":
+        return "published"
+    return "held" if gate["decision"] == "held" else None
+
+
+def gate_line(gate: GateRecord) -> str:
+    """The gate's decision in one line, with the promotion when someone published it by hand."""
+    promoted = gate.get("promoted")
+    if not promoted:
+        return gate["reason"]
+    return (
+        f"published by hand by {promoted['by']} at {promoted['at']} ({promoted['reason']}); "
+        f"the gate said: {gate['reason']}"
+    )
+
+
 def run_summary(root: Store, run_id: str) -> dict[str, Any]:
-    """One run at a glance: state (succeeded / failed / incomplete), scores, members, size."""
+    """One run at a glance: state (one of RUN_STATES), scores, members, size, gate record.
+
+    published: latest.json was moved to it (by the gate or `runs promote`); held: the gate kept
+    latest.json on the champion; succeeded: its vote finished but it was not published (a newer
+    run was latest, its publish has not run, or it predates the gate); failed: a job recorded a
+    failure; incomplete: still running, or stopped."""
     run = root.child(join_key(RUNS, run_id))
     sizes = run.sizes()
     stages = sorted(k[len("stages/") : -len(".json")] for k in sizes if k.startswith("stages/"))
@@ -131,15 +205,23 @@ def run_summary(root: Store, run_id: str) -> dict[str, Any]:
             record = run.read_json(key)
             if record.get("state") == "failed":
                 failed.append(f"{record.get('stage')}: {record.get('error', '')}"[:200])
+    gate = read_gate(run) if GATE_KEY in sizes else None
+    state = "failed" if failed else ("succeeded" if "vote" in stages else "incomplete")
+    if not failed and gate_state(gate):
+        state = str(gate_state(gate))
     summary: dict[str, Any] = {
         "run_id": run_id,
         # a failure recorded once the vote is done is publish's (latest.json not moved)
-        "state": "failed" if failed else ("succeeded" if "vote" in stages else "incomplete"),
+        "state": state,
         "stages_done": stages,
         "failed": failed,
         "bytes": sum(sizes.values()),
         "checkpoints": sum(1 for k in sizes if k.rsplit("/", 1)[-1] in CHECKPOINT_FILES),
     }
+    if gate is not None:
+        summary["gate"] = gate
+        if "challenger" in gate:
+            summary["holdout_macro_f1"] = gate["challenger"]["macro_f1"]
     if VOTE_KEY in sizes:
         vote = read_vote(run)
         summary["val_macro_f1"] = vote["ensemble"]["val_macro_f1"]
@@ -176,28 +258,34 @@ def prune_checkpoints(root: Store, keep: int) -> list[str]:
     return deleted
 
 
-def publish(cfg: DictConfig, run: Store) -> bool:
-    """The publish stage, after a successful vote: move latest.json forward, apply checkpoint
-    retention, then record the run's final state in its manifest. Returns whether latest.json moved
-    (not when it already names this run or a newer one). Idempotent: a rerun of a publish that
-    stopped part-way finishes it (retention too), a rerun of a finished one changes nothing."""
+def publish(cfg: DictConfig, run: Store, *, move: bool = True, held: bool = False) -> bool:
+    """After the gate decided (pipeline.stages.publish): move latest.json forward when `move`,
+    apply checkpoint retention, then record the run's final state in its manifest (`held` or
+    `succeeded`). Returns whether latest.json moved (not when it already names this run or a
+    newer one). Idempotent: a rerun of a publish that stopped part-way finishes it (retention
+    too), a rerun of a finished one changes nothing."""
     root = root_store(cfg)
-    moved = move_latest(root, run, str(cfg.run_id))
+    moved = move and move_latest(root, run, str(cfg.run_id))
     prune_checkpoints(root, int(cfg.store.keep_checkpoints))
-    finish_manifest(run, "succeeded")  # last: a run whose manifest says so is published
+    finish_manifest(run, "held" if held else "succeeded")  # last: the run's final state
     return moved
 
 
 def format_runs(summaries: list[dict[str, Any]], latest: str | None) -> list[str]:
     """The table `runs list` prints, newest first."""
-    lines = [f"  {'run id':<26} {'state':<11} {'val F1':>7} {'eval F1':>7}  members"]
+    lines = [f"  {'run id':<26} {'state':<10} {'val F1':>7} {'hold F1':>7} {'eval F1':>7}  members"]
     for s in reversed(summaries):
         mark = "*" if s["run_id"] == latest else " "
         f1 = f"{s['val_macro_f1']:.4f}" if "val_macro_f1" in s else "-"
+        hold = f"{s['holdout_macro_f1']:.4f}" if "holdout_macro_f1" in s else "-"
         ev = f"{s['eval_macro_f1']:.4f}" if "eval_macro_f1" in s else "-"
         members = ", ".join(s.get("members", [])) or "; ".join(s["failed"])[:80]
-        lines.append(f"{mark} {s['run_id']:<26} {s['state']:<11} {f1:>7} {ev:>7}  {members}")
-    lines.append("(* = latest.json)")
+        lines.append(
+            f"{mark} {s['run_id']:<26} {s['state']:<10} {f1:>7} {hold:>7} {ev:>7}  {members}"
+        )
+        if s["state"] == "held" and "gate" in s:
+            lines.append(f"    {s['gate']['reason']}")
+    lines.append("(* = latest.json; hold F1: holdout macro F1, scored by the publish gate)")
     return lines
 
 
@@ -252,6 +340,14 @@ def summary_lines(cfg: DictConfig, result: VoteResult, seconds: float) -> list[s
     )
     if "fallback" in result:
         lines.append(f"  submitted: {result['fallback']['reason']}")
+    gate = read_gate(run)
+    if gate is not None:
+        lines.append(f"  publish:   {gate_line(gate)}")
+        if gate_state(gate) == "held":
+            lines.append(
+                f"  held: latest.json was not moved; publish it by hand with python -m "
+                f"pipeline.runs promote {cfg.run_id} --reason '...' store.root={cfg.store.root}"
+            )
     if "eval" in result:
         ev = result["eval"]
         lines.append(

@@ -147,3 +147,111 @@ def read_vote(run: Store) -> VoteResult:
     """vote.json of `run` as written (StoreKeyNotFound when its vote has not finished)."""
     result: VoteResult = run.read_json(VOTE_KEY)
     return result
+
+
+# --------------------------------------------------------------------------------------------
+# the publish gate's record: runs/<run_id>/gate.json (pipeline.stages.publish writes it)
+
+#: The gate's decisions: the run became latest.json; it was held (latest.json stayed on the
+#: champion); or it was not a candidate (latest.json already named this run or a newer one).
+GATE_DECISIONS = ("published", "held", "superseded")
+
+
+class ClassDelta(TypedDict):
+    """One class's F1 on the holdout, challenger against champion."""
+
+    #: the class's name, e.g. "wear/female/30-59" (pipeline.domain.labels.class_name)
+    name: str
+    challenger: float
+    champion: float
+    delta: float
+    #: holdout photos of this class
+    support: int
+
+
+class ChangedAnswer(TypedDict):
+    """One eval photo whose answer differs between champion and challenger."""
+
+    image_id: str
+    champion: str
+    challenger: str
+
+
+class Churn(TypedDict):
+    """How many eval answers changed between champion and challenger."""
+
+    #: eval photos both runs answered
+    compared: int
+    changed: int
+    share: float
+    #: the first CHURN_SHOWN changed photos, in eval order
+    shown: list[ChangedAnswer]
+
+
+class DataChanges(TypedDict):
+    """What changed in the labelled data (train, val and holdout people) since the champion's."""
+
+    people_added: int
+    people_removed: int
+    photos_added: int
+    photos_removed: int
+    #: up to CHANGES_SHOWN person ids each, sorted
+    people_added_shown: list[str]
+    people_removed_shown: list[str]
+
+
+class ClassCounts(TypedDict):
+    """Labelled photos (train + val + holdout) per class, champion's data and challenger's."""
+
+    classes: list[str]
+    champion: list[int]
+    challenger: list[int]
+
+
+class HoldoutInfo(TypedDict):
+    """The holdout the gate scored on (this run's)."""
+
+    fraction: float
+    people: int
+    photos: int
+
+
+class Promotion(TypedDict):
+    """Who moved latest.json to a run by hand (`python -m pipeline.runs promote`), and why."""
+
+    by: str
+    reason: str
+    at: str
+    #: the run latest.json named before
+    previous: str | None
+
+
+class GateRecord(TypedDict):
+    """The content of gate.json: the publish gate's decision for a run.
+
+    `challenger` and `champion_score` are holdout macro F1s with their interval by person;
+    `challenger` also holds the paired difference challenger minus champion (diff, diff_low,
+    diff_high) when both were scored. The comparison fields are present only when `compared`.
+    """
+
+    run_id: str
+    #: one of GATE_DECISIONS
+    decision: str
+    #: whether champion and challenger were scored on the same holdout
+    compared: bool
+    #: one line: the decision and why, with both scores and the interval when compared
+    reason: str
+    #: the run latest.json named when the gate ran (None for a store's first run)
+    champion: str | None
+    #: publish.tolerance
+    tolerance: float
+    #: UTC, ISO 8601
+    decided: str
+    holdout: HoldoutInfo
+    challenger: NotRequired[Interval]
+    champion_score: NotRequired[Interval]
+    per_class: NotRequired[list[ClassDelta]]
+    churn: NotRequired[Churn]
+    data_changes: NotRequired[DataChanges]
+    class_counts: NotRequired[ClassCounts]
+    promoted: NotRequired[Promotion]

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 import pipeline
-from pipeline.core.config import model_specs
+from pipeline.core.config import model_specs, plain_config
 from pipeline.core.errors import ConfigError, PipelineError, StageFailed, StoreKeyNotFound
 from pipeline.storage.run_layout import (
     INDEX_KEY,
@@ -132,12 +132,26 @@ def read_stage_state(run: Store, stage: str) -> dict[str, Any] | None:
     return run.read_json(key) if run.exists(key) else None
 
 
+#: What the manifest records for a set `notify.url`: a webhook URL is a credential.
+NOTIFY_URL_SET = "<set>"
+
+
+def without_notify_url(config: dict[str, Any]) -> dict[str, Any]:
+    """`config` (a plain copy, changed in place) with `notify.url` replaced by NOTIFY_URL_SET when
+    set: the manifest records that a webhook was configured, never its (secret) URL."""
+    notify = config.get("notify")
+    if isinstance(notify, dict) and notify.get("url"):
+        notify["url"] = NOTIFY_URL_SET
+    return config
+
+
 def write_manifest(cfg: DictConfig) -> None:
-    """Write the run's manifest (once: an existing manifest is kept)."""
+    """Write the run's manifest (once: an existing manifest is kept). The config it records is
+    the resolved one, less credentials (see without_notify_url)."""
     run = run_store(cfg)
     if run.exists(MANIFEST_KEY):
         return
-    config = OmegaConf.to_container(cfg, resolve=True)
+    config = without_notify_url(plain_config(cfg))
     manifest = {
         "run_id": cfg.run_id,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),

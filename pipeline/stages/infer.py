@@ -36,28 +36,20 @@ from datetime import UTC, datetime
 from pathlib import PurePosixPath
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
-import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from pipeline.core.config import model_specs
 from pipeline.core.errors import ConfigError, DataError
 from pipeline.domain.dataset import check_image_extension, junk_reason
 from pipeline.domain.labels import AGE_NAMES, GENDER_NAMES, MASK_NAMES
-from pipeline.ml.checkpoints import load_checkpoint
-from pipeline.ml.device import cpu_threads, setup_runtime
-from pipeline.ml.ensemble import candidate_probs, candidate_specs, combine
+from pipeline.ml.device import cpu_threads
 from pipeline.ml.images import BadInputs, checked_images, unsafe_key_reason
-from pipeline.ml.inference import for_inference, input_shape, predict_for_spec, probe_precision
-from pipeline.ml.models import model_from_checkpoint, task_target
-from pipeline.ml.resident import image_bytes, load_resident, plan_placement
+from pipeline.ml.predictor import predictor_answers, run_predictor
 from pipeline.run.answers import answers_table, parquet_bytes
 from pipeline.run.history import read_latest
-from pipeline.run.results import read_vote
 from pipeline.run.state import stage_done
-from pipeline.storage.run_layout import RUNS, VOTE_STAGE, checkpoint_key, stage_key
+from pipeline.storage.run_layout import RUNS, VOTE_STAGE, stage_key
 from pipeline.storage.shards import write_shards
 from pipeline.storage.store import Store, join_key, open_store
 
@@ -154,19 +146,8 @@ def infer(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError("infer.input is not set: give a folder or s3://bucket/prefix of photos")
     started = time.time()
     run_id, run = resolve_run(cfg)
-    manifest = run.read_json("manifest.json")
-    run_cfg = OmegaConf.create(manifest["config"])
-    result = read_vote(run)
-    members, method = list(result["members"]), str(result.get("method") or "hard")
-    candidates = candidate_specs(run_cfg)
-    needed = list(dict.fromkeys(m for c in members for m in candidates[c].models()))
-    pruned = [m for m in needed if not run.exists(checkpoint_key(m))]
-    if pruned:
-        raise ConfigError(
-            f"run {run_id} no longer has the checkpoints of {', '.join(pruned)} (older runs' "
-            "checkpoints are deleted beyond store.keep_checkpoints): classify with a newer run, "
-            "or leave run_id unset for the latest"
-        )
+    predictor = run_predictor(run_id, run)
+    run_cfg, members, method = predictor.config, predictor.members, predictor.method
     workers = int(cfg.store.workers)
     src = open_store(str(cfg.infer.input), workers=workers, key="infer.input")
     out = open_store(output_uri(cfg), workers=workers, key="infer.output")
@@ -203,10 +184,7 @@ def infer(cfg: DictConfig) -> dict[str, Any]:
             log.info("infer: nothing new to classify under %s (%d already classified by run %s, "
                      "%d bad)", src.uri, counts["already_seen"], run_id, len(bad.rows))  # fmt: skip
             return summary
-        model_probs = model_probabilities(cfg, run_cfg, run, needed, packed, ids, shard_of)
-    tasks = {n: str(s.task) for n, s in model_specs(run_cfg).items()}
-    dists = {c: candidate_probs(candidates[c], model_probs, tasks) for c in members}
-    probs, answers = combine(method, [dists[m] for m in members])
+        probs, answers, dists = predictor_answers(cfg, predictor, packed, ids, shard_of)
     common: dict[str, Any] = {"run_id": run_id, "split": "new", "image_ids": ids, "task": "all"}
     tables = [answers_table(**common, kind="vote", name="vote", probs=probs, answers=answers)]
     tables += [answers_table(**common, kind="candidate", name=m, probs=dists[m]) for m in members]
@@ -236,41 +214,6 @@ def infer(cfg: DictConfig) -> dict[str, Any]:
     log.info("infer: %d photos classified in %.0f s by run %s into %s", len(ids),
              time.time() - started, run_id, where)  # fmt: skip
     return summary
-
-
-def model_probabilities(
-    cfg: DictConfig,
-    run_cfg: DictConfig,
-    run: Store,
-    needed: list[str],
-    packed: Store,
-    ids: list[str],
-    shard_of: dict[str, str],
-) -> dict[str, np.ndarray]:
-    """Each model in `needed` predicting the new photos once (images × its task's classes), with
-    the run's own settings; the photos are decoded once for all of them."""
-    specs = model_specs(run_cfg)
-    rt = setup_runtime(cfg)
-    size = list(run_cfg.train.image_size)
-    images = load_resident(
-        packed, ids, [shard_of[i] for i in ids], size, device=rt.device, threads=rt.threads,
-        placement=plan_placement(image_bytes(len(ids), size), rt.device,
-                                 float(cfg.train.gpu_memory_budget)),
-    )  # fmt: skip
-    probs: dict[str, np.ndarray] = {}
-    for number, name in enumerate(needed, start=1):
-        spec = specs[name]
-        _, num_classes = task_target(str(spec.task))
-        model = model_from_checkpoint(spec, num_classes, load_checkpoint(run, name))
-        model.to(rt.device).to(memory_format=torch.channels_last).eval()
-        model_rt = rt
-        if cfg.train.precision == "auto":
-            model_rt = probe_precision(model, input_shape(size, spec.train.center_crop), rt)
-        t0 = time.time()
-        probs[name] = predict_for_spec(for_inference(model), images, model_rt, spec)
-        log.info("infer: model %d of %d (%s): %d photos, %.0f photos/s", number, len(needed),
-                 name, len(ids), len(ids) / max(time.time() - t0, 1e-9))  # fmt: skip
-    return probs
 
 
 def format_summary(summary: dict[str, Any]) -> str:

@@ -1,7 +1,7 @@
-"""The predict stage: class probabilities for val and eval, written as Parquet per model.
+"""The predict stage: class probabilities for val, eval and the holdout, as Parquet per model.
 
-predictions/models/<model>/{val,eval}.parquet: the answers schema (pipeline/run/answers.py) with
-kind=model, task the model's and its probabilities.
+predictions/models/<model>/{val,eval,holdout}.parquet (holdout only when the run has one): the
+answers schema (pipeline/run/answers.py) with kind=model, task the model's and its probabilities.
 """
 
 from __future__ import annotations
@@ -51,7 +51,9 @@ def write_predictions(
 
 
 def predict_model(cfg: DictConfig, name: str) -> dict[str, Any]:
-    """Predict val and eval with model `name`'s best checkpoint; returns the images per split."""
+    """Predict val, eval and the holdout (when the run has one) with model `name`'s best
+    checkpoint; returns the images per split. The holdout's answers are only read by the publish
+    gate: nothing in the run is chosen on them."""
     run = run_store(cfg)
     stage = predict_stage(name)
     spec = model_specs(cfg)[name]
@@ -66,8 +68,10 @@ def predict_model(cfg: DictConfig, name: str) -> dict[str, Any]:
 
     index = read_index(run)
     counts = {}
-    for split in ("val", "eval"):
+    for split in ("val", "eval", "holdout"):
         rows = index[index["split"] == split]
+        if split == "holdout" and rows.empty:
+            continue
         ids = rows["image_id"].tolist()
         size = cfg.train.image_size
         images = load_resident(

@@ -39,11 +39,12 @@ from pipeline.domain.labels import (
     decode,
     encode_array,
 )
-from pipeline.domain.split import split_by_person
+from pipeline.domain.split import holdout_by_person, split_by_person
 from pipeline.ml.device import cpu_threads
 from pipeline.ml.images import BadInputs, checked_images, unsafe_key_reason
 from pipeline.run.fingerprint import data_fingerprint
-from pipeline.run.state import new_run_id, run_store, write_manifest
+from pipeline.run.holdout import HoldoutRule, rule_id, store_salt
+from pipeline.run.state import new_run_id, root_store, run_store, write_manifest
 from pipeline.storage.run_layout import BAD_INPUTS_KEY, FINGERPRINT_KEY, INDEX_KEY
 from pipeline.storage.shards import write_shards
 from pipeline.storage.store import Store, open_store, read_uri
@@ -274,11 +275,18 @@ def scan_eval(data: Store, bad: BadInputs) -> tuple[pd.DataFrame, int]:
     return pd.DataFrame(rows, columns=columns), len(info)
 
 
-def assign_splits(train: pd.DataFrame, val_fraction: float, seed: int) -> pd.Series:
-    """'train' or 'val' per training row, by person, stratified by gender × age group."""
-    strata = train["gender"].to_numpy() * 3 + train["age_group"].to_numpy()
-    is_val = split_by_person(train["person_id"].to_numpy(), strata, val_fraction, seed)
-    return pd.Series(np.where(is_val, "val", "train"), index=train.index)
+def assign_splits(
+    train: pd.DataFrame, val_fraction: float, seed: int, salt: str = "", holdout_fraction: float = 0
+) -> pd.Series:
+    """'holdout', 'train' or 'val' per training row, by person: the holdout by the store's stable
+    rule (`holdout_by_person`), then val among the others, stratified by gender × age group."""
+    held = holdout_by_person(train["person_id"].to_numpy(), salt, holdout_fraction)
+    rest = train[~held]
+    strata = rest["gender"].to_numpy() * 3 + rest["age_group"].to_numpy()
+    is_val = split_by_person(rest["person_id"].to_numpy(), strata, val_fraction, seed)
+    sides = pd.Series("holdout", index=train.index)
+    sides[~held] = np.where(is_val, "val", "train")
+    return sides
 
 
 def prepare(cfg: DictConfig) -> dict[str, Any]:
@@ -328,11 +336,13 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
         fixed = apply_label_fix(train, raw, fix_uri, competition, bad)
     # Only data.root's people are split; extra sources train only.
     main = train["source"] == 0
+    holdout_fraction = float(cfg.data.get("holdout_fraction") or 0.0)
+    salt = store_salt(root_store(cfg)) if holdout_fraction > 0 else ""
     train["split"] = "train"
     train.loc[main, "split"] = assign_splits(
-        train[main], float(cfg.data.val_fraction), int(cfg.seed)
+        train[main], float(cfg.data.val_fraction), int(cfg.seed), salt, holdout_fraction
     )
-    # training targets only; val keeps the competition's
+    # training targets only; val and holdout keep the competition's
     relabel(train, thresholds, rows=train["split"] == "train")
     train["order"] = -1
     evals, eval_listed = scan_eval(sources[0], bad)
@@ -362,9 +372,17 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
     sink = io.BytesIO()
     index.to_parquet(sink, index=False)
     run.write_bytes(INDEX_KEY, sink.getvalue())
-    counts = {s: int((index["split"] == s).sum()) for s in ("train", "val", "eval")}
+    counts = {s: int((index["split"] == s).sum()) for s in ("train", "val", "holdout", "eval")}
+    held = index[index["split"] == "holdout"]
+    holdout: HoldoutRule = {
+        "rule_id": rule_id(salt) if holdout_fraction > 0 else "",
+        "fraction": holdout_fraction,
+        "people": int(held["person_id"].nunique()),
+        "photos": len(held),
+    }
     summary = {
         "images": counts,
+        "holdout": holdout,
         "bad_inputs": len(bad.rows),
         "eval_listed": eval_listed,
         "label_fixes": fixed,
@@ -407,7 +425,7 @@ def check_bad_share(wanted: int, index: pd.DataFrame, bad: BadInputs, max_fracti
 
     `wanted` counts the candidate files under train/images/ (sidecars and OS junk excluded).
     """
-    used = int(index["split"].isin(["train", "val"]).sum())
+    used = int(index["split"].isin(["train", "val", "holdout"]).sum())
     if used == 0 or (wanted - used) / wanted > max_fraction:
         reasons = Counter(reason[:70] for _, reason in bad.rows).most_common(5)
         raise StageFailed(

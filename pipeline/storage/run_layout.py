@@ -1,7 +1,10 @@
 """Where each file of a run lives: the run's layout, written once. Every module that reads or
 writes a run's file takes its key from here.
 
-    <store.root>/latest.json              the last run whose vote succeeded (moved last)
+    <store.root>/latest.json              the published run (the champion): moved by publish
+                                          only when the gate passes, or by `runs promote`
+    <store.root>/holdout.json             the salt of the stable holdout rule (written once)
+    <store.root>/report/index.html        the store page: every run, holdout F1 over time
     <store.root>/runs/<run_id>/
         manifest.json                     config, code version, creation time, final state
         fingerprint.json                  the data fingerprint of the run's inputs and config
@@ -20,7 +23,8 @@ writes a run's file takes its key from here.
         predictions/vote/{val,eval}.parquet                the vote's answers (vote)
         vote.json                         candidates ranked, members, scores (vote)
         submission.csv                    ImageID,ans for the eval images (vote)
-        report/index.html                 the run's report (vote)
+        report/index.html                 the run's report (vote; publish adds the comparison)
+        gate.json                         champion against challenger on the holdout (publish)
 
 A stage is done when its marker exists; the frame around every stage (pipeline/run/state.py
 `run_stage`) skips a done stage, so running it again is a no-op.
@@ -46,6 +50,12 @@ BAD_INPUTS_KEY = "bad_inputs.csv"
 VOTE_KEY = "vote.json"
 SUBMISSION_KEY = "submission.csv"
 REPORT_KEY = "report/index.html"
+#: The publish gate's record in a run (pipeline.run.results.GateRecord).
+GATE_KEY = "gate.json"
+#: The store's holdout rule (its salt), at the store root.
+HOLDOUT_RULE_KEY = "holdout.json"
+#: The store page (`python -m pipeline.report --store`), at the store root.
+STORE_REPORT_KEY = "report/index.html"
 #: Folder of a run holding every answer file (one dataset).
 ANSWERS_DIR = "predictions"
 ANSWER_KINDS = ("model", "candidate", "vote")
