@@ -21,7 +21,7 @@ from pipeline.commands.runs import main as runs_main
 from pipeline.core.errors import StoreError
 from pipeline.domain.split import holdout_by_person
 from pipeline.domain.synth import generate
-from pipeline.run.history import read_latest, run_ids, run_summary
+from pipeline.run.history import prune_checkpoints, read_latest, run_ids, run_summary
 from pipeline.run.holdout import contains, rule_id, store_salt
 from pipeline.stages.prepare import assign_splits, prepare
 from pipeline.storage.store import LocalStore
@@ -319,3 +319,21 @@ def test_the_webhook_hears_of_each_publish_hold_and_failure(
     assert all("secret-path" not in json.dumps(e) for e in nights["events"])
     manifest = (nights["store"] / "runs" / run_c / "manifest.json").read_text()
     assert "secret-path" not in manifest  # the webhook URL is a credential
+
+
+def test_retention_prunes_held_runs_beyond_the_newest_but_never_runs_in_flight(
+    tmp_path: Path,
+) -> None:
+    root = LocalStore(tmp_path)
+    ids = [f"2026010{d}T000000Z-abcdef" for d in range(1, 8)]
+    for run_id in ids:
+        root.write_bytes(f"runs/{run_id}/models/a/checkpoint.pt", b"x")
+    root.write_json("latest.json", {"run_id": ids[0]})
+    for run_id in ids[1:4]:  # held by the gate, night after night
+        root.write_json(f"runs/{run_id}/manifest.json", {"state": "held"})
+    # ids[4] failed, ids[5] is still running (no final state); ids[6] is held but the newest
+    root.write_json(f"runs/{ids[6]}/manifest.json", {"state": "held"})
+    deleted = prune_checkpoints(root, keep=2)
+    assert sorted({k.split("/")[1] for k in deleted}) == ids[1:4]
+    kept = [r for r in ids if root.exists(f"runs/{r}/models/a/checkpoint.pt")]
+    assert kept == [ids[0], *ids[4:]]

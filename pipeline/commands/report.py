@@ -6,7 +6,8 @@
                                                     over time (<store.root>/report/index.html)
 
 Overrides are Hydra's (`store.root=...`). Prints the page's URI; a PipelineError prints one
-`error: ...` line and exits 1; a missing RUN_ID (or --store) prints the usage and exits 2.
+`error: ...` line and exits 1; a missing RUN_ID (or --store) prints the usage and exits 2;
+-h / --help prints this.
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """`python -m pipeline.report (RUN_ID | --store) [overrides]`: (re)write a finished run's
     report, or the store page."""
     args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] in (["-h"], ["--help"]):
+        print(f"{USAGE}\n\n{__doc__}")
+        return 0
     if not args or "=" in args[0] or (args[0].startswith("-") and args[0] != STORE_FLAG):
         print(USAGE, file=sys.stderr)
         return 2

@@ -1,8 +1,9 @@
 """Runs over time: the `latest` pointer, the list of runs, and checkpoint retention.
 
-- `<store.root>/latest.json` names the last run whose vote succeeded. It is written (atomically)
-  only by a vote that finished, and only moves forward: a run that finishes after a newer one
-  (run ids sort by start time) leaves the newer one in place.
+- `<store.root>/latest.json` names the published run (the champion). It is written (atomically)
+  only by the publish stage of a run whose vote finished and whose gate passed
+  (pipeline/stages/publish.py), and then only moves forward: a run that finishes after a newer one
+  (run ids sort by start time) leaves the newer one in place; `runs promote` moves it by hand.
 - `python -m pipeline.runs list` shows every run with its state and scores.
 - After each successful vote, model checkpoints (`models/*/checkpoint.pt`, `last.pt`: 180 MB per
   ResNet-18 model) of runs older than the newest `store.keep_checkpoints` runs are deleted; the
@@ -27,7 +28,7 @@ from pipeline.run.results import (
     interval_text,
     read_vote,
 )
-from pipeline.run.state import finish_manifest, root_store, run_store
+from pipeline.run.state import finish_manifest, manifest_state, root_store, run_store
 from pipeline.storage.run_layout import (
     FINGERPRINT_KEY,
     GATE_KEY,
@@ -36,6 +37,7 @@ from pipeline.storage.run_layout import (
     RUNS,
     SUBMISSION_KEY,
     VOTE_KEY,
+    run_key,
 )
 from pipeline.storage.store import Store, join_key
 
@@ -234,7 +236,9 @@ def run_summary(root: Store, run_id: str) -> dict[str, Any]:
 
 def prune_checkpoints(root: Store, keep: int) -> list[str]:
     """Delete model checkpoints of every run but the newest `keep` and the latest; returns the
-    deleted keys. Runs newer than latest (still running, or failed) are never touched."""
+    deleted keys. Runs newer than latest are never touched (still running, or failed: a resume
+    needs them) unless the publish gate held them: nightly held runs would pile up otherwise, and
+    the newest `keep` of them can still be promoted."""
     if keep < 1:
         raise ConfigError(f"store.keep_checkpoints must be at least 1, got {keep}")
     latest = read_latest(root)
@@ -244,7 +248,9 @@ def prune_checkpoints(root: Store, keep: int) -> list[str]:
     protected = set(ids[-keep:]) | {str(latest["run_id"])}
     deleted = []
     for run_id in ids:
-        if run_id in protected or run_id > str(latest["run_id"]):
+        if run_id in protected:
+            continue
+        if run_id > str(latest["run_id"]) and manifest_state(root.child(run_key(run_id))) != "held":
             continue
         prefix = join_key(RUNS, run_id, "models")
         for key in root.list(prefix):

@@ -1,4 +1,5 @@
-"""The prepare stage: scan `data.root`, label, validate, split by person, pack shards, index.
+"""The prepare stage: scan `data.root`, label, validate, split by person (the store's fixed
+holdout, then val and train), pack shards, index.
 
 Writes into the run (keys: pipeline/storage/run_layout.py): the index (one row per usable image),
 bad_inputs.csv (path,reason for everything that cannot be used) and the image shards.

@@ -7,13 +7,13 @@ best-ranked member among the tied; `soft`, the class of highest mean probability
 members' 18-class distributions. Every method and candidate is scored on val with a bootstrap
 interval by person and the paired difference against the best member (vote.json). When the best
 member beats the configured vote on val by more than `suite.vote.fallback_margin`, it is
-submitted alone (one candidate dominates) and vote.json says so. Each candidate's val/eval
-answers go to `predictions/candidates/<name>/`, the vote's to `predictions/vote/` (the answers
+submitted alone (one candidate dominates) and vote.json says so. Each candidate's val/eval (and
+holdout, for the publish gate only: nothing here is chosen on it) answers go to
+`predictions/candidates/<name>/`, the vote's to `predictions/vote/` (the answers
 schema, pipeline/run/answers.py), each candidate's metrics to `candidates/<name>/metrics.json`.
 The submission has exactly the rows and order of `eval/info.csv`, or the stage fails.
-Then the run's report (pipeline.run.report) is written, and after everything else
-`<store.root>/latest.json` is moved to this run (pipeline.run.history: only forward, never to a
-failed run) and old checkpoints are pruned (both by the stage graph's follow-up of the vote).
+Then the run's report (pipeline.run.report) is written; the publish stage that follows
+(pipeline.stages.publish) decides whether `<store.root>/latest.json` moves to this run.
 """
 
 from __future__ import annotations
