@@ -153,8 +153,8 @@ def test_on_s3_read_as_a_dataset_and_run_as_the_rendered_kubernetes_job(
     table = ds.dataset(answers, filesystem=fs, format="parquet").to_table()
     frame = table.to_pandas()
     index = pd.read_parquet(io.BytesIO(run_store(finished).read_bytes("index.parquet")))
-    images = {s: int((index["split"] == s).sum()) for s in ("val", "eval")}
-    # one model, one candidate, the vote: each answers every val and eval image once
+    images = {s: int((index["split"] == s).sum()) for s in ("val", "eval", "holdout")}
+    # one model, one candidate, the vote: each answers every val, eval and holdout image once
     assert frame.groupby(["kind", "split"]).size().to_dict() == {
         (k, s): n for k in ("candidate", "model", "vote") for s, n in images.items()
     }
@@ -224,4 +224,7 @@ def test_readme_reading_examples_run_as_written(
     assert "vote       vote    eval" in pandas_out and "age_group  label" in pandas_out
     eval_images = len(pd.read_csv(io.BytesIO(run_store(finished).read_bytes("submission.csv"))))
     assert s3_out.strip() == f"{eval_images} eval answers of run {finished.run_id}"
-    assert duck_out.count("│ vote      │ vote    │") == 2  # val and eval, with their accuracy
+    index = pd.read_parquet(io.BytesIO(run_store(finished).read_bytes("index.parquet")))
+    scored = set(index.loc[index["label"] >= 0, "split"]) - {"train"}  # val, eval, the holdout
+    # the vote on each scored split, with its accuracy
+    assert duck_out.count("│ vote      │ vote    │") == len(scored) >= 2
