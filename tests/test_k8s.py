@@ -166,7 +166,9 @@ def test_pods_size_their_threads_from_their_cpu_limit() -> None:
 
 
 def test_pods_are_hardened_and_get_secrets_only_by_reference() -> None:
-    cfg = config("k8s.s3.endpoint=http://minio:9000", "k8s.wandb_secret=wandb")
+    cfg = config(
+        "k8s.s3.endpoint=http://minio:9000", "k8s.wandb_secret=wandb", "k8s.notify_secret=hook"
+    )
     for job in render_jobs(cfg):
         assert set(CHECKOV_SKIPS) <= {
             v.split("=", 1)[0] for v in job["metadata"]["annotations"].values()
@@ -187,6 +189,8 @@ def test_pods_are_hardened_and_get_secrets_only_by_reference() -> None:
             assert env["AWS_ENDPOINT_URL"]["value"] == "http://minio:9000"
             for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "WANDB_API_KEY"):
                 assert "value" not in env[var] and "secretKeyRef" in env[var]["valueFrom"]
+            hook = env["MASKSUITE_NOTIFY_URL"]["valueFrom"]["secretKeyRef"]
+            assert hook == {"name": "hook", "key": "MASKSUITE_NOTIFY_URL", "optional": True}
             # Every writable path is on a volume (the root filesystem is read-only).
             mounts = [m["mountPath"] for m in c["volumeMounts"]]
             for var in ("HOME", "TMPDIR", "XDG_CACHE_HOME", "TORCH_HOME", "WANDB_DIR"):

@@ -270,6 +270,7 @@ def _top_rules() -> dict[str, Check]:
         "slurm.poll_seconds": number(0.0),
         "slurm.container.runtime": choice(CONTAINER_RUNTIMES),
         "k8s.namespace": text,
+        "k8s.notify_secret": optional(text),
         "k8s.image": text,
         "k8s.poll_seconds": number(0.0),
         "k8s.backoff_limit": whole(0),

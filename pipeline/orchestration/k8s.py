@@ -40,6 +40,7 @@ from pipeline.core.errors import ConfigError, PipelineError, StageFailed
 from pipeline.ml.device import CPU_LIMIT_ENV
 from pipeline.orchestration.graph import KINDS
 from pipeline.run.history import read_gate, run_exit_status
+from pipeline.run.notify import NOTIFY_URL_ENV
 from pipeline.run.state import require_run_id, run_store
 
 log = logging.getLogger("pipeline.orchestration.k8s")
@@ -150,6 +151,13 @@ def container_env(cfg: DictConfig) -> list[dict[str, Any]]:
     if k.wandb_secret:
         wandb_ref = {"name": str(k.wandb_secret), "key": "WANDB_API_KEY", "optional": True}
         env.append({"name": "WANDB_API_KEY", "valueFrom": {"secretKeyRef": wandb_ref}})
+    if k.get("notify_secret"):  # the webhook URL is a credential: from a Secret, not the args
+        hook: dict[str, Any] = {
+            "name": str(k.notify_secret),
+            "key": NOTIFY_URL_ENV,
+            "optional": True,
+        }
+        env.append({"name": NOTIFY_URL_ENV, "valueFrom": {"secretKeyRef": hook}})
     return env
 
 
