@@ -26,6 +26,16 @@ TINY_OVERRIDES = [
 ]
 
 
+#: The holdout salt of every store a test makes in this process (a new store draws a random one):
+#: the same people are held out on every machine, so a test's split never depends on chance.
+TEST_SALT = "5eed" * 8
+
+
+@pytest.fixture(autouse=True)
+def fixed_holdout_salt(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("pipeline.run.holdout.new_salt", lambda: TEST_SALT)
+
+
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A generated dataset in the competition layout (read-only: copy it before changing it)."""

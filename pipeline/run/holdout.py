@@ -31,6 +31,11 @@ class HoldoutRule(TypedDict):
     photos: int
 
 
+def new_salt() -> str:
+    """A fresh random salt (128 bits) for a store that has none."""
+    return secrets.token_hex(16)
+
+
 def store_salt(root: Store) -> str:
     """The store's holdout salt, made (random, 128 bits) and written on first use. StoreError
     naming the file when it holds anything but a salt."""
@@ -38,7 +43,7 @@ def store_salt(root: Store) -> str:
         root.write_json(
             HOLDOUT_RULE_KEY,
             {
-                "salt": secrets.token_hex(16),
+                "salt": new_salt(),
                 "created": datetime.now(UTC).isoformat(timespec="seconds"),
                 "note": "decides which people every run holds out; changing it moves them all",
             },

@@ -453,9 +453,12 @@ def fit_one_epoch(trainer: Trainer, data: Data, recipe: Recipe) -> tuple[float, 
 
 def evaluate(model: nn.Module, data: Data, rt: Runtime, recipe: Recipe) -> tuple[float, float]:
     """Val macro F1 and accuracy of `model` on data.val, predicted as the predict stage does."""
-    # the best epoch is chosen with the predictor that is shipped: test-time flip and centre crop
-    # as predict uses them, so history[best] is the reported val score
-    preds = predict_for_spec(model, data.val, rt, recipe.spec).argmax(axis=1)
+    # the best epoch is chosen with the predictor that is shipped: batch norms folded
+    # (for_inference, a copy), test-time flip and centre crop as predict uses them, so
+    # history[best] is the reported val score to the last answer (an unfolded model's float
+    # rounding flipped near-tied answers of a weak model: a different score on a small val set)
+    shipped = for_inference(getattr(model, "_orig_mod", model))  # a compiled model: its module
+    preds = predict_for_spec(shipped, data.val, rt, recipe.spec).argmax(axis=1)
     accuracy = float(np.mean(preds == data.val_targets))
     return macro_f1(data.val_targets, preds, recipe.num_classes), accuracy
 
