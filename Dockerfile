@@ -6,12 +6,14 @@
 # Where the base cannot be pulled, `make image` builds this file unchanged on a stand-in of it
 # (container/standin-base.sh), for tests only.
 #
-# Official PyTorch runtime image, pinned. PyTorch's CUDA 12.6 builds still ship kernels for V100
-# (sm_70), which its CUDA 12.8+ builds dropped; the driver on the nodes must support CUDA 12.6.
-# It brings Python 3.11 (/opt/conda/bin first on PATH, pip included), torch 2.7.1 and torchvision
-# 0.22.1, so pip keeps them and only adds the suite's other dependencies. It has no C compiler, so
-# train.compile=true is refused in this image (pipeline/ml/device.py require_compiler).
-FROM pytorch/pytorch:2.7.1-cuda12.6-cudnn9-runtime
+# Official PyTorch runtime image, pinned: torch 2.10.0 / torchvision 0.25.0, the CUDA 12.8 build,
+# the last with kernels for V100 (sm_70; PyTorch's 2.11+ CUDA builds dropped Volta) and the first
+# not affected by GHSA-63cw-57p8-fm3p (a torch.load weights_only bypass). The same pins as
+# constraints/torch-v100.txt; the nodes' driver must run CUDA 12.8 (R570+, or R525+ with CUDA's
+# minor-version compatibility). /opt/conda/bin is first on PATH (pip included), so pip keeps torch
+# and only adds the suite's other dependencies. It has no C compiler, so train.compile=true is
+# refused in this image (pipeline/ml/device.py require_compiler).
+FROM pytorch/pytorch:2.10.0-cuda12.8-cudnn9-runtime
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -20,11 +22,17 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /opt/masksuite
 # Only what the package needs (see .dockerignore): no data, no outputs, no credentials.
+COPY requirements/image.lock ./requirements/
+# Every dependency exactly as locked, each file checked against its SHA-256 (requirements/image.lock,
+# `make lock`); nothing is resolved at build time. torch and torchvision are the base image's.
+RUN pip install --no-cache-dir --require-hashes --no-deps -r requirements/image.lock
 COPY pyproject.toml README.md ./
 COPY pipeline ./pipeline
 COPY jobs ./jobs
-# A regular (not editable) install: the code lives in site-packages, read-only at run time.
-RUN pip install --no-cache-dir . \
+# A regular (not editable) install of the suite alone (its dependencies are in place, and the
+# build backend came from the lock): the code lives in site-packages, read-only at run time.
+RUN pip install --no-cache-dir --no-deps --no-build-isolation . \
+    && pip check \
     && groupadd --gid 10001 masksuite \
     && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /scratch --shell /usr/sbin/nologin masksuite
 

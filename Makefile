@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 # Which torch build to install, pinned by constraints/torch-$(TORCH).txt:
 #   default  torch 2.14.1 / torchvision 0.29.1 (CUDA 13.0: kernels for sm_75 and newer GPUs);
-#   v100     torch 2.7.1 / torchvision 0.22.1 (CUDA 12.6: kernels sm_50 ... sm_90, V100 = sm_70
+#   v100     torch 2.10.0 / torchvision 0.25.0 (CUDA 12.8: kernels sm_70 ... sm_120, V100 = sm_70
 #            included; the image's torch). `make install TORCH=v100` on a V100 cluster.
 empty :=
 space := $(empty) $(empty)
@@ -61,7 +61,7 @@ V100_TESTS ?= -m "not slurm and not image and not s3 and (not slow or v100)"
 test-v100:
 	$(MAKE) install VENV=$(V100_VENV) TORCH=v100
 	$(V100_VENV)/bin/python -c 'import torch; v, k = torch.__version__, torch._C._cuda_getArchFlags(); \
-	  assert v.startswith("2.7.1") and "sm_70" in k.split(), (v, k)'
+	  assert v.startswith("2.10.0") and "sm_70" in k.split(), (v, k)'
 	$(V100_VENV)/bin/python -m pytest $(V100_TESTS)
 
 # Headless Chromium for the report test (Debian's package; needs root on a machine without it).
@@ -151,13 +151,26 @@ lint-deploy: $(STAMP) $(TOOLS_STAMP)
 	$(TOOLS)/bin/checkov --quiet --compact --skip-download -d k8s
 	$(TOOLS)/bin/checkov --quiet --compact --skip-download --framework kubernetes -d $(RENDERED)
 
-# Dependency audit: known vulnerabilities (PyPI advisory data) of every package installed in the
-# venv. Needs the PyPI JSON API (or `AUDIT_FLAGS=-s osv` for api.osv.dev); --strict makes it fail
-# when a package cannot be checked rather than report a clean result it did not verify.
-AUDIT_FLAGS ?=
+# The image's dependency lock, requirements/image.lock: every runtime dependency of pyproject.toml
+# (and the build backend, requirements/image-build.in) pinned with the SHA-256 of each of its files,
+# for any Python >= 3.11 on any platform (uv --universal); torch and torchvision are left out, the
+# base image brings them (constraints/torch-v100.txt pins the same). Rerun after changing a
+# dependency; the Dockerfile installs it with pip --require-hashes.
+UV_VERSION ?= 0.9.30
+.PHONY: lock
+lock: $(STAMP)
+	$(BIN)/pip install --quiet uv==$(UV_VERSION)
+	$(BIN)/uv pip compile --quiet --universal --python-version 3.11 --generate-hashes \
+	  --constraints constraints/torch-v100.txt --no-emit-package torch --no-emit-package torchvision \
+	  --custom-compile-command 'make lock' -o requirements/image.lock pyproject.toml requirements/image-build.in
+
+# Dependency audit (tools/audit.py): known vulnerabilities of every package in the venv and in the
+# image's lock (requirements/image.lock), by pip-audit --strict against PyPI's advisory data or OSV,
+# whichever answers. Where neither can be reached it prints NOT AUDITED with the reasons and exits 0
+# (AUDIT_REQUIRED=1 makes that exit 2): never a clean result it did not check.
 .PHONY: audit
 audit: $(STAMP)
-	$(BIN)/pip-audit --strict --skip-editable --progress-spinner off $(AUDIT_FLAGS)
+	$(BIN)/python tools/audit.py
 
 # A one-node Slurm cluster on this machine for `python -m pipeline.launch --cluster slurm` and its
 # tests (needs root; installs Debian's slurm-wlm and munge with apt-get when missing). README "Slurm".
@@ -172,7 +185,7 @@ slurm-down:
 # podman (Debian's package; installed with apt-get when missing, so root is needed there).
 # Its base, $(BASE_IMAGE), is pulled when it can be. Where it cannot (our build machines have no
 # registry access), container/standin-base.sh makes a STAND-IN under the same name: Debian
-# bookworm with Python 3.11 and the same torch 2.7.1 / torchvision 0.22.1 (CUDA 12.6, V100
+# bookworm with Python 3.11 and the same torch 2.10.0 / torchvision 0.25.0 (CUDA 12.8, V100
 # kernels) in /opt/conda, about 5 minutes once per machine. It is not the real base: push images
 # built on the real one (build where it can be pulled). podman reads container/containers.conf
 # (runc and ulimits this machine needs).

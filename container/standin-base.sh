@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Make the base image the Dockerfile builds FROM, for machines that cannot pull it.
 #
-#   bash container/standin-base.sh pytorch/pytorch:2.7.1-cuda12.6-cudnn9-runtime
+#   bash container/standin-base.sh pytorch/pytorch:2.10.0-cuda12.8-cudnn9-runtime
 #
 # 1. If the image is already in podman's storage, nothing is done.
 # 2. Else it is pulled (a machine with registry access gets the real base).
 # 3. Else (offline, as on our build machines) a STAND-IN is made and tagged with the real base's
 #    name, so that the Dockerfile is built unchanged: a debootstrapped Debian bookworm with Python
-#    3.11, and at /opt/conda a Python environment holding the same torch 2.7.1 / torchvision 0.22.1
-#    the real base brings (PyPI's 2.7.1 is the CUDA 12.6 build, with V100 sm_70 kernels), the same
+#    3.11, and at /opt/conda a Python environment holding the same torch / torchvision the real
+#    base brings (constraints/torch-v100.txt: PyPI's 2.10.0 is the CUDA 12.8 build, with V100 sm_70
+#    kernels), the same
 #    PATH, WORKDIR and user (root) as the real base's Dockerfile. Like the real base it has no C
 #    compiler. It is NOT the real base: no conda, Debian instead of Ubuntu 22.04, and it trusts
 #    this machine's extra CA certificates so that pip can reach the package index from a build.
@@ -18,7 +19,10 @@
 set -euo pipefail
 
 BASE=${1:?usage: standin-base.sh IMAGE}
-TORCH=${STANDIN_TORCH:-torch==2.7.1 torchvision==0.22.1}
+# The V100 route's pins (constraints/torch-v100.txt), which the real base's tag names.
+PINS="$(dirname "$0")/../constraints/torch-v100.txt"
+TORCH=${STANDIN_TORCH:-$(grep -E '^(torch|torchvision)==' "$PINS" | tr '\n' ' ')}
+TORCH_VERSION=$(sed -n 's/^torch==//p' "$PINS")
 SUITE=${STANDIN_SUITE:-bookworm}
 CACHE=${MASKSUITE_CACHE:-/var/cache/masksuite}
 
@@ -89,7 +93,7 @@ tar -C "$rootfs" -c . | podman import \
   --change 'ENV NVIDIA_VISIBLE_DEVICES=all' \
   --change 'ENV NVIDIA_DRIVER_CAPABILITIES=compute,utility' \
   --change 'ENV LD_LIBRARY_PATH=/usr/local/nvidia/lib:/usr/local/nvidia/lib64' \
-  --change 'ENV PYTORCH_VERSION=2.7.1' \
+  --change "ENV PYTORCH_VERSION=$TORCH_VERSION" \
   --change 'LABEL org.opencontainers.image.description=stand-in for the real base, made offline by container/standin-base.sh' \
   --change 'WORKDIR /workspace' \
   --change 'CMD ["/bin/bash"]' \

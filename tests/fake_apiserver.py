@@ -3,12 +3,13 @@
 No API server can run on these machines, so this is the one simulated part of the pod tests. It
 answers, over HTTPS with a service-account bearer token (as a real API server does), the calls
 the launcher makes through the official client: create, read, list (label selector) and delete
-batch/v1 Jobs in a namespace. Its controller runs each created Job's pods with the kubelet
-stand-in (tests/kubelet.py, real podman containers from the suite's image): one pod per index of
-an Indexed Job, one after another, retried up to backoffLimitPerIndex / backoffLimit, and sets
-the Job's status (Complete, or Failed with failedIndexes) as the Job controller would. Deadlines,
-parallelism, TTLs and pod failure policies are not simulated (tests/test_k8s.py covers the
-launcher's side of them against an in-process fake).
+batch/v1 Jobs in a namespace, and read a pod (the launcher's own, from `pod_objects`). Its
+controller runs each created Job's pods with the kubelet stand-in (tests/kubelet.py, real podman
+containers from the suite's image): one pod per index of an Indexed Job, one after another,
+retried up to backoffLimitPerIndex / backoffLimit, and sets the Job's status (Complete, or
+Failed with failedIndexes) as the Job controller would. Deadlines, parallelism, TTLs and pod
+failure policies are not simulated (tests/test_k8s.py covers the launcher's side of them
+against an in-process fake).
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ class FakeApiServer:
         self.run_pod = run_pod
         self.jobs: dict[str, dict[str, Any]] = {}
         self.pods: list[tuple[str, int | None, PodRun]] = []
+        #: Pod objects by name (v1 Pod JSON) that GET .../pods/<name> answers: the launcher reads
+        #: its own pod's status to pin the stage Jobs to its image's digest.
+        self.pod_objects: dict[str, dict[str, Any]] = {}
         self.unauthorized = 0
         self.lock = threading.Lock()
         self.threads: list[threading.Thread] = []
@@ -118,6 +122,10 @@ class FakeApiServer:
         if scheme.lower() != "bearer" or token != self.token:
             self.unauthorized += 1
             return self._status(handler, 401, "Unauthorized")
+        pods = f"/api/v1/namespaces/{self.namespace}/pods/"
+        if url.path.startswith(pods) and method == "GET":
+            pod = self.pod_objects.get(url.path[len(pods) :])
+            return self._reply(handler, 200, pod) if pod else self._status(handler, 404, "NotFound")
         prefix = f"/apis/batch/v1/namespaces/{self.namespace}/jobs"
         if not url.path.startswith(prefix):
             return self._status(handler, 404, "NotFound")

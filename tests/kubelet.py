@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import subprocess
 import uuid
 from dataclasses import dataclass
@@ -58,15 +57,30 @@ def quantity(text: str | int | float) -> Decimal:
 
 
 def expand(text: str, env: dict[str, str]) -> str:
-    """Kubernetes' expansion of `$(VAR)` in command, args and env values; `$$` escapes `$`, and a
-    reference to an undefined variable is kept as written."""
-
-    def sub(m: re.Match[str]) -> str:
-        if m.group(0) == "$$":
-            return "$"
-        return env.get(m.group(1), m.group(0))
-
-    return re.sub(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)", sub, text)
+    """Kubernetes' expansion of `$(VAR)` in command, args and env values, as the kubelet does it
+    (k8s.io/kubernetes/third_party/forked/golang/expansion, `Expand`): `$$` is one `$`; `$(NAME)`
+    is NAME's value, NAME being everything up to the first `)`, and stays as written when NAME is
+    not defined (or the `)` is missing); a `$` before anything else stays."""
+    out: list[str] = []
+    checkpoint = cursor = 0
+    while cursor < len(text):
+        if text[cursor] == "$" and cursor + 1 < len(text):
+            out.append(text[checkpoint:cursor])
+            rest = text[cursor + 1 :]
+            if rest[0] == "$":  # escaped operator
+                out.append("$")
+            elif rest[0] == "(" and ")" in rest:
+                name = rest[1 : rest.index(")")]
+                out.append(env.get(name, f"$({name})"))
+                cursor += len(name) + 1
+            elif rest[0] == "(":  # an incomplete reference: kept
+                out.append("$(")
+            else:
+                out.append("$" + rest[0])
+            cursor += 1
+            checkpoint = cursor + 1
+        cursor += 1
+    return "".join(out) + text[checkpoint:]
 
 
 def resolve_env(

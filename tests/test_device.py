@@ -184,8 +184,8 @@ def test_a_torch_build_without_the_gpus_kernels_stops_the_job_at_its_start(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     cu130 = ["sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120"]  # torch 2.14.1+cu130
-    cu126 = ["sm_50", "sm_60", "sm_70", "sm_75", "sm_80", "sm_86", "sm_90"]  # torch 2.7.1
-    assert not runs_on(cu130, 7, 0) and runs_on(cu126, 7, 0)
+    cu128 = ["sm_70", "sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120"]  # torch 2.10.0
+    assert not runs_on(cu130, 7, 0) and runs_on(cu128, 7, 0)
     assert runs_on(cu130, 8, 9)  # sm_86 cubins run on 8.9
     assert runs_on(["sm_80", "compute_80"], 9, 0) and not runs_on(["sm_80"], 9, 0)
     assert not runs_on(["sm_90a"], 9, 0)
@@ -194,6 +194,6 @@ def test_a_torch_build_without_the_gpus_kernels_stops_the_job_at_its_start(
     monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: cu130)
     with pytest.raises(ConfigError, match=r"no kernels for Tesla V100 \(sm_70\).*sm_75 sm_80"):
         require_kernels(torch.device("cuda"))
-    monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: cu126)
+    monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: cu128)
     require_kernels(torch.device("cuda"))
     require_kernels(torch.device("cpu"))  # nothing to check

@@ -27,7 +27,7 @@ import torch
 from omegaconf import DictConfig
 
 from pipeline.core.errors import StageFailed, StoreError
-from pipeline.ml.checkpoints import load_checkpoint, load_torch, save_torch
+from pipeline.ml.checkpoints import load_checkpoint, load_state, save_state, save_weights
 from pipeline.ml.training_state import TrainingState
 from pipeline.orchestration.graph import run_job_stages
 from pipeline.run.state import run_store
@@ -258,7 +258,8 @@ def test_training_killed_mid_run_resumes_from_its_last_epoch(
     store = tmp_path / "store"
     cfg = make_cfg(tiny_dataset, "run_id=killed", "train.epochs=4", "train.num_threads=1")
     prepare(cfg)
-    last = store / "runs" / "killed" / "models" / "single" / "last.pt"
+    # last.json: written after its tensors (last.safetensors)
+    last = store / "runs" / "killed" / "models" / "single" / "last.json"
     proc = job("jobs.train", *tiny_args(tiny_dataset, store, "run_id=killed", "train.epochs=4"))
     try:
         deadline = time.monotonic() + 300
@@ -274,7 +275,7 @@ def test_training_killed_mid_run_resumes_from_its_last_epoch(
     assert proc.returncode == -signal.SIGKILL
     run = run_store(cfg)
     assert not run.exists("stages/train-single.json")
-    saved = torch.load(last, weights_only=True)
+    saved = load_state(run, "models/single/last", dict)
     done = saved["epoch"]
     assert 1 <= done < 4
 
@@ -293,7 +294,7 @@ def test_training_killed_mid_run_resumes_from_its_last_epoch(
 def test_training_stopped_after_its_last_epoch_is_only_evaluated_again(
     tiny_dataset: Path, make_cfg: MakeCfg, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A job stopped (a time limit, a preemption) after the last epoch's last.pt but before the
+    """A job stopped (a time limit, a preemption) after the last epoch's last.json but before the
     train marker: its next start trains no epoch again, evaluates, and ends with the same scores."""
     cfg = make_cfg(tiny_dataset, "run_id=atend", "train.epochs=2", "train.num_threads=1")
     prepare(cfg)
@@ -303,7 +304,7 @@ def test_training_stopped_after_its_last_epoch_is_only_evaluated_again(
     folder = tmp_path / "store" / "runs" / "atend"
     (folder / "stages" / "train-single.json").unlink()  # stopped before the marker and metrics
     (folder / "models" / "single" / "metrics.json").unlink()
-    assert torch.load(folder / "models" / "single" / "last.pt", weights_only=True)["epoch"] == 2
+    assert load_state(run, "models/single/last", dict)["epoch"] == 2
 
     caplog.set_level(logging.INFO, logger="pipeline.stages.train")
     run_job_stages(cfg, "train")
@@ -323,7 +324,7 @@ def test_a_job_preempted_after_early_stopping_ships_the_same_epoch_when_resumed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Issue 24: patience 1 and val F1 0.5, 0.4 stop training after epoch 2 and ship epoch 1. A
-    job preempted after that last.pt but before metrics.json must, when it resumes, train no
+    job preempted after that last.json but before metrics.json must, when it resumes, train no
     epoch 3 (whose scripted F1 0.9 would otherwise replace the shipped checkpoint)."""
     scores = iter([0.5, 0.4, 0.9, 0.9, 0.9])
     monkeypatch.setattr(train_stage, "evaluate", lambda *args: (next(scores), 0.5))
@@ -334,7 +335,7 @@ def test_a_job_preempted_after_early_stopping_ships_the_same_epoch_when_resumed(
     folder = tmp_path / "store" / "runs" / "stop" / "models" / "single"
     first = json.loads((folder / "metrics.json").read_text())
     assert (first["best_epoch"], first["epochs_trained"], first["stopped_early"]) == (1, 2, True)
-    shipped = (folder / "checkpoint.pt").read_bytes()
+    shipped = (folder / "checkpoint.safetensors").read_bytes()
     (tmp_path / "store" / "runs" / "stop" / "stages" / "train-single.json").unlink()
     (folder / "metrics.json").unlink()  # preempted between the stop and metrics.json
 
@@ -345,7 +346,7 @@ def test_a_job_preempted_after_early_stopping_ships_the_same_epoch_when_resumed(
     again = json.loads((folder / "metrics.json").read_text())
     assert (again["best_epoch"], again["epochs_trained"], again["stopped_early"]) == (1, 2, True)
     assert again["val"] == first["val"] and again["history"] == first["history"]
-    assert (folder / "checkpoint.pt").read_bytes() == shipped
+    assert (folder / "checkpoint.safetensors").read_bytes() == shipped
 
 
 # ------------------------------------------------------------------------------ disk full
@@ -426,8 +427,10 @@ def write_state(run: Store, epoch: int = 1) -> dict:
         "epoch": epoch,
         "history": [{"epoch": 1, "val_macro_f1": 0.1}],
     }
-    save_torch(run, "models/m/last.pt", state)
-    save_torch(run, "models/m/checkpoint.pt", model.state_dict())
+    state["checkpoint_sha256"] = save_weights(
+        run, "models/m/checkpoint.safetensors", model.state_dict()
+    )
+    save_state(run, "models/m/last", state)
     return state
 
 
@@ -462,15 +465,16 @@ def full_state(epochs: int = 2) -> TrainingState:
     )
 
 
-def test_training_state_round_trips_through_a_weights_only_file(tmp_path: Path) -> None:
+def test_training_state_round_trips_through_safetensors_and_json(tmp_path: Path) -> None:
     run = LocalStore(tmp_path)
     state = full_state()
-    save_torch(run, "models/m/last.pt", state.to_dict())
-    on_disk = torch.load(tmp_path / "models/m/last.pt", weights_only=True)
+    save_state(run, "models/m/last", state.to_dict())
+    on_disk = json.loads((tmp_path / "models/m/last.json").read_text())["state"]
     assert list(on_disk) == [
-        "model", "optimizer", "scheduler", "generator", "scaler", "epoch", "history"
+        "model", "optimizer", "scheduler", "generator", "scaler", "epoch", "history",
+        "checkpoint_sha256",
     ]  # fmt: skip
-    back = TrainingState.from_dict(load_torch(run, "models/m/last.pt"))
+    back = load_state(run, "models/m/last", TrainingState.from_dict)
     assert (back.epoch, back.history) == (state.epoch, state.history)
     assert back.model.keys() == state.model.keys()
     assert all(torch.equal(back.model[k], v) for k, v in state.model.items())
@@ -491,10 +495,10 @@ def test_a_last_pt_missing_a_part_is_refused(
     del state[missing]
     with pytest.raises(ValueError, match="not a training state with model, optimizer, generator"):
         TrainingState.from_dict(state)
-    save_torch(run, "models/m/last.pt", state)
+    save_state(run, "models/m/last", state)
     with caplog.at_level(logging.WARNING, logger="pipeline.stages.train"):
         assert resume_state(run, "m") is None
-    assert f"{tmp_path}/models/m/last.pt is unusable (ValueError: not a training state" in (
+    assert f"{tmp_path}/models/m/last.json is unusable (ValueError: not a training state" in (
         caplog.text
     )
     assert "training model m from scratch" in caplog.text
@@ -522,12 +526,13 @@ def test_a_last_pt_with_a_wrong_part_is_refused(change: dict, problem: str) -> N
 @pytest.mark.parametrize(
     ("key", "damage"),
     [
-        ("models/m/last.pt", lambda b: b[: len(b) // 2]),  # truncated
-        ("models/m/last.pt", lambda b: b"\x00" * len(b)),  # zeroed
-        ("models/m/last.pt", lambda b: b"not a checkpoint"),
-        ("models/m/checkpoint.pt", lambda b: b[:100]),  # the best weights are gone bad
+        ("models/m/last.safetensors", lambda b: b[: len(b) // 2]),  # truncated
+        ("models/m/last.safetensors", lambda b: b"\x00" * len(b)),  # zeroed
+        ("models/m/last.json", lambda b: b"not a checkpoint"),
+        ("models/m/last.json", lambda b: b[: len(b) // 2]),
+        ("models/m/checkpoint.safetensors", lambda b: b[:100]),  # the best weights are gone bad
     ],
-    ids=["truncated", "zeroed", "garbage", "bad-best-checkpoint"],
+    ids=["truncated", "zeroed", "garbage", "truncated-json", "bad-best-checkpoint"],
 )
 def test_corrupt_training_state_means_training_from_scratch(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, key: str, damage: Callable[[bytes], bytes]
@@ -546,7 +551,7 @@ def test_training_state_with_missing_parts_means_training_from_scratch(
 ) -> None:
     run = LocalStore(tmp_path)
     write_state(run)
-    save_torch(run, "models/m/last.pt", {"epoch": 3})
+    save_state(run, "models/m/last", {"epoch": 3})
     with caplog.at_level(logging.WARNING, logger="pipeline.stages.train"):
         assert resume_state(run, "m") is None
     assert "not a training state" in caplog.text
@@ -574,18 +579,18 @@ def test_corrupt_checkpoint_is_detected_at_predict_and_retrained(
     cfg = make_cfg(tiny_dataset, "run_id=corrupt", "train.num_threads=1")
     prepare(cfg)
     run = run_store(cfg)
-    run.write_bytes("models/single/checkpoint.pt", b"PK\x03\x04 half a zip")
-    run.write_bytes("models/single/last.pt", b"\x00 not a training state")
+    run.write_bytes("models/single/checkpoint.safetensors", b"\x08\x00\x00 half a file")
+    run.write_bytes("models/single/last.json", b"\x00 not a training state")
     with pytest.raises(StageFailed) as info:
         predict_model(cfg, "single")
     message = str(info.value)
-    assert f"{run.uri_of('models/single/checkpoint.pt')} cannot be loaded" in message
+    assert f"{run.uri_of('models/single/checkpoint.safetensors')} cannot be loaded" in message
     assert "Retrain model single" in message and "stages/train-single.json" in message
     with pytest.raises(StageFailed):
         load_checkpoint(run, "single")
 
     with caplog.at_level(logging.WARNING, logger="pipeline.stages.train"):
         metrics = train_model(cfg, "single")
-    assert "last.pt is unusable" in caplog.text
+    assert "last.json is unusable" in caplog.text
     assert [h["epoch"] for h in metrics["history"]] == [1]
     assert predict_model(cfg, "single")["eval"] > 0

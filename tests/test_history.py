@@ -276,7 +276,9 @@ def test_pull_fetches_exactly_what_was_written(
         )
         got = {p.relative_to(to).as_posix() for p in to.rglob("*") if p.is_file()}
         assert "predictions/models/single/eval.parquet" in got and "manifest.json" in got
-        assert not any(k.endswith(".pt") or k.startswith("shards/") for k in got)
+        assert "models/single/metrics.json" in got  # but no checkpoint file, no image
+        assert not any(k.endswith((".pt", ".safetensors", "last.json")) for k in got)
+        assert not any(k.startswith("shards/") for k in got)
     assert pull_main(["--run", "20990101T000000Z-000000", f"store.root={local_store}"]) == 1
     # without --to: pulled/<run id>/ under the current folder, as README says
     monkeypatch.chdir(tmp_path / "pulled")

@@ -127,7 +127,8 @@ def test_infer_refuses_what_it_cannot_do(
     # a run whose checkpoints retention deleted (store.keep_checkpoints)
     pruned = tmp_path / "pruned"
     shutil.copytree(Path(str(finished.store.root)), pruned, symlinks=True)
-    (pruned / "runs" / str(finished.run_id) / "models" / "single" / "checkpoint.pt").unlink()
+    models = pruned / "runs" / str(finished.run_id) / "models"
+    (models / "single" / "checkpoint.safetensors").unlink()
     assert infer_main([f"store.root={pruned}", photos]) == 1  # said before any photo is read
     err = capsys.readouterr().err
     assert "no longer has the checkpoints of single" in err and "keep_checkpoints" in err

@@ -287,8 +287,11 @@ def test_zero_byte_files_are_reported(dataset_copy: Path, make_cfg: MakeCfg) -> 
 
 
 def test_an_unreadable_image_is_named_in_its_reason() -> None:
+    # a PNG signature and IHDR with a wrong checksum: past the magic-byte check, PIL refuses it
+    ihdr = b"IHDR" + (4).to_bytes(4, "big") * 2 + bytes([8, 2, 0, 0, 0])
+    broken = b"\x89PNG\r\n\x1a\n" + (13).to_bytes(4, "big") + ihdr + b"\0\0\0\0"
     with pytest.raises(DataError) as raised:
-        check_image(b"not an image at all", "p001/mask1.jpg")
+        check_image(broken, "p001/mask1.jpg")
     reason = str(raised.value)
     assert "BytesIO" not in reason and "0x" not in reason
     assert reason.count("p001/mask1.jpg") == 2  # the prefix, and where PIL named its buffer

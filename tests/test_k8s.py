@@ -187,8 +187,12 @@ def test_pods_are_hardened_and_get_secrets_only_by_reference() -> None:
             assert c["resources"]["requests"] and c["resources"]["limits"]
             env = {e["name"]: e for e in c["env"]}
             assert env["AWS_ENDPOINT_URL"]["value"] == "http://minio:9000"
+            # W&B's key only where W&B is used: the training pods (tests/test_attacks_k8s.py)
+            tracking = job["metadata"]["labels"]["masksuite/stage"] == "train"
+            assert ("WANDB_API_KEY" in env) == tracking
             for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "WANDB_API_KEY"):
-                assert "value" not in env[var] and "secretKeyRef" in env[var]["valueFrom"]
+                if var in env:
+                    assert "value" not in env[var] and "secretKeyRef" in env[var]["valueFrom"]
             hook = env["MASKSUITE_NOTIFY_URL"]["valueFrom"]["secretKeyRef"]
             assert hook == {"name": "hook", "key": "MASKSUITE_NOTIFY_URL", "optional": True}
             # Every writable path is on a volume (the root filesystem is read-only).

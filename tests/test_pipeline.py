@@ -41,7 +41,7 @@ def check_run_outputs(run: Store, data_info: pd.DataFrame) -> dict:
     """Assert the run layout of a finished single-model run and return vote.json."""
     keys = set(run.list())
     expected = ["manifest.json", "index.parquet", "bad_inputs.csv", "submission.csv", "vote.json",
-                "models/single/checkpoint.pt", "models/single/metrics.json"]  # fmt: skip
+                "models/single/checkpoint.safetensors", "models/single/metrics.json"]  # fmt: skip
     for kind in ("models/single", "candidates/single", "vote"):
         expected += [f"predictions/{kind}/val.parquet", f"predictions/{kind}/eval.parquet"]
     for key in expected:
@@ -164,7 +164,7 @@ def test_a_missing_eval_image_stops_the_run_at_prepare(
         run_local(cfg)
     assert "data.allow_missing_eval=true" in str(e.value)
     run = run_store(cfg)
-    assert not run.list("stages") and not run.exists("models/single/last.pt")  # nothing trained
+    assert not run.list("stages") and not run.exists("models/single/last.json")  # nothing trained
     assert missing in run.read_bytes("bad_inputs.csv").decode()  # and why, for the user
 
 

@@ -38,6 +38,8 @@ pytestmark = pytest.mark.image
 #: The tiny test run, minus a fixed thread count: the pods size their threads from their limit.
 POD_OVERRIDES = [o for o in TINY_OVERRIDES if not o.startswith("train.num_threads")]
 RUN_ID = "20261128T000000Z-0d0d0d"
+#: The V100 route's pins, which the image's base brings (Dockerfile FROM).
+V100_PINS = Path(__file__).resolve().parents[1] / "constraints" / "torch-v100.txt"
 
 
 @pytest.fixture(scope="session")
@@ -92,7 +94,9 @@ print(json.dumps({
     assert ran.exit_code == 0, ran.log
     facts = json.loads(ran.log.strip().splitlines()[-1])
     assert facts["python"] == [3, 11]
-    assert facts["torch"].startswith("2.7.1") and facts["torchvision"].startswith("0.22.1")
+    v100 = dict(line.split("==") for line in V100_PINS.read_text().splitlines() if "==" in line)
+    assert facts["torch"].startswith(v100["torch"] + "+cu128")
+    assert facts["torchvision"].startswith(v100["torchvision"])
     assert "sm_70" in facts["arch"].split()  # V100 kernels
     assert (facts["uid"], facts["gid"]) == (10001, 10001)
     assert facts["package"].startswith("/opt/conda/lib/python3.11/site-packages/")

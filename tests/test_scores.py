@@ -21,7 +21,7 @@ from pipeline.domain.dataset import parse_folder_name
 from pipeline.domain.labels import AgeThresholds, encode
 from pipeline.domain.metrics import macro_f1
 from pipeline.ml.augment import vertical_cutmix_with
-from pipeline.ml.checkpoints import load_torch
+from pipeline.ml.checkpoints import load_checkpoint
 from pipeline.ml.inference import predict_probs
 from pipeline.orchestration.local import run_local
 from pipeline.run.fingerprint import model_config
@@ -203,7 +203,7 @@ def test_compiled_training_keeps_frozen_batch_norm_statistics(
     a trained layer's move; the checkpoint keeps plain keys; compile is part of the fingerprint."""
     cfg = make_cfg(tiny_dataset, "train.compile=true", "model.freeze=[layer1]")
     result = run_local(cfg)
-    state = load_torch(run_store(cfg), "models/single/checkpoint.pt")
+    state = load_checkpoint(run_store(cfg), "single")
     assert not any(k.startswith("_orig_mod.") for k in state) and "fc.weight" in state
     assert torch.equal(state["layer1.0.bn1.running_mean"], torch.zeros(64))
     assert torch.equal(state["layer1.0.bn1.running_var"], torch.ones(64))

@@ -25,7 +25,7 @@ from pipeline.orchestration.local import run_local
 from pipeline.run.state import run_store
 from pipeline.stages.prepare import prepare
 from pipeline.stages.train import resume_state
-from pipeline.storage.run_layout import checkpoint_key, model_key
+from pipeline.storage.run_layout import legacy_checkpoint_key, legacy_last_key, model_key
 from pipeline.storage.shards import shard_key
 from pipeline.storage.store import LocalStore, S3Store, open_store
 from tests.seaweed import upload_tree
@@ -68,7 +68,7 @@ def test_malicious_last_pt_is_refused_not_executed(
 ) -> None:
     marker = tmp_path / "pwned"
     run = LocalStore(tmp_path / "run")
-    run.write_bytes(model_key("m", "last.pt"), malicious_checkpoint(marker))
+    run.write_bytes(legacy_last_key("m"), malicious_checkpoint(marker))  # an older run's format
     with caplog.at_level(logging.WARNING, logger="pipeline.stages.train"):
         assert resume_state(run, "m") is None
     assert "is unusable (UnpicklingError" in caplog.text
@@ -78,7 +78,7 @@ def test_malicious_last_pt_is_refused_not_executed(
 def test_malicious_checkpoint_pt_is_refused_not_executed(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     run = LocalStore(tmp_path / "run")
-    run.write_bytes(checkpoint_key("m"), malicious_checkpoint(marker))
+    run.write_bytes(legacy_checkpoint_key("m"), malicious_checkpoint(marker))
     with pytest.raises(StageFailed, match="UnpicklingError"):
         load_checkpoint(run, "m")
     assert not marker.exists()

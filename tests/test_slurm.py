@@ -538,7 +538,7 @@ def test_a_job_that_slurm_requeues_resumes_training_where_it_stopped(
     slurm_cluster: None, tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """PreemptMode=REQUEUE (or an admin's `scontrol requeue`): Slurm kills the job and queues it
-    again with no warning signal; the new start skips done stages and resumes from last.pt."""
+    again with no warning signal; the new start skips done stages and resumes from last.json."""
     epochs = 12
     store = str(tmp_path / "store")
     args = overrides(tiny_dataset, store, tmp_path, f"train.epochs={epochs}")
@@ -561,7 +561,7 @@ def test_a_job_that_slurm_requeues_resumes_training_where_it_stopped(
     assert "Restarts=1" in shown, shown
     text = log.read_text()
     resumed = re.findall(r"resuming after epoch (\d+)", text)
-    # epoch 2 was logged; its last.pt may or may not have been written when the job was killed
+    # epoch 2 was logged; its last.json may or may not have been written when the job was killed
     assert len(resumed) == 1 and 1 <= int(resumed[0]) < epochs, text[-3000:]
     metrics = run.read_json("models/single/metrics.json")
     assert [h["epoch"] for h in metrics["history"]] == list(range(1, epochs + 1))
@@ -575,7 +575,7 @@ def test_a_job_that_reaches_its_time_limit_requeues_itself_and_resumes(
 ) -> None:
     """A real time limit: the model job may run 2 minutes and training needs longer. Slurm's
     warning signal (USR2, 45 s before the limit, or up to a minute earlier: Slurm checks limits
-    periodically) makes the job requeue itself; every start resumes from last.pt, until the
+    periodically) makes the job requeue itself; every start resumes from last.json, until the
     training is done within the requeues allowed."""
     epochs = 80  # 1.6 s each here (signals came 45 s after each start): 2 to 3 requeues
     store = str(tmp_path / "store")
@@ -593,7 +593,7 @@ def test_a_job_that_reaches_its_time_limit_requeues_itself_and_resumes(
     assert restarts >= 1 and log.count("Job has timed out") == restarts, log[-3000:]
     resumed = [int(e) for e in re.findall(r"resuming after epoch (\d+)", log)]
     assert len(resumed) == restarts and resumed == sorted(resumed), resumed
-    # a limit reached after the last epoch's last.pt but before the marker resumes "after epoch
+    # a limit reached after the last epoch's last.json but before the marker resumes "after epoch
     # <epochs>": no epoch is trained again, only the final evaluation is run
     assert resumed[0] >= 1 and resumed[-1] <= epochs, resumed
     run = open_store(store).child(f"runs/{run_id}")

@@ -7,6 +7,7 @@ val macro F1. WHAT is one of:
     predictions   predictions/ (every answers file) and candidates/<name>/metrics.json
     report        report/index.html (self-contained: open it in a browser)
     all           everything of the run but the packed images (shards/) and model checkpoints
+                  (models/<name>/checkpoint.safetensors, last.*, legacy .pt: CHECKPOINT_FILES)
 Files land in DIR/<same key as in the run> (default DIR: pulled/<run_id>); each file is written
 atomically, so an interrupted pull never leaves a complete-looking partial file.
 """
@@ -14,6 +15,7 @@ atomically, so an interrupted pull never leaves a complete-looking partial file.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,10 +27,11 @@ from pipeline.core.logs import setup_logging
 from pipeline.run.history import read_latest
 from pipeline.run.results import read_vote
 from pipeline.run.state import root_store
-from pipeline.storage.run_layout import RUNS
+from pipeline.storage.run_layout import CHECKPOINT_FILES, RUNS
 from pipeline.storage.store import Store, join_key
 
 WHAT = ("submission", "predictions", "report", "all")
+log = logging.getLogger(__name__)
 
 
 def wanted(key: str, what: str) -> bool:
@@ -39,7 +42,7 @@ def wanted(key: str, what: str) -> bool:
         return key.startswith(("predictions/", "candidates/"))
     if what == "report":
         return key.startswith("report/")
-    return not key.startswith("shards/") and not key.endswith(".pt")
+    return not key.startswith("shards/") and key.rsplit("/", 1)[-1] not in CHECKPOINT_FILES
 
 
 def resolve_run(root: Store, run: str) -> str:
@@ -62,12 +65,30 @@ def pull(root: Store, run_id: str, to: Path, what: str) -> list[tuple[str, int]]
     files = {k: size for k, size in run.sizes().items() if wanted(k, what)}
     if not files:
         raise StageFailed(f"run {run_id} has no {what} files under {run.uri}: did its vote run?")
+    pulled = {}
     for key, size in files.items():
-        dest = to / key
+        dest = destination(to, key)
+        if dest is None:
+            log.warning("skipped %s/%s: not a safe key, or it would land outside %s",
+                        run.uri.rstrip("/"), key, to)  # fmt: skip
+            continue
         dest.parent.mkdir(parents=True, exist_ok=True)
         run.read_file(key, dest)
         verify(dest, size, run.uri_of(key))
-    return sorted(files.items())
+        pulled[key] = size
+    return sorted(pulled.items())
+
+
+def destination(to: Path, key: str) -> Path | None:
+    """Where `key` lands under `to`, or None when it must not be pulled: the run's keys come
+    from a listing others may write (S3 allows `report/../../x`), so a key must be safe
+    (join_key: no `..`, no absolute path, …) and land, links resolved, inside `to`."""
+    try:
+        join_key(key)
+    except StoreError:
+        return None
+    dest = to / key
+    return dest if dest.resolve().is_relative_to(to.resolve()) else None
 
 
 def verify(path: Path, size: int, source: str) -> None:

@@ -225,8 +225,8 @@ def require_kernels(device: torch.device) -> None:
         raise ConfigError(
             f"torch {torch.__version__} has no kernels for {gpu_name(device)} ({arch}); this "
             f"build has {' '.join(built) or 'none'}. Install a build with {arch} (for V100s: "
-            "`make install TORCH=v100`, torch 2.7.1 / torchvision 0.22.1 from PyPI, the CUDA "
-            "12.6 build) or run the container image, which has it"
+            "`make install TORCH=v100`, torch 2.10.0 / torchvision 0.25.0 from PyPI, the CUDA "
+            "12.8 build) or run the container image, which has it"
         )
 
 

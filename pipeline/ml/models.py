@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import cast
 
 import torch
@@ -11,7 +12,7 @@ from torch import nn
 
 from pipeline.core.errors import ConfigError, StoreKeyNotFound
 from pipeline.domain.labels import MASK_NAMES, NUM_CLASSES
-from pipeline.ml.checkpoints import load_bytes
+from pipeline.ml.checkpoints import load_bytes, looks_like_safetensors, parse_weights
 from pipeline.storage.store import read_uri
 
 #: task → (index column holding the target, number of classes).
@@ -21,6 +22,15 @@ TASKS: dict[str, tuple[str, int]] = {
     "gender": ("gender", 2),
     "age": ("age_group", 3),
 }
+
+log = logging.getLogger(__name__)
+
+#: How to turn a torch .pth state dict into safetensors once (README "Checkpoints").
+CONVERT_WEIGHTS = (
+    'python -c "import sys, torch, safetensors.torch as st; st.save_file({k: v.contiguous() '
+    'for k, v in torch.load(sys.argv[1], weights_only=True).items()}, sys.argv[2])" '
+    "resnet18.pth resnet18.safetensors"
+)
 
 
 def task_target(task: str) -> tuple[str, int]:
@@ -46,7 +56,8 @@ def classification_archs() -> list[str]:
 
 
 def read_weights(uri: str) -> dict[str, torch.Tensor]:
-    """Load a state dict from a local path or s3:// URI, without unpickling arbitrary objects."""
+    """Load a state dict from a local path or s3:// URI: a safetensors file (nothing unpickled),
+    or a torch .pth file read with weights_only and a warning recommending its conversion."""
     try:
         blob = read_uri(uri)
     except StoreKeyNotFound as e:
@@ -54,6 +65,19 @@ def read_weights(uri: str) -> dict[str, torch.Tensor]:
             f"model weights {uri} not found: set model.weights to a torchvision state dict "
             "(path or s3:// URI), or null for random initialisation"
         ) from e
+    if looks_like_safetensors(blob):
+        try:
+            return parse_weights(blob)
+        except ValueError as e:
+            raise ConfigError(f"model weights {uri} are not a readable state dict: {e}") from e
+    log.warning(
+        "model weights %s are a pickle-based torch file: reading them with "
+        "torch.load(weights_only=True), which torch <= 2.9.1 does not make safe "
+        "(GHSA-63cw-57p8-fm3p). Convert them to safetensors once and set model.weights to the "
+        "new file: %s",
+        uri,
+        CONVERT_WEIGHTS,
+    )
     try:
         state = load_bytes(blob)
     except Exception as e:  # torch raises several types for a bad file

@@ -10,17 +10,19 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from pipeline.core.config import model_specs
 from pipeline.core.errors import ConfigError
-from pipeline.ml.checkpoints import load_checkpoint
+from pipeline.core.stored_config import stored_config
+from pipeline.ml.checkpoints import has_checkpoint, load_checkpoint
 from pipeline.ml.device import setup_runtime
 from pipeline.ml.ensemble import Candidate, candidate_probs, candidate_specs, combine
+from pipeline.ml.images import image_limits
 from pipeline.ml.inference import for_inference, input_shape, predict_for_spec, probe_precision
 from pipeline.ml.models import model_from_checkpoint, task_target
 from pipeline.ml.resident import image_bytes, load_resident, plan_placement
-from pipeline.storage.run_layout import MANIFEST_KEY, VOTE_KEY, checkpoint_key
+from pipeline.storage.run_layout import MANIFEST_KEY, VOTE_KEY
 from pipeline.storage.store import Store
 
 log = logging.getLogger(__name__)
@@ -44,12 +46,14 @@ class RunPredictor:
 def run_predictor(run_id: str, run: Store) -> RunPredictor:
     """The predictor of finished run `run_id`; ConfigError when its members' checkpoints are
     gone (retention), before any photo is read."""
-    run_cfg = OmegaConf.create(run.read_json(MANIFEST_KEY)["config"])
+    manifest = run.read_json(MANIFEST_KEY)
+    config = manifest.get("config") if isinstance(manifest, dict) else None
+    run_cfg = stored_config(config, run.uri_of(MANIFEST_KEY))  # data: never interpolated
     result = run.read_json(VOTE_KEY)
     members, method = list(result["members"]), str(result.get("method") or "hard")
     candidates = candidate_specs(run_cfg)
     needed = list(dict.fromkeys(m for c in members for m in candidates[c].models()))
-    pruned = [m for m in needed if not run.exists(checkpoint_key(m))]
+    pruned = [m for m in needed if not has_checkpoint(run, m)]
     if pruned:
         raise ConfigError(
             f"run {run_id} no longer has the checkpoints of {', '.join(pruned)} (older runs' "
@@ -97,6 +101,7 @@ def model_probabilities(
         packed, ids, [shard_of[i] for i in ids], size, device=rt.device, threads=rt.threads,
         placement=plan_placement(image_bytes(len(ids), size), rt.device,
                                  float(cfg.train.gpu_memory_budget)),
+        max_pixels=image_limits(cfg).max_pixels,  # infer.py checked the photos with cfg's
     )  # fmt: skip
     probs: dict[str, np.ndarray] = {}
     for number, name in enumerate(needed, start=1):

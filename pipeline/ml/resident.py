@@ -24,7 +24,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2 import functional as F
 
 from pipeline.core.errors import ConfigError
-from pipeline.ml.images import decode_resized, load_images, plain_jpeg
+from pipeline.ml.images import DEFAULT_MAX_PIXELS, decode_resized, load_images, plain_jpeg
 from pipeline.storage.shards import read_shard
 from pipeline.storage.store import Store
 
@@ -121,16 +121,30 @@ def as_resident(images: torch.Tensor | ResidentImages, device: torch.device) -> 
     return images if isinstance(images, ResidentImages) else ResidentImages(images, device)
 
 
-def decode_batch(blobs: Sequence[bytes], size: Sequence[int], device: torch.device) -> torch.Tensor:
+def decode_batch(
+    blobs: Sequence[bytes],
+    size: Sequence[int],
+    device: torch.device,
+    *,
+    names: Sequence[str] | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> torch.Tensor:
     """Decode and resize encoded images on `device`: plain JPEGs in one nvJPEG call (CPU works
     too), the rest — PNGs, EXIF-rotated JPEGs (nvJPEG ignores EXIF) — with the CPU decoder.
 
     If nvJPEG rejects the batch (a CMYK JPEG, say), its images are decoded one by one, each
-    falling back to the CPU decoder, so one odd file does not stop the job.
+    falling back to the CPU decoder, so one odd file does not stop the job. Bytes that are not a
+    JPEG or PNG within `max_pixels` go to the CPU path, which raises DataError naming the image
+    (`names`, in the order of `blobs`).
     """
     h, w = int(size[0]), int(size[1])
     out = torch.empty((len(blobs), 3, h, w), dtype=torch.uint8, device=device)
-    on_gpu = [i for i, blob in enumerate(blobs) if plain_jpeg(blob)]
+
+    def cpu(i: int) -> torch.Tensor:
+        name = names[i] if names is not None else f"image {i}"
+        return decode_resized(blobs[i], size, name=name, max_pixels=max_pixels)
+
+    on_gpu = [i for i, blob in enumerate(blobs) if plain_jpeg(blob, max_pixels)]
     raw = [torch.frombuffer(bytearray(blobs[i]), dtype=torch.uint8) for i in on_gpu]
     try:
         decoded = decode_jpeg(raw, mode=ImageReadMode.RGB, device=device) if raw else []
@@ -141,10 +155,10 @@ def decode_batch(blobs: Sequence[bytes], size: Sequence[int], device: torch.devi
             try:
                 img = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
             except RuntimeError:
-                img = decode_resized(blobs[i], size)
+                img = cpu(i)
         out[i] = img if img.shape[-2:] == (h, w) else F.resize(img, [h, w], antialias=True)
     for i in sorted(set(range(len(blobs))) - set(on_gpu)):
-        out[i] = decode_resized(blobs[i], size)
+        out[i] = cpu(i)
     return out
 
 
@@ -157,14 +171,17 @@ def load_resident(
     device: torch.device,
     threads: int,
     placement: Placement,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> ResidentImages:
     """Decode the given images once, in order, into resident uint8 tensors (see module doc).
 
     CPU: torchvision decoders on `threads` threads. CUDA: nvJPEG batches on the GPU, the result
-    kept on the GPU (`placement="device"`) or copied into pinned host memory (`"pinned"`).
+    kept on the GPU (`placement="device"`) or copied into pinned host memory (`"pinned"`). An
+    image that is not a JPEG or PNG within `max_pixels` (data.max_pixels) raises DataError.
     """
     if device.type != "cuda":
-        return ResidentImages(load_images(run, image_ids, shards, size, threads), device)
+        images = load_images(run, image_ids, shards, size, threads, max_pixels=max_pixels)
+        return ResidentImages(images, device)
     n, h, w = len(image_ids), int(size[0]), int(size[1])
     if placement == "device":
         out = torch.empty((n, 3, h, w), dtype=torch.uint8, device=device)
@@ -177,6 +194,8 @@ def load_resident(
         blobs = read_shard(run, shard)
         for start in range(0, len(rows), DECODE_CHUNK):
             chunk = rows[start : start + DECODE_CHUNK]
-            images = decode_batch([blobs[image_ids[r]] for r in chunk], size, device)
+            names = [f"{image_ids[r]} (in {run.uri_of(shard)})" for r in chunk]
+            blobs_of = [blobs[image_ids[r]] for r in chunk]
+            images = decode_batch(blobs_of, size, device, names=names, max_pixels=max_pixels)
             out[torch.tensor(chunk, device=out.device)] = images.to(out.device)
     return ResidentImages(out, device)

@@ -1,8 +1,9 @@
-"""The state of one model's training between epochs: what `models/<name>/last.pt` holds.
+"""The state of one model's training between epochs: what `models/<name>/last.*` holds.
 
-On disk it stays a plain dict of tensors, lists and numbers (`TrainingState.to_dict`), so that it
-loads with torch.load(weights_only=True); `TrainingState.from_dict` checks a loaded dict and
-raises ValueError ("not a training state ...") for anything a restarted job could not go on from.
+On disk it is a plain dict of tensors, lists, numbers and strings (`TrainingState.to_dict`), saved
+as safetensors plus JSON (pipeline/ml/checkpoints.py `save_state`; runs made before that hold it
+in a legacy torch.save `last.pt`); `TrainingState.from_dict` checks a loaded dict and raises
+ValueError ("not a training state ...") for anything a restarted job could not go on from.
 """
 
 from __future__ import annotations
@@ -31,12 +32,16 @@ class TrainingState:
     scheduler: dict[str, Any] | None = None
     #: the fp16 loss scaler's state dict; None unless training in fp16
     scaler: dict[str, Any] | None = None
+    #: SHA-256 of the best checkpoint file (checkpoint.safetensors) when this state was saved,
+    #: checked when a restarted job reads it; None only in a legacy last.pt
+    checkpoint_sha256: str | None = None
 
     #: keys a saved state must have (scheduler and scaler may be absent or None)
     REQUIRED: ClassVar[tuple[str, ...]] = ("model", "optimizer", "generator", "epoch", "history")
 
     def to_dict(self) -> dict[str, Any]:
-        """The state as last.pt stores it: a dict of state dicts, a tensor, numbers and lists."""
+        """The state as last.* stores it: a dict of state dicts, a tensor, numbers, lists and
+        the best checkpoint's SHA-256."""
         return {
             "model": self.model,
             "optimizer": self.optimizer,
@@ -45,13 +50,15 @@ class TrainingState:
             "scaler": self.scaler,
             "epoch": self.epoch,
             "history": self.history,
+            "checkpoint_sha256": self.checkpoint_sha256,
         }
 
     @classmethod
     def from_dict(cls, state: Any) -> TrainingState:
-        """A loaded last.pt as a TrainingState; ValueError saying what is wrong when it is not one.
+        """A loaded last.* as a TrainingState; ValueError saying what is wrong when it is not one.
 
-        Keys other than the fields are ignored.
+        Keys other than the fields are ignored; scheduler, scaler and checkpoint_sha256 may be
+        absent (None).
         """
         if not isinstance(state, dict) or not set(cls.REQUIRED) <= set(state):
             raise ValueError(f"not a training state with {', '.join(cls.REQUIRED)}")
@@ -65,6 +72,11 @@ class TrainingState:
                 ("history", "a list of dicts", _is_records(state["history"])),
                 ("scheduler", "a state dict or None", _is_optional_dict(state.get("scheduler"))),
                 ("scaler", "a state dict or None", _is_optional_dict(state.get("scaler"))),
+                (
+                    "checkpoint_sha256",
+                    "64 hex digits or None",
+                    _is_optional_sha256(state.get("checkpoint_sha256")),
+                ),
             )
             if not ok
         ]
@@ -85,6 +97,7 @@ class TrainingState:
             history=state["history"],
             scheduler=state.get("scheduler"),
             scaler=state.get("scaler"),
+            checkpoint_sha256=state.get("checkpoint_sha256"),
         )
 
 
@@ -98,3 +111,9 @@ def _is_records(value: Any) -> bool:
 
 def _is_optional_dict(value: Any) -> bool:
     return value is None or isinstance(value, dict)
+
+
+def _is_optional_sha256(value: Any) -> bool:
+    return value is None or (
+        isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+    )

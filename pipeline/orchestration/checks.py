@@ -21,6 +21,7 @@ import difflib
 import functools
 import json
 import math
+import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -134,6 +135,12 @@ def webhook(v: Any) -> str | None:
     return text(v) or check_notify_url(str(v))
 
 
+def image_digest(v: Any) -> str | None:
+    if isinstance(v, str) and re.fullmatch(r"sha256:[0-9a-f]{64}", v):
+        return None
+    return "must be an image digest: sha256: followed by 64 lower-case hex digits"
+
+
 def strings(v: Any) -> str | None:
     v = _plain(v)
     if isinstance(v, list) and all(isinstance(x, str) and x for x in v):
@@ -235,6 +242,9 @@ MODEL_RULES: dict[str, Check] = {
 #: slurm.container.runtime (orchestration/slurm.py reads it from here: checking a config imports
 #: no cluster client, so it runs where submitit or kubernetes are not installed).
 CONTAINER_RUNTIMES = ("none", "pyxis", "apptainer")
+#: Who a Kubernetes pod is, for its credentials (k8s.s3.secrets.<role>; orchestration/k8s.py):
+#: the launcher, the run's stage Jobs (prepare, train, vote) and the infer Job.
+K8S_ROLES = ("launcher", "prepare", "train", "vote", "infer")
 
 
 def _top_rules() -> dict[str, Check]:
@@ -251,6 +261,9 @@ def _top_rules() -> dict[str, Check]:
         "data.max_bad_fraction": number(0.0, 1.0),
         "data.allow_missing_eval": boolean,
         "data.shard_mb": whole(1),
+        # PIL refuses more than twice its MAX_IMAGE_PIXELS (89,478,485) as a bomb anyway
+        "data.max_pixels": whole(1, 2 * 89_478_485),
+        "data.max_file_bytes": whole(1),
         "data.label_fix": optional(text),
         "data.extra_roots": strings,
         "store.root": text,
@@ -272,6 +285,8 @@ def _top_rules() -> dict[str, Check]:
         "k8s.namespace": text,
         "k8s.notify_secret": optional(text),
         "k8s.image": text,
+        "k8s.image_digest": optional(image_digest),
+        **{f"k8s.s3.secrets.{role}": optional(text) for role in K8S_ROLES},
         "k8s.poll_seconds": number(0.0),
         "k8s.backoff_limit": whole(0),
         "k8s.ttl_seconds_after_finished": whole(0),

@@ -20,15 +20,22 @@ Every Job carries the run id (annotation, exact) and the run's data fingerprint 
 launcher started again (the nightly CronJob after a launcher died, or the launcher Job's pod
 retried after a node drain) finds the run still active with the same inputs and follows it
 instead of starting a second one beside it (`active_run`).
+
+Least privilege: every command is rendered literally (`$` as `$$`, so that no `$(VAR)` in a
+user's override is expanded by the kubelet into a Secret's value); each pod gets only the
+credentials of its role (`k8s.s3.secrets.<role>`, WANDB_API_KEY for training alone, no webhook
+for the launcher); and a launcher running in a pod pins the stage Jobs to its own image's digest
+(`pin_image`), or `k8s.image_digest` pins every pod. Egress is limited by k8s/30-networkpolicy.yaml.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -38,6 +45,7 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline.core.config import model_specs
 from pipeline.core.errors import ConfigError, PipelineError, StageFailed
 from pipeline.ml.device import CPU_LIMIT_ENV
+from pipeline.orchestration.checks import K8S_ROLES
 from pipeline.orchestration.graph import KINDS
 from pipeline.run.history import read_gate, run_exit_status
 from pipeline.run.notify import NOTIFY_URL_ENV
@@ -62,6 +70,20 @@ STAGE_LABEL = "masksuite/stage"
 FINGERPRINT_LABEL = "masksuite/fingerprint"
 #: Annotation with the exact run id (run ids have upper-case letters; labels are lowered).
 RUN_ANNOTATION = "masksuite/run-id"
+#: Who a pod is, for its credentials (`k8s.s3.secrets.<role>`): the launcher, the run's stage
+#: Jobs and the infer Job.
+ROLES = K8S_ROLES
+#: Roles whose pods report to W&B (pipeline/stages/train.py is the only user of the Tracker):
+#: only they get WANDB_API_KEY.
+TRACKING_ROLES = ("train",)
+#: Roles whose pods may send the notify webhook (a stage that fails, the publish gate): every
+#: pod that runs stages, not the launcher.
+NOTIFY_ROLES = (*STAGES, "infer")
+#: The launcher's own pod name and namespace (downward API), to read its image's digest.
+POD_NAME_ENV = "MASKSUITE_POD_NAME"
+POD_NAMESPACE_ENV = "MASKSUITE_POD_NAMESPACE"
+#: An image digest (`k8s.image_digest`, or a running container's imageID).
+DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
 # --------------------------------------------------------------------------------------------
@@ -116,9 +138,28 @@ def _plain(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True) if node is not None else None
 
 
-def container_env(cfg: DictConfig) -> list[dict[str, Any]]:
-    """Environment of every stage container: AWS variables for pipeline/storage/store.py, scratch
-    paths for a read-only root filesystem, and secrets through `secretKeyRef` only."""
+def k8s_literal(text: str) -> str:
+    """`text` as a container's command or args take it literally: Kubernetes expands `$(VAR)` in
+    them from the container's environment (`$(AWS_SECRET_ACCESS_KEY)` in an override would
+    become the key itself) and `$$` is its escape for one `$`."""
+    return text.replace("$", "$$")
+
+
+def s3_secret(cfg: DictConfig, role: str) -> str | None:
+    """The Secret holding the S3 keys of `role`'s pods: `k8s.s3.secrets.<role>` when set, else
+    the one `k8s.s3.secret` (null: no keys, the cluster gives pods an identity)."""
+    if role not in ROLES:
+        raise ConfigError(f"unknown pod role {role!r}; valid: {list(ROLES)}")
+    per_role = cfg.k8s.s3.get("secrets") or {}
+    name = per_role.get(role) or cfg.k8s.s3.secret
+    return str(name) if name else None
+
+
+def container_env(cfg: DictConfig, role: str) -> list[dict[str, Any]]:
+    """Environment of a container of `role` (ROLES): AWS variables for pipeline/storage/store.py,
+    scratch paths for a read-only root filesystem, and secrets through `secretKeyRef` only, each
+    to the roles that use it: the S3 keys of the role's Secret, WANDB_API_KEY to the pods that
+    track (TRACKING_ROLES), the webhook to the pods that run stages (NOTIFY_ROLES)."""
     k = cfg.k8s
     home = f"{SCRATCH_DIR}/home"
     cache = f"{SCRATCH_DIR}/cache"
@@ -144,14 +185,20 @@ def container_env(cfg: DictConfig) -> list[dict[str, Any]]:
     ]
     if k.s3.endpoint:
         env.append({"name": "AWS_ENDPOINT_URL", "value": str(k.s3.endpoint)})
-    if k.s3.secret:
+    secret = s3_secret(cfg, role)
+    if secret:
         for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-            ref = {"name": str(k.s3.secret), "key": var}
+            ref = {"name": secret, "key": var}
             env.append({"name": var, "valueFrom": {"secretKeyRef": ref}})
-    if k.wandb_secret:
+    if k.wandb_secret and role in TRACKING_ROLES:
         wandb_ref = {"name": str(k.wandb_secret), "key": "WANDB_API_KEY", "optional": True}
         env.append({"name": "WANDB_API_KEY", "valueFrom": {"secretKeyRef": wandb_ref}})
-    if k.get("notify_secret"):  # the webhook URL is a credential: from a Secret, not the args
+    if role == "launcher":  # its own pod, to pin the stage Jobs to its image (own_image_digest)
+        for var, field in ((POD_NAME_ENV, "metadata.name"),
+                           (POD_NAMESPACE_ENV, "metadata.namespace")):  # fmt: skip
+            env.append({"name": var, "valueFrom": {"fieldRef": {"fieldPath": field}}})
+    if k.get("notify_secret") and role in NOTIFY_ROLES:
+        # the webhook URL is a credential: from a Secret, not the args
         hook: dict[str, Any] = {
             "name": str(k.notify_secret),
             "key": NOTIFY_URL_ENV,
@@ -181,8 +228,10 @@ POD_SECURITY = {
 CHECKOV_SKIPS = {
     "CKV_K8S_35": "boto3 and W&B read credentials from environment variables; they come from a "
     "Secret through secretKeyRef, never from the manifest",
-    "CKV_K8S_43": "the image is configurable (k8s.image); pin it by digest there for immutability",
-    "CKV2_K8S_6": "k8s/networkpolicy.yaml denies ingress to every pod of the namespace",
+    "CKV_K8S_43": "the image is configurable (k8s.image); pin it by digest with k8s.image_digest "
+    "(the launcher pins the stage Jobs to its own image's digest when it runs in a pod)",
+    "CKV2_K8S_6": "k8s/30-networkpolicy.yaml denies ingress to every pod of the namespace and "
+    "limits egress to DNS, the object store and (launcher) the API server",
 }
 #: Pods evicted, preempted or deleted by a node drain get the DisruptionTarget condition: such a
 #: failure is not counted against the Job's backoff limit and the pod is started again.
@@ -192,17 +241,49 @@ DISRUPTION_RULE = {
 }
 
 
+def image_ref(cfg: DictConfig) -> str:
+    """The image every pod runs: `k8s.image`, pinned to `k8s.image_digest` when that is set
+    (`<repository>@sha256:...`, so a tag moved mid-run cannot change the code of later pods)."""
+    image, digest = str(cfg.k8s.image), cfg.k8s.get("image_digest")
+    if not digest:
+        return image
+    digest = str(digest)
+    if not DIGEST_RE.match(digest):
+        raise ConfigError(
+            f"k8s.image_digest={digest!r} is not an image digest: it must be sha256: followed by "
+            "64 lower-case hex digits (e.g. from `podman image inspect --format "
+            "'{{.Digest}}'` or the registry), or null"
+        )
+    name, _, pinned = image.partition("@")
+    if pinned and pinned != digest:
+        raise ConfigError(
+            f"k8s.image={image!r} is pinned to another digest than k8s.image_digest={digest!r}; "
+            "set one of them"
+        )
+    return f"{image_repository(name)}@{digest}"
+
+
+def image_repository(image: str) -> str:
+    """An image reference without its digest and tag (`host:5000/team/app:1.0` -> `host:5000/team/
+    app`): a colon after the last slash starts the tag."""
+    name = image.split("@", 1)[0]
+    slash = name.rfind("/")
+    colon = name.rfind(":")
+    return name[:colon] if colon > slash else name
+
+
 def container(
-    cfg: DictConfig, name: str, command: Sequence[str], resources: dict[str, Any]
+    cfg: DictConfig, name: str, command: Sequence[str], resources: dict[str, Any], role: str
 ) -> dict[str, Any]:
-    """One hardened container of the suite's image running `command`."""
+    """One hardened container of the suite's image running `command` literally (no `$(VAR)` of
+    a user's override is expanded by Kubernetes: k8s_literal), with `role`'s environment."""
     return {
         "name": name,
-        "image": str(cfg.k8s.image),
+        "image": image_ref(cfg),
         "imagePullPolicy": str(cfg.k8s.image_pull_policy),
-        "command": list(command),
+        "command": [k8s_literal(str(part)) for part in command],
         "workingDir": f"{SCRATCH_DIR}/work",
-        "env": container_env(cfg),
+        "env": container_env(cfg, role),
         "resources": resources,
         "securityContext": dict(CONTAINER_SECURITY),
         "volumeMounts": [
@@ -294,7 +375,8 @@ def stage_job(
     if stage == "train":
         node_selector.update(_plain(k.train_node_selector) or {})
         tolerations += list(_plain(k.train_tolerations) or [])
-    main = container(cfg, stage, stage_command(cfg, stage, overrides), stage_resources(cfg, stage))
+    main = container(cfg, stage, stage_command(cfg, stage, overrides),
+                     stage_resources(cfg, stage), role=stage)  # fmt: skip
     pod = pod_spec(cfg, main, service_account=str(k.service_account), token=False,
                    scratch_size=str(k.scratch_size), node_selector=node_selector,
                    tolerations=tolerations)  # fmt: skip
@@ -309,7 +391,7 @@ def stage_job(
         "activeDeadlineSeconds": int(k.active_deadline_seconds[stage]),
         "ttlSecondsAfterFinished": int(k.ttl_seconds_after_finished),
         # Pods evicted, preempted or deleted by a node drain get DisruptionTarget: retry them
-        # without counting the failure (training resumes from models/<name>/last.pt).
+        # without counting the failure (training resumes from models/<name>/last.json).
         "podFailurePolicy": {"rules": [DISRUPTION_RULE]},
         "template": {"metadata": {"labels": dict(labels)}, "spec": pod},
     }
@@ -324,7 +406,14 @@ def stage_job(
         )
     else:
         spec.update(completions=1, parallelism=1, backoffLimit=int(k.backoff_limit))
-    return job_manifest(cfg, name, labels, CHECKOV_SKIPS, spec)
+    return job_manifest(cfg, name, labels, checkov_skips(cfg), spec)
+
+
+def checkov_skips(cfg: DictConfig) -> dict[str, str]:
+    """The checkov skips of the Jobs: the image's pin (CKV_K8S_43) only while it is not pinned."""
+    if cfg.k8s.get("image_digest") or "@" in str(cfg.k8s.image):
+        return {c: why for c, why in CHECKOV_SKIPS.items() if c != "CKV_K8S_43"}
+    return dict(CHECKOV_SKIPS)
 
 
 def job_manifest(
@@ -377,7 +466,7 @@ def infer_job(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, Any]:
     labels = {**run_labels(cfg, "infer", None), STAGE_LABEL: "infer"}
     command = ["python", "-m", "jobs.infer", *pass_through(overrides),
                f"run_id={require_run_id(cfg)}"]  # fmt: skip
-    main = container(cfg, "infer", command, stage_resources(cfg, "infer"))
+    main = container(cfg, "infer", command, stage_resources(cfg, "infer"), role="infer")
     selector = dict(_plain(k.node_selector) or {})
     pod = pod_spec(cfg, main, service_account=str(k.service_account), token=False,
                    scratch_size=str(k.scratch_size), node_selector=selector,
@@ -391,7 +480,7 @@ def infer_job(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, Any]:
         "parallelism": 1,
         "backoffLimit": int(k.backoff_limit),
     }
-    return job_manifest(cfg, name, labels, CHECKOV_SKIPS, spec)
+    return job_manifest(cfg, name, labels, checkov_skips(cfg), spec)
 
 
 def launch_infer_k8s(
@@ -437,13 +526,13 @@ def launcher_job(cfg: DictConfig, launch_args: Sequence[str]) -> dict[str, Any]:
     name = job_name(cfg, "launch")
     labels = run_labels(cfg, "launcher", None)
     command = ["python", "-m", "pipeline.launch", "--cluster", "k8s", *launch_args]
-    main = container(cfg, "launcher", command, LAUNCHER_RESOURCES)
+    main = container(cfg, "launcher", command, LAUNCHER_RESOURCES, role="launcher")
     # The only pod of the suite that gets an API token: it creates and follows the Jobs.
     pod = pod_spec(cfg, main, service_account=str(k.launcher_service_account), token=True,
                    scratch_size="1Gi", node_selector=dict(_plain(k.node_selector) or {}),
                    tolerations=list(_plain(k.tolerations) or []))  # fmt: skip
     skips = {
-        **CHECKOV_SKIPS,
+        **checkov_skips(cfg),
         "CKV_K8S_38": "the launcher creates and follows the run's Jobs through the API server, "
         "so its pod needs its service account token (Role in k8s/20-rbac.yaml)",
     }
@@ -522,6 +611,62 @@ def kube_jobs_api() -> JobsApi:
                 f"no Kubernetes credentials: not in a pod and no usable kubeconfig ({e})"
             ) from e
     return client.BatchV1Api()
+
+
+def own_image_digest(api: Any, image: str, environ: Mapping[str, str]) -> str | None:
+    """The digest of the image the launcher's own pod runs, when that is `image` (same
+    repository), read from its pod's status (`containerStatuses[].imageID`); None when the
+    launcher runs outside a pod (no $MASKSUITE_POD_NAME), runs another image, or its pod cannot
+    be read (the stage Jobs then use `image` as configured, and a warning says so)."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
+
+    name, ns = environ.get(POD_NAME_ENV), environ.get(POD_NAMESPACE_ENV)
+    api_client = getattr(api, "api_client", None)
+    if not name or not ns or api_client is None:
+        return None
+    try:
+        pod = client.CoreV1Api(api_client).read_namespaced_pod(name, ns)
+    except (ApiException, OSError, HTTPError) as e:
+        log.warning("cannot read the launcher's pod %s/%s to pin the image (%s): the stage Jobs "
+                    "run %s as configured", ns, name, getattr(e, "reason", e), image)  # fmt: skip
+        return None
+    statuses = getattr(pod.status, "container_statuses", None) or []
+    ours = [c for c in statuses if c.name == "launcher"] or statuses[:1]
+    image_id = str(ours[0].image_id or "") if ours else ""
+    repository, _, digest = image_id.split("://", 1)[-1].partition("@")
+    if not DIGEST_RE.match(digest):
+        log.warning("the launcher's image id %r has no digest: the stage Jobs run %s as "
+                    "configured", image_id, image)  # fmt: skip
+        return None
+    if normal_repository(repository) != normal_repository(image_repository(image)):
+        log.warning("the launcher runs %s, not k8s.image=%s: the stage Jobs run k8s.image as "
+                    "configured", repository, image)  # fmt: skip
+        return None
+    return digest
+
+
+def normal_repository(repository: str) -> str:
+    """A repository as container runtimes report it: `app` -> `docker.io/library/app`,
+    `team/app` -> `docker.io/team/app` (a first part without `.` or `:` is no registry)."""
+    first, _, rest = repository.partition("/")
+    if not rest:
+        return f"docker.io/library/{repository}"
+    if "." not in first and ":" not in first and first != "localhost":
+        return f"docker.io/{repository}"
+    return repository
+
+
+def pin_image(cfg: DictConfig, api: Any, environ: Mapping[str, str]) -> None:
+    """Pin the run's Jobs to the launcher's own image (`k8s.image_digest`) when it is not pinned
+    yet: a tag moved during the run (a push of a new build) then changes no stage's code."""
+    if cfg.k8s.get("image_digest") or "@" in str(cfg.k8s.image):
+        return
+    digest = own_image_digest(api, str(cfg.k8s.image), environ)
+    if digest:
+        cfg.k8s.image_digest = digest
+        log.info("stage Jobs pinned to the launcher's image %s", image_ref(cfg))
 
 
 def job_state(job: Any) -> tuple[str, str]:
@@ -736,12 +881,14 @@ def launch_k8s(
         if show_jobs:
             sys.stdout.write(to_yaml(render_jobs(cfg, overrides)))
             return 0
+        api = api or kube_jobs_api()
+        pin_image(cfg, api, os.environ)
         manifests = render_jobs(cfg, overrides, fingerprint)
         models = list(model_specs(cfg))
         log.info("run %s: %d model(s), jobs in namespace %s", cfg.run_id, len(models),
                  cfg.k8s.namespace)  # fmt: skip
         run_jobs(
-            api or kube_jobs_api(),
+            api,
             manifests,
             models=models,
             poll_seconds=float(cfg.k8s.poll_seconds),

@@ -7,7 +7,8 @@ Three kinds of jobs, resources from the `slurm` config group (pipeline/conf/slur
 Preemption and time limits: every job is a submitit `Checkpointable`. Slurm sends USR2
 `slurm.signal_delay_s` before the time limit (and a preempting scheduler signals the job); the
 handler records the stage as requeued and requeues the job, which starts over and skips what is
-done — training resumes from `models/<name>/last.pt`, written to the store after every epoch.
+done — training resumes from `models/<name>/last.json` (and `last.safetensors`), written to the
+store after every epoch.
 A stage that raises records why (`jobs/<stage>.json`) and fails its job; Slurm then cancels the
 jobs that depended on it (`--kill-on-invalid-dep=yes`), so a failed model means no vote.
 
@@ -31,13 +32,14 @@ from pathlib import Path
 from typing import Any
 
 import submitit
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from submitit.core.utils import FailedJobError, FailedSubmissionError
 from submitit.helpers import Checkpointable
 
 from pipeline.core.config import plain_config
 from pipeline.core.errors import ConfigError, PipelineError, StageFailed
 from pipeline.core.logs import setup_logging
+from pipeline.core.stored_config import stored_config
 from pipeline.orchestration.checks import CONTAINER_RUNTIMES, check_config
 from pipeline.orchestration.graph import KINDS, Stage, job_groups, run_stages, suite_graph
 from pipeline.orchestration.status import (
@@ -47,6 +49,7 @@ from pipeline.orchestration.status import (
     read_submissions,
     record_submission,
     run_status,
+    valid_job_id,
 )
 from pipeline.run.history import run_exit_status, run_ids, summary_lines
 from pipeline.run.results import read_vote
@@ -105,8 +108,8 @@ class StageJob(Checkpointable):
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         """Called on Slurm's warning signal: record the stage as requeued and resubmit this job.
 
-        The training state is already in the store (last.pt after every epoch), so nothing else
-        needs saving; the requeued job skips done stages and resumes training from last.pt.
+        The training state is already in the store (last.json after every epoch), so nothing else
+        needs saving; the requeued job skips done stages and resumes training from last.json.
         """
         if self.current is not None:
             reason = "preempted or reached its time limit; requeued"
@@ -169,8 +172,7 @@ def slurm_executor(scfg: DictConfig, folder: Path) -> submitit.SlurmExecutor:
 def job_config(config: dict[str, Any]) -> DictConfig:
     """The run's config inside a job (`train.num_threads` unset = the job's CPUs, see
     pipeline.ml.device.available_cpus)."""
-    cfg = OmegaConf.create(config)
-    OmegaConf.set_struct(cfg, False)
+    cfg = stored_config(config, "the job's config")  # resolved at launch: taken literally
     check_config(cfg)  # as at launch: a job can be started (or its config edited) by hand
     return cfg
 
@@ -413,7 +415,7 @@ def queue_states(job_ids: list[str]) -> dict[str, QueueEntry]:
     """
     if not job_ids:
         return {}
-    wanted = sorted({j.split("_")[0] for j in job_ids})
+    wanted = sorted({j.split("_")[0] for j in checked_job_ids(job_ids)})
     try:
         result = subprocess.run(
             [
@@ -441,10 +443,20 @@ def queue_states(job_ids: list[str]) -> dict[str, QueueEntry]:
     return entries
 
 
+def checked_job_ids(job_ids: list[str]) -> list[str]:
+    """`job_ids` when every one is a Slurm job id (`123`, `123_4`); ConfigError naming the first
+    that is not (they come from scheduler.json, in a store others may write)."""
+    for job_id in job_ids:
+        if not valid_job_id(job_id):
+            raise ConfigError(f"not a Slurm job id: {job_id!r} (digits, or <array>_<task>)")
+    return list(job_ids)
+
+
 def cancel_jobs(job_ids: list[str]) -> None:
     """scancel `job_ids`; raises ConfigError when Slurm refuses."""
     if not job_ids:
         return
-    result = subprocess.run(["scancel", *job_ids], capture_output=True, text=True, timeout=60)
+    command = ["scancel", "--", *checked_job_ids(job_ids)]  # after `--`: never an option
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
     if result.returncode != 0:
         raise ConfigError(f"scancel {' '.join(job_ids)} failed: {result.stderr.strip()}")

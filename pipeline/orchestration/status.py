@@ -18,16 +18,19 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.core.config import model_specs
 from pipeline.core.errors import ConfigError
+from pipeline.core.stored_config import stored_config
 from pipeline.orchestration import graph
 from pipeline.run.history import EXIT_HELD, gate_line, gate_state, read_gate
 from pipeline.run.state import (
@@ -48,6 +51,10 @@ ACTIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEU
 #: A pending job whose dependency failed can never start (unless the cluster cancels it).
 NEVER_STARTS = "DependencyNeverSatisfied"
 _EPOCH = re.compile(r"epoch (\d+)/(\d+)")
+#: A job id as launchers record it: a job, or one task of an array (submitit's `<array>_<task>`).
+JOB_ID = re.compile(r"\d+(_\d+)?")
+_WARNED: set[str] = set()
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -96,8 +103,19 @@ def stage_plan(models: list[str]) -> list[tuple[str, list[str]]]:
 
 
 def read_submissions(run: Store) -> list[dict[str, Any]]:
-    """What launchers submitted for this run, oldest first (empty for a run never submitted)."""
-    return run.read_json(SCHEDULER_KEY)["submissions"] if run.exists(SCHEDULER_KEY) else []
+    """What launchers submitted for this run, oldest first (empty for a run never submitted).
+    A record that is not a mapping is skipped with a WARNING (see recorded_jobs)."""
+    if not run.exists(SCHEDULER_KEY):
+        return []
+    data = run.read_json(SCHEDULER_KEY)
+    submissions = data.get("submissions") if isinstance(data, dict) else None
+    if not isinstance(submissions, list):
+        warn_once(f"{run.uri_of(SCHEDULER_KEY)}: no list of submissions; ignored")
+        return []
+    kept = [s for s in submissions if isinstance(s, dict)]
+    if len(kept) < len(submissions):
+        warn_once(f"{run.uri_of(SCHEDULER_KEY)}: skipped launch records that are not mappings")
+    return kept
 
 
 def record_submission(run: Store, submission: dict[str, Any]) -> None:
@@ -105,6 +123,62 @@ def record_submission(run: Store, submission: dict[str, Any]) -> None:
     log}}}. Only the launcher of a run writes it, so read-modify-write is safe."""
     submissions = [*read_submissions(run), submission]
     run.write_json(SCHEDULER_KEY, {"submissions": submissions})
+
+
+def valid_job_id(value: object) -> bool:
+    """Whether `value` is a Slurm job id as launchers record it: `123` or `123_4` (array task)."""
+    return isinstance(value, str) and JOB_ID.fullmatch(value) is not None
+
+
+def log_folder(cfg: DictConfig) -> Path | None:
+    """The folder job logs must lie under to be read (`slurm.folder`, resolved), or None."""
+    folder = OmegaConf.select(cfg, "slurm.folder")
+    if not folder or "://" in str(folder):
+        return None
+    return Path(str(folder)).expanduser().resolve()
+
+
+def readable_log(log: object, folder: Path | None) -> str | None:
+    """`log` when it is a path that resolves (links followed) under `folder`, else None."""
+    if not isinstance(log, str) or not log or folder is None:
+        return None
+    return log if Path(log).expanduser().resolve().is_relative_to(folder) else None
+
+
+def warn_once(message: str) -> None:
+    """Log a WARNING once per process (`--wait` reads scheduler.json at every poll)."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        _log.warning("%s", message)
+
+
+def recorded_jobs(
+    run: Store, submissions: list[dict[str, Any]], folder: Path | None
+) -> dict[str, dict[str, Any]]:
+    """{stage: {job_id, log}} of the launches in scheduler.json, a later launch's job replacing
+    an earlier one's. scheduler.json lives in a store others may write: an entry whose job id is
+    not a Slurm job id is skipped, and a log that is not under `folder` (slurm.folder) is never
+    read; both with a WARNING naming the file and the value."""
+    where = run.uri_of(SCHEDULER_KEY)
+    jobs: dict[str, dict[str, Any]] = {}
+    for submission in submissions:
+        entries = submission.get("jobs")
+        if not isinstance(entries, dict):
+            warn_once(f"{where}: skipped a launch record without a jobs mapping")
+            continue
+        for stage, job in entries.items():
+            job_id = job.get("job_id") if isinstance(job, dict) else None
+            if not valid_job_id(job_id):
+                warn_once(f"{where}: skipped the job of stage {stage!r}: job id {job_id!r} is "
+                          "not a Slurm job id (digits, or <array>_<task>)")  # fmt: skip
+                continue
+            log_path = job.get("log")
+            readable = readable_log(log_path, folder)
+            if log_path and readable is None:
+                warn_once(f"{where}: not reading the log {log_path!r} of job {job_id}: it is "
+                          f"not under slurm.folder={folder}")  # fmt: skip
+            jobs[str(stage)] = {"job_id": job_id, "log": readable}
+    return jobs
 
 
 def run_models(run: Store, submissions: list[dict[str, Any]]) -> list[str]:
@@ -115,7 +189,8 @@ def run_models(run: Store, submissions: list[dict[str, Any]]) -> list[str]:
         manifest = run.read_json("manifest.json")
         if "models" in manifest:  # in the suite's order
             return list(manifest["models"])
-        return list(model_specs(OmegaConf.create(manifest["config"])))  # an older run's
+        where = run.uri_of("manifest.json")  # an older run's; stored data, never interpolated
+        return list(model_specs(stored_config(manifest.get("config"), where)))
     raise ConfigError(
         f"run {run.uri} has neither a manifest nor a launch record: check the run id and store.root"
     )
@@ -213,9 +288,7 @@ def run_status(
     """
     run = run_store(cfg)
     submissions = read_submissions(run)
-    jobs: dict[str, dict[str, Any]] = {}
-    for submission in submissions:  # a later launch's job replaces an earlier one's
-        jobs.update(submission["jobs"])
+    jobs = recorded_jobs(run, submissions, log_folder(cfg))
     queue: dict[str, QueueEntry] = {}
     if submissions and jobs:
         query = queue_states or scheduler_module(submissions[-1]["cluster"]).queue_states

@@ -5,9 +5,10 @@
   (pipeline/stages/publish.py), and then only moves forward: a run that finishes after a newer one
   (run ids sort by start time) leaves the newer one in place; `runs promote` moves it by hand.
 - `python -m pipeline.runs list` shows every run with its state and scores.
-- After each successful vote, model checkpoints (`models/*/checkpoint.pt`, `last.pt`: 180 MB per
-  ResNet-18 model) of runs older than the newest `store.keep_checkpoints` runs are deleted; the
-  latest run's never are. Predictions, submissions, metrics and reports are kept.
+- After each successful vote, model checkpoints (`models/*/checkpoint.safetensors`, `last.*`
+  and the legacy `.pt` of older runs: run_layout.CHECKPOINT_FILES; 180 MB per ResNet-18 model)
+  of runs older than the newest `store.keep_checkpoints` runs are deleted; the latest run's
+  never are. Predictions, submissions, metrics and reports are kept.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from pipeline.run.results import (
 )
 from pipeline.run.state import finish_manifest, manifest_state, root_store, run_store
 from pipeline.storage.run_layout import (
+    CHECKPOINT_FILES,
     FINGERPRINT_KEY,
     GATE_KEY,
     LATEST_KEY,
@@ -42,8 +44,6 @@ from pipeline.storage.run_layout import (
 from pipeline.storage.store import Store, join_key
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT_FILES = ("checkpoint.pt", "last.pt")
 
 
 class LatestRecord(TypedDict):
@@ -123,8 +123,24 @@ def move_latest(root: Store, run: Store, run_id: str, *, force: bool = False) ->
 
 
 def run_ids(root: Store) -> list[str]:
-    """Every run in the store, oldest first (ids sort by start time)."""
-    return sorted({key.split("/", 2)[1] for key in root.list(RUNS) if key.count("/") >= 2})
+    """Every run in the store, oldest first (ids sort by start time).
+
+    The store may be a bucket others write: a folder under runs/ whose name is not a safe key
+    segment (`..`, `%2e%2e`, …) is skipped with a WARNING naming it, so one junk key cannot stop
+    `runs list` or the nightly retention."""
+    found = {key.split("/", 2)[1] for key in root.list(RUNS) if key.count("/") >= 2}
+    return sorted(run_id for run_id in found if safe_run_id(root, run_id))
+
+
+def safe_run_id(root: Store, run_id: str) -> bool:
+    """Whether `run_id` (a folder listed under runs/) is one safe key segment; warns if not."""
+    try:
+        join_key(RUNS, run_id)
+    except StoreError as e:
+        where = f"{root.uri.rstrip('/')}/{RUNS}/{run_id}"
+        log.warning("skipped %s: not a run folder (%s)", where, e)
+        return False
+    return True
 
 
 def read_gate(run: Store) -> GateRecord | None:
@@ -205,7 +221,7 @@ def run_summary(root: Store, run_id: str) -> dict[str, Any]:
     for key in sizes:
         if key.startswith("jobs/") and key.endswith(".json"):
             record = run.read_json(key)
-            if record.get("state") == "failed":
+            if isinstance(record, dict) and record.get("state") == "failed":
                 failed.append(f"{record.get('stage')}: {record.get('error', '')}"[:200])
     gate = read_gate(run) if GATE_KEY in sizes else None
     state = "failed" if failed else ("succeeded" if "vote" in stages else "incomplete")
@@ -234,6 +250,18 @@ def run_summary(root: Store, run_id: str) -> dict[str, Any]:
     return summary
 
 
+def run_summaries(root: Store) -> list[dict[str, Any]]:
+    """`run_summary` of every run, oldest first; a run whose records cannot be read (junk in a
+    shared bucket) is skipped with a WARNING naming it, so the other runs are still shown."""
+    summaries = []
+    for run_id in run_ids(root):
+        try:
+            summaries.append(run_summary(root, run_id))
+        except StoreError as e:
+            log.warning("skipped run %s: %s", run_id, e)
+    return summaries
+
+
 def prune_checkpoints(root: Store, keep: int) -> list[str]:
     """Delete model checkpoints of every run but the newest `keep` and the latest; returns the
     deleted keys. Runs newer than latest are never touched (still running, or failed: a resume
@@ -254,7 +282,7 @@ def prune_checkpoints(root: Store, keep: int) -> list[str]:
             continue
         prefix = join_key(RUNS, run_id, "models")
         for key in root.list(prefix):
-            if key.rsplit("/", 1)[-1] in CHECKPOINT_FILES:
+            if key.rsplit("/", 1)[-1] in CHECKPOINT_FILES and safe_key(root, key):
                 root.delete(key)
                 deleted.append(key)
     if deleted:
@@ -262,6 +290,16 @@ def prune_checkpoints(root: Store, keep: int) -> list[str]:
             "retention: deleted %d checkpoints of runs before the newest %d", len(deleted), keep
         )
     return deleted
+
+
+def safe_key(root: Store, key: str) -> bool:
+    """Whether a listed `key` is safe to act on (see join_key); warns naming it if not."""
+    try:
+        join_key(key)
+    except StoreError as e:
+        log.warning("skipped %s/%s: %s", root.uri.rstrip("/"), key, e)
+        return False
+    return True
 
 
 def publish(cfg: DictConfig, run: Store, *, move: bool = True, held: bool = False) -> bool:
@@ -299,7 +337,7 @@ def cmd_list(cfg: DictConfig, args: argparse.Namespace) -> int:
     """`python -m pipeline.runs list`: every run with its state and scores, newest first."""
     root = root_store(cfg)
     latest = read_latest(root)
-    summaries = [run_summary(root, run_id) for run_id in run_ids(root)]
+    summaries = run_summaries(root)
     if not summaries:
         print(f"no runs under {root.uri_of(RUNS)}")
         return 0

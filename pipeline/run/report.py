@@ -73,6 +73,11 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], css: str = "") 
     return f'<table class="{css}"><tr>{head}</tr>{body}</table>'
 
 
+def _esc(value: Any) -> str:
+    """`value` as text for HTML: everything read from the store is escaped (quotes too)."""
+    return html.escape(str(value))
+
+
 def _fmt(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
@@ -94,7 +99,7 @@ def f1_bars(scores: dict[str, float]) -> str:
     """Horizontal bars of val macro F1 by model / candidate / vote."""
     names = list(scores)
     fig, ax = plt.subplots(figsize=(7, 0.35 * len(names) + 1))
-    ax.barh(names, [scores[n] for n in names], color="tab:blue")
+    ax.barh([_plot_label(n) for n in names], [scores[n] for n in names], color="tab:blue")
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
     ax.set_xlabel("val macro F1")
@@ -122,8 +127,9 @@ def training_curves(histories: dict[str, list[dict[str, Any]]]) -> str:
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.2))
     for name, history in histories.items():
         epochs = [h["epoch"] for h in history]
-        left.plot(epochs, [h["loss"] for h in history], marker=".", label=name)
-        right.plot(epochs, [h["val_macro_f1"] for h in history], marker=".", label=name)
+        label = _plot_label(name)
+        left.plot(epochs, [h["loss"] for h in history], marker=".", label=label)
+        right.plot(epochs, [h["val_macro_f1"] for h in history], marker=".", label=label)
     left.set(xlabel="epoch", ylabel="training loss")
     right.set(xlabel="epoch", ylabel="val macro F1 (model's own task)")
     right.legend(fontsize=7)
@@ -276,8 +282,8 @@ def _churn_part(churn: Churn) -> list[str]:
     shown: Sequence[ChangedAnswer] = churn["shown"]
     parts = [
         "<h3>Changed answers (eval)</h3>",
-        f'<p id="churn">{churn["changed"]} of {churn["compared"]} eval answers changed '
-        f"({churn['share']:.1%})</p>",
+        f'<p id="churn">{_esc(churn["changed"])} of {_esc(churn["compared"])} eval answers '
+        f"changed ({churn['share']:.1%})</p>",
     ]
     if shown:
         parts.append(
@@ -408,6 +414,7 @@ def render(run: Store, cfg: DictConfig, result: VoteResult) -> str:
     if "fallback" in result:
         headline.append(("submitted", result["fallback"]["reason"]))
     counts = index["split"].value_counts().to_dict()
+    images = ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: str(kv[0])))
     sections = [
         f"<h1>Run <span id='run-id'>{html.escape(str(result['run_id']))}</span></h1>",
         _table(["", ""], headline, "headline"),
@@ -430,7 +437,7 @@ def render(run: Store, cfg: DictConfig, result: VoteResult) -> str:
         "<h2>Training curves</h2>",
         training_curves({n: m["history"] for n, m in model_metrics.items()}),
         "<h2>Class distribution</h2>",
-        f"<p>images: {', '.join(f'{k} {v}' for k, v in sorted(counts.items()))}</p>",
+        f"<p>images: {_esc(images)}</p>",
         class_distribution(index),
     ]
     style = (

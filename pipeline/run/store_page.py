@@ -26,7 +26,7 @@ import matplotlib
 matplotlib.use("Agg")  # no display on cluster nodes
 import matplotlib.pyplot as plt
 
-from pipeline.run.history import RUN_STATES, read_latest, run_ids, run_summary
+from pipeline.run.history import RUN_STATES, read_latest, run_summaries
 from pipeline.run.report import _png
 from pipeline.run.results import GateRecord, Interval, difference_text, interval_text
 from pipeline.storage.run_layout import REPORT_KEY, RUNS, STORE_REPORT_KEY
@@ -195,7 +195,7 @@ def render_store_page(root: Store) -> str:
     every run newest first. A store without runs gives a page that says so."""
     latest_record = read_latest(root)
     latest = str(latest_record["run_id"]) if latest_record else None
-    summaries = [run_summary(root, run_id) for run_id in run_ids(root)]
+    summaries = run_summaries(root)
     uri = html.escape(root.uri)
     sections = [
         f"<h1>Store <span id='store-uri'>{uri}</span></h1>",

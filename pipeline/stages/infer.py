@@ -40,11 +40,18 @@ import pandas as pd
 import pyarrow as pa
 from omegaconf import DictConfig
 
+from pipeline.core.csv_cells import csv_bytes
 from pipeline.core.errors import ConfigError, DataError
 from pipeline.domain.dataset import check_image_extension, junk_reason
 from pipeline.domain.labels import AGE_NAMES, GENDER_NAMES, MASK_NAMES
 from pipeline.ml.device import cpu_threads
-from pipeline.ml.images import BadInputs, checked_images, unsafe_key_reason
+from pipeline.ml.images import (
+    BadInputs,
+    ImageLimits,
+    checked_images,
+    image_limits,
+    unsafe_key_reason,
+)
 from pipeline.ml.predictor import predictor_answers, run_predictor
 from pipeline.run.answers import answers_table, parquet_bytes
 from pipeline.run.history import read_latest
@@ -99,11 +106,15 @@ def read_seen(out: Store) -> pd.DataFrame:
     return pd.read_parquet(io.BytesIO(out.read_bytes(SEEN_KEY)))
 
 
-def list_photos(src: Store, bad: BadInputs) -> list[str]:
-    """Keys of the candidate photos under the input; others reported (junk files are skipped
-    silently, as prepare does for the eval folder)."""
-    photos = []
-    for key in sorted(src.list("")):
+def list_photos(src: Store, bad: BadInputs) -> dict[str, int]:
+    """The candidate photos under the input (key → size in bytes); others reported (junk files
+    are skipped silently, as prepare does for the eval folder; links, FIFOs, devices and names
+    not in UTF-8 are never read)."""
+    for key, why in src.refused("").items():
+        if not junk_reason(PurePosixPath(key).name):
+            bad.add(key, why)
+    photos = {}
+    for key, size in src.sizes("").items():
         name = PurePosixPath(key).name
         if junk_reason(name):
             continue
@@ -116,20 +127,24 @@ def list_photos(src: Store, bad: BadInputs) -> list[str]:
         if reason:
             bad.add(key, reason)
         else:
-            photos.append(key)
+            photos[key] = size
     return photos
 
 
 def new_photos(
     src: Store,
-    keys: list[str],
+    photos: dict[str, int],
     bad: BadInputs,
     seen: set[str],
     threads: int,
     counts: dict[str, int],
+    limits: ImageLimits,
 ) -> Iterator[tuple[str, bytes]]:
-    """The usable photos not classified before by this run, with a progress line now and then."""
-    for done, (key, blob) in enumerate(checked_images(src, keys, bad, threads), start=1):
+    """The usable photos (key → listed size) not classified before by this run, with a progress
+    line now and then; prepare's rules decide what is usable (`checked_images`, `limits`)."""
+    keys = list(photos)
+    usable = checked_images(src, keys, bad, threads, limits, photos)
+    for done, (key, blob) in enumerate(usable, start=1):
         digest = hashlib.sha256(blob).hexdigest()
         if done % PROGRESS_EVERY == 0:
             log.info("infer: read %d of %d photos", done, len(keys))
@@ -165,7 +180,7 @@ def infer(cfg: DictConfig) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory(prefix="masksuite-infer-") as tmp:
         packed = open_store(tmp)
-        items = new_photos(src, keys, bad, seen, threads, counts)
+        items = new_photos(src, keys, bad, seen, threads, counts, image_limits(cfg))
         shard_of = dict(write_shards(packed, "new", items, int(run_cfg.data.shard_mb) << 20))
         ids = list(shard_of)
         summary = {
@@ -200,7 +215,7 @@ def infer(cfg: DictConfig) -> dict[str, Any]:
         },
         columns=CSV_COLUMNS,
     )
-    out.write_bytes(join_key("classes", f"{batch}.csv"), csv.to_csv(index=False).encode())
+    out.write_bytes(join_key("classes", f"{batch}.csv"), csv_bytes(csv))  # no formula cells
     out.write_bytes(join_key("bad_inputs", f"{batch}.csv"), bad.to_csv())
     hashes = [counts["hashes"][i] for i in ids]
     new_seen = pd.DataFrame(

@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 from pipeline.core.config import model_specs
 from pipeline.ml.checkpoints import load_checkpoint
 from pipeline.ml.device import setup_runtime
+from pipeline.ml.images import image_limits
 from pipeline.ml.inference import for_inference, input_shape, predict_for_spec, probe_precision
 from pipeline.ml.models import model_from_checkpoint, task_target
 from pipeline.ml.resident import (
@@ -84,6 +85,7 @@ def predict_model(cfg: DictConfig, name: str) -> dict[str, Any]:
             placement=plan_placement(
                 image_bytes(len(ids), size), rt.device, float(spec.train.gpu_memory_budget)
             ),
+            max_pixels=image_limits(cfg).max_pixels,
         )
         t0 = time.time()
         probs = predict_for_spec(model, images, rt, spec)

@@ -42,7 +42,7 @@ from pipeline.domain.labels import (
 )
 from pipeline.domain.split import holdout_by_person, split_by_person
 from pipeline.ml.device import cpu_threads
-from pipeline.ml.images import BadInputs, checked_images, unsafe_key_reason
+from pipeline.ml.images import BadInputs, checked_images, image_limits, unsafe_key_reason
 from pipeline.run.fingerprint import data_fingerprint
 from pipeline.run.holdout import HoldoutRule, rule_id, store_salt
 from pipeline.run.state import new_run_id, root_store, run_store, write_manifest
@@ -181,7 +181,11 @@ def scan_train(data: Store, thresholds: AgeThresholds, bad: BadInputs) -> tuple[
     seen_ids: set[str] = set()
     folders: set[str] = set()
     candidates = 0
-    for key in data.list(TRAIN_IMAGES):
+    for key, why in data.refused(TRAIN_IMAGES).items():  # links, FIFOs, …: never read
+        if not junk_reason(PurePosixPath(key).name):
+            candidates += 1
+        bad.add(key, why)
+    for key, size in data.sizes(TRAIN_IMAGES).items():
         parts = PurePosixPath(key).parts
         reason = junk_reason(parts[-1]) or unsafe_key_reason(key)
         if reason:
@@ -212,12 +216,14 @@ def scan_train(data: Store, thresholds: AgeThresholds, bad: BadInputs) -> tuple[
                 mask=mask,
                 gender=person.gender,
                 age=person.age,
+                size=size,
             )
         )
     for folder in people["path"]:
         if folder not in folders:
             bad.add(f"{TRAIN_IMAGES}{folder}", f"listed in {TRAIN_CSV} but there is no such folder")
-    df = pd.DataFrame(rows, columns=["image_id", "person_id", "path", "mask", "gender", "age"])
+    columns = ["image_id", "person_id", "path", "mask", "gender", "age", "size"]
+    df = pd.DataFrame(rows, columns=columns)
     relabel(df, thresholds)
     return df, candidates
 
@@ -228,7 +234,12 @@ def scan_eval(data: Store, bad: BadInputs) -> tuple[pd.DataFrame, int]:
     Returns the usable rows and the number of rows info.csv lists.
     """
     info = read_csv(data, EVAL_CSV, ["ImageID"])
-    present = {PurePosixPath(k).name: k for k in data.list(EVAL_IMAGES)}
+    sizes = data.sizes(EVAL_IMAGES)
+    present = {PurePosixPath(k).name: k for k in sizes}
+    refused = data.refused(EVAL_IMAGES)
+    for path, why in refused.items():  # links, FIFOs, names not in UTF-8, …: never read
+        bad.add(path, why)
+    refused_names = {PurePosixPath(k).name for k in refused}
     truth: dict[str, int] = {}
     if data.exists(EVAL_TRUTH):
         gt = read_csv(data, EVAL_TRUTH, ["ImageID", "ans"])
@@ -242,7 +253,8 @@ def scan_eval(data: Store, bad: BadInputs) -> tuple[pd.DataFrame, int]:
         listed.add(image_id)
         key = present.get(image_id)
         if key is None:
-            bad.add(f"{EVAL_IMAGES}{image_id}", f"listed in {EVAL_CSV} but missing")
+            if image_id not in refused_names:  # else reported above, with why
+                bad.add(f"{EVAL_IMAGES}{image_id}", f"listed in {EVAL_CSV} but missing")
             continue
         reason = unsafe_key_reason(key)
         if reason:
@@ -266,13 +278,14 @@ def scan_eval(data: Store, bad: BadInputs) -> tuple[pd.DataFrame, int]:
                 age_group=age_group,
                 label=label,
                 order=order,
+                size=sizes[key],
             )
         )
     for name, key in sorted(present.items()):
         if name not in listed:
             reason = junk_reason(name) or f"not listed in {EVAL_CSV}"
             bad.add(key, reason)
-    columns = [c for c in INDEX_COLUMNS if c not in ("split", "source", "shard")]
+    columns = [c for c in INDEX_COLUMNS if c not in ("split", "source", "shard")] + ["size"]
     return pd.DataFrame(rows, columns=columns), len(info)
 
 
@@ -351,6 +364,7 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
     candidates = pd.concat([train, evals], ignore_index=True)
 
     threads = cpu_threads(cfg)
+    limits = image_limits(cfg)
     shard_of: dict[str, str] = {}
     for group, rows in candidates.groupby(["split", "source"], sort=False):
         # pandas-stubs type a group's key as Hashable: here the values of those two columns
@@ -358,7 +372,8 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
         image_of = dict(zip(rows["path"], rows["image_id"], strict=True))
         store = sources[source]
         scope = bad if source == 0 else bad.scoped(f"{store.uri}/")
-        usable = checked_images(store, list(image_of), scope, threads)
+        sizes = dict(zip(rows["path"], rows["size"].astype(int), strict=True))
+        usable = checked_images(store, list(image_of), scope, threads, limits, sizes)
         items = ((image_of[p], blob) for p, blob in usable)
         tag = split if source == 0 else f"{split}-extra{source}"
         for image_id, key in write_shards(run, tag, items, int(cfg.data.shard_mb) << 20):

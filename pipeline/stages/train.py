@@ -2,13 +2,14 @@
 macro F1, resumable from the last epoch's state.
 
 Reads the images once per job into resident uint8 tensors at `train.image_size`; batches are
-cropped, augmented and normalised on the training device. Writes the model's checkpoint.pt (the
-best epoch), last.pt (a TrainingState, after every epoch: a restarted job resumes from it) and
-metrics.json (keys: pipeline/storage/run_layout.py `model_key`).
+cropped, augmented and normalised on the training device. Writes the model's
+checkpoint.safetensors (the best epoch), last.safetensors + last.json (a TrainingState, after every
+epoch: a restarted job resumes from it) and metrics.json with the checkpoint's SHA-256 (keys:
+pipeline/storage/run_layout.py; format: pipeline/ml/checkpoints.py; nothing is pickled).
 
 `train_model` reads as named steps, in the spirit of torchvision's classification reference:
 read_recipe (options, checked before any data) → setup (seed, device) → load_data → build (model,
-optimizer, precision, scheduler) → resume (last.pt) → per epoch fit_one_epoch, evaluate, save →
+optimizer, precision, scheduler) → resume (last.*) → per epoch fit_one_epoch, evaluate, save →
 final_metrics (the best checkpoint, as predict will use it).
 """
 
@@ -32,8 +33,18 @@ from pipeline.core.config import model_specs
 from pipeline.core.errors import ConfigError, DataError, StageFailed, StoreKeyNotFound
 from pipeline.domain.metrics import classification_metrics, macro_f1
 from pipeline.ml.augment import BatchAugment
-from pipeline.ml.checkpoints import UnusableCheckpoint, load_checked, load_torch, save_torch
+from pipeline.ml.checkpoints import (
+    UnusableCheckpoint,
+    load_checkpoint,
+    load_legacy,
+    load_state,
+    read_tensors,
+    save_state,
+    save_weights,
+    state_dict_of,
+)
 from pipeline.ml.device import Runtime, autocast, require_compiler, setup_runtime
+from pipeline.ml.images import image_limits
 from pipeline.ml.inference import (
     for_inference,
     input_shape,
@@ -61,7 +72,15 @@ from pipeline.ml.resident import (
 from pipeline.ml.tracking import Tracker, tracked_config
 from pipeline.ml.training_state import TrainingState
 from pipeline.run.state import read_index, run_store
-from pipeline.storage.run_layout import checkpoint_key, model_key, train_stage
+from pipeline.storage.run_layout import (
+    METRICS_FILE,
+    checkpoint_key,
+    last_state_key,
+    legacy_checkpoint_key,
+    legacy_last_key,
+    model_key,
+    train_stage,
+)
 from pipeline.storage.store import Store
 
 log = logging.getLogger(__name__)
@@ -247,9 +266,11 @@ class Trainer:
     scheduler: torch.optim.lr_scheduler.LRScheduler | None
     scaler: torch.amp.GradScaler
     generator: torch.Generator  # batch orders and augmentations
+    #: SHA-256 of the best checkpoint written so far (set by `resume` and `save`)
+    checkpoint_sha256: str | None = None
 
     def state(self, history: list[dict[str, Any]]) -> TrainingState:
-        """The training state after the last epoch of `history`, as last.pt keeps it."""
+        """The training state after the last epoch of `history`, as last.* keeps it."""
         return TrainingState(
             epoch=history[-1]["epoch"],
             model=self.model.state_dict(),
@@ -258,6 +279,7 @@ class Trainer:
             generator=self.generator.get_state(),
             scaler=self.scaler.state_dict() if self.scaler.is_enabled() else None,
             history=history,
+            checkpoint_sha256=self.checkpoint_sha256,
         )
 
 
@@ -293,7 +315,7 @@ def train_model(cfg: DictConfig, name: str) -> dict[str, Any]:
             stopped = stopped_early(history, recipe.patience)
             if stopped:
                 log.info("%s: no val improvement for %d epochs, stopping", stage, recipe.patience)
-        metrics = final_metrics(cfg, run, recipe, trainer.rt, data, history)
+        metrics = final_metrics(cfg, run, recipe, trainer, data, history)
         metrics["stopped_early"] = stopped
         val = metrics["val"]
         tracker.summary(
@@ -302,7 +324,7 @@ def train_model(cfg: DictConfig, name: str) -> dict[str, Any]:
         )
     finally:
         tracker.finish()
-    run.write_json(model_key(name, "metrics.json"), metrics)
+    run.write_json(model_key(name, METRICS_FILE), metrics)
     return metrics
 
 
@@ -354,6 +376,7 @@ def load_data(cfg: DictConfig, run: Store, recipe: Recipe, rt: Runtime) -> Data:
             device=rt.device,
             threads=rt.threads,
             placement=placement,
+            max_pixels=image_limits(cfg).max_pixels,
         )
         for s, rows in parts.items()
     }
@@ -405,17 +428,19 @@ def build(cfg: DictConfig, recipe: Recipe, rt: Runtime) -> Trainer:
     # because they are saved from `model`, which shares its parameters with `step_model`.
     step_model = cast(nn.Module, torch.compile(model)) if tcfg.get("compile") else model
     # fp16 (GPUs without bf16): the loss scale found in one epoch carries over to the next, and
-    # across a resume (it is saved in last.pt).
+    # across a resume (it is saved in last.*).
     scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.precision == "fp16")
     generator = torch.Generator().manual_seed(recipe.seed)
     return Trainer(rt, model, step_model, optimizer, scheduler, scaler, generator)
 
 
 def resume(trainer: Trainer, state: TrainingState | None, stage: str) -> list[dict[str, Any]]:
-    """Loads a last.pt state into `trainer` (model, optimizer, scheduler, generator, fp16 scaler);
-    returns the history of the epochs done ([] when there is none: training from scratch)."""
+    """Loads a last.* state into `trainer` (model, optimizer, scheduler, generator, fp16 scaler,
+    the best checkpoint's SHA-256); returns the history of the epochs done ([] when there is none:
+    training from scratch)."""
     if state is None:
         return []
+    trainer.checkpoint_sha256 = state.checkpoint_sha256
     trainer.model.load_state_dict(state.model)
     trainer.optimizer.load_state_dict(state.optimizer)
     if trainer.scheduler is not None and state.scheduler:
@@ -466,7 +491,7 @@ def evaluate(model: nn.Module, data: Data, rt: Runtime, recipe: Recipe) -> tuple
 def epoch_record(
     epoch: int, loss: float, f1: float, accuracy: float, seconds: float, images: int
 ) -> dict[str, Any]:
-    """One epoch's entry of the history (metrics.json and last.pt), rounded for reading."""
+    """One epoch's entry of the history (metrics.json and last.*), rounded for reading."""
     return {
         "epoch": epoch,
         "loss": round(loss, 5),
@@ -479,7 +504,7 @@ def epoch_record(
 
 def stopped_early(history: list[dict[str, Any]], patience: int | None) -> bool:
     """Whether early stopping ends training after the last epoch of `history`: no val improvement
-    for `patience` epochs. Read from the history that last.pt records, so a job preempted between
+    for `patience` epochs. Read from the history that last.* records, so a job preempted between
     the stop and metrics.json decides the same when it resumes."""
     return patience is not None and bool(history) and epochs_since_best(history) >= patience
 
@@ -493,25 +518,33 @@ def epochs_since_best(history: list[dict[str, Any]]) -> int:
 def save(
     run: Store, name: str, trainer: Trainer, history: list[dict[str, Any]], *, best: bool
 ) -> None:
-    """Writes models/<name>/checkpoint.pt (the model's state dict) when this epoch is the `best`
-    so far, then last.pt (the TrainingState after it), each atomically."""
+    """Writes models/<name>/checkpoint.safetensors (the model's state dict) when this epoch is
+    the `best` so far, then last.safetensors + last.json (the TrainingState after it, naming the
+    checkpoint's SHA-256), each atomically."""
     if best:
-        save_torch(run, checkpoint_key(name), trainer.model.state_dict())
-    save_torch(run, model_key(name, "last.pt"), trainer.state(history).to_dict())
+        trainer.checkpoint_sha256 = save_weights(
+            run, checkpoint_key(name), trainer.model.state_dict()
+        )
+    save_state(run, last_state_key(name), trainer.state(history).to_dict())
 
 
 def final_metrics(
     cfg: DictConfig,
     run: Store,
     recipe: Recipe,
-    rt: Runtime,
+    trainer: Trainer,
     data: Data,
     history: list[dict[str, Any]],
 ) -> dict[str, Any]:
-    """Reads the best checkpoint.pt; its val metrics (as predict will use it) plus the training
-    history: the content of metrics.json."""
-    spec, num_classes = recipe.spec, recipe.num_classes
-    state = load_torch(run, checkpoint_key(recipe.name))
+    """Reads the best checkpoint, checked against the SHA-256 the training state records; its
+    val metrics (as predict will use it), the training history and that SHA-256 (which predict
+    and the publish gate check): the content of metrics.json."""
+    spec, num_classes, rt = recipe.spec, recipe.num_classes, trainer.rt
+    key, sha256 = checkpoint_key(recipe.name), trainer.checkpoint_sha256
+    if sha256 is None:
+        raise StageFailed(f"model {recipe.name} has no best checkpoint: no epoch was trained")
+    record = run.uri_of(f"{last_state_key(recipe.name)}.json")
+    state = load_checkpoint(run, recipe.name, sha256, record)
     model = on_device(model_from_checkpoint(spec, num_classes, state), rt.device)
     probs = predict_for_spec(for_inference(model), data.val, rt, spec)
     best = max(history, key=lambda h: h["val_macro_f1"])
@@ -527,32 +560,67 @@ def final_metrics(
         "best_epoch": best["epoch"],
         "val": classification_metrics(data.val_targets, probs.argmax(axis=1), num_classes),
         "history": history,
+        "sha256": {key: sha256},
     }
 
 
 def resume_state(run: Store, name: str) -> TrainingState | None:
     """The last epoch's training state of model `name`, or None to start from scratch.
 
-    When `last.pt` or the best `checkpoint.pt` beside it cannot be loaded with weights_only
-    (corrupt, truncated, missing parts, or holding anything but tensors and plain data), a warning
-    names the file and training restarts from scratch, rewriting both. Storage errors propagate:
-    an unreachable store is not a reason to throw progress away.
+    When last.json, last.safetensors or the best checkpoint.safetensors cannot be used (corrupt,
+    truncated, missing parts, a SHA-256 other than the one recorded, anything but tensors and
+    plain data), a warning names the file and training restarts from scratch, rewriting them. A
+    run made before safetensors resumes from its legacy last.pt and checkpoint.pt (read with
+    weights_only, with a warning), the checkpoint rewritten as safetensors. Storage errors
+    propagate: an unreachable store is not a reason to throw progress away.
     """
-    key = model_key(name, "last.pt")
-    if not run.exists(key):
+    stem = last_state_key(name)
+    if not run.exists(f"{stem}.json"):
+        return resume_legacy(run, name) if run.exists(legacy_last_key(name)) else None
+    state = usable(run, name, lambda: load_state(run, stem, saved_state))
+    if state is None or state.checkpoint_sha256 is None:
         return None
-    state = usable(run, name, key, TrainingState.from_dict)
-    if state is None or usable(run, name, checkpoint_key(name), lambda best: best) is None:
+    sha256, record = state.checkpoint_sha256, run.uri_of(f"{stem}.json")
+    if usable(run, name, lambda: checked_best(run, name, sha256, record)) is None:
         return None
     return state
 
 
-def usable(run: Store, name: str, key: str, check: Callable[[Any], T]) -> T | None:
-    """`key` loaded and checked, or None with a warning naming it when it cannot be used."""
+def saved_state(value: Any) -> TrainingState:
+    """A loaded last.* as a TrainingState naming its best checkpoint's SHA-256; ValueError
+    otherwise."""
+    state = TrainingState.from_dict(value)
+    if state.checkpoint_sha256 is None:
+        raise ValueError("not a training state: it names no checkpoint_sha256")
+    return state
+
+
+def checked_best(run: Store, name: str, sha256: str, record: str) -> dict[str, torch.Tensor]:
+    """The best checkpoint's state dict when its SHA-256 is `sha256` (which `record` records);
+    UnusableCheckpoint naming it otherwise."""
+    return read_tensors(run, checkpoint_key(name), sha256, record)
+
+
+def resume_legacy(run: Store, name: str) -> TrainingState | None:
+    """The training state of a run made before safetensors (last.pt, checkpoint.pt), its best
+    checkpoint rewritten as checkpoint.safetensors; None (with a warning) when unusable."""
+    last, key = legacy_last_key(name), legacy_checkpoint_key(name)
+    state = usable(run, name, lambda: load_legacy(run, last, TrainingState.from_dict))
+    if state is None:
+        return None
+    best = usable(run, name, lambda: load_legacy(run, key, state_dict_of))
+    if best is None:
+        return None
+    state.checkpoint_sha256 = save_weights(run, checkpoint_key(name), best)
+    return state
+
+
+def usable(run: Store, name: str, load: Callable[[], T]) -> T | None:
+    """`load()`, or None with a warning naming the file when it is missing or cannot be used."""
     try:
-        return load_checked(run, key, check)
-    except StoreKeyNotFound:
-        log.warning("%s is missing: training model %s from scratch", run.uri_of(key), name)
+        return load()
+    except StoreKeyNotFound as e:
+        log.warning("%s: training model %s from scratch", e, name)
     except UnusableCheckpoint as e:
         log.warning("%s is unusable (%s): training model %s from scratch", e.uri, e.reason, name)
     return None

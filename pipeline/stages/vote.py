@@ -27,6 +27,7 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from pipeline.core.config import model_specs
+from pipeline.core.csv_cells import csv_bytes, formula_cells, neutralise_cell
 from pipeline.core.errors import ConfigError, StageFailed, StoreKeyNotFound
 from pipeline.domain.metrics import (
     Interval,
@@ -279,7 +280,7 @@ def vote(cfg: DictConfig) -> VoteResult:
             held_out = classification_metrics(eval_truth, answers["eval"][c["name"]])
             c["eval_macro_f1"], c["eval_accuracy"] = held_out["macro_f1"], held_out["accuracy"]
     submission = pd.DataFrame({"ImageID": ids["eval"].to_numpy(), "ans": submitted["eval"][1]})
-    run.write_bytes(SUBMISSION_KEY, submission.to_csv(index=False).encode())
+    run.write_bytes(SUBMISSION_KEY, submission_csv(submission, run.uri_of(SUBMISSION_KEY)))
     run.write_json(VOTE_KEY, result)
     write_report(cfg, run, result)
     what = f"vote of {', '.join(members)}" if len(members) > 1 else f"answers of {best} alone"
@@ -290,6 +291,19 @@ def vote(cfg: DictConfig) -> VoteResult:
         fallback["reason"],
     )  # fmt: skip
     return result
+
+
+def submission_csv(submission: pd.DataFrame, where: str) -> bytes:
+    """submission.csv's bytes. An ImageID that a spreadsheet would read as a formula (it starts
+    with = + - @, a tab or CR; real ids are hex hashes and never do) is written with a leading
+    `'` (see pipeline.core.csv_cells) and named in a WARNING: it no longer matches info.csv."""
+    for image_id in formula_cells(submission["ImageID"]):
+        log.warning(
+            "eval ImageID %r starts like a spreadsheet formula: written to %s as %r, which no "
+            "longer matches eval/info.csv (rename the eval file)",
+            image_id, where, neutralise_cell(image_id),
+        )  # fmt: skip
+    return csv_bytes(submission)
 
 
 def vote_name(method: str) -> str:

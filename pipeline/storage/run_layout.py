@@ -15,9 +15,13 @@ writes a run's file takes its key from here.
         index.parquet                     every usable image, its labels and split (prepare)
         bad_inputs.csv                    every unusable input and why (prepare)
         shards/<split>-NNNNN.parquet      the checked image bytes (prepare)
-        models/<name>/checkpoint.pt       the best weights, a plain state dict (train)
-        models/<name>/last.pt             the training state after the last epoch (train)
-        models/<name>/metrics.json        history and validation scores (train)
+        models/<name>/checkpoint.safetensors  the best weights, a plain state dict (train)
+        models/<name>/last.safetensors    the training state after the last epoch: its tensors
+        models/<name>/last.json           ... and the rest, with the sha256 of both files (train)
+        models/<name>/metrics.json        history, validation scores and the sha256 of
+                                          checkpoint.safetensors, checked on every read (train)
+        models/<name>/{checkpoint,last}.pt  the same in the legacy torch.save format, in runs
+                                          made before safetensors (read only, with a warning)
         predictions/models/<name>/{val,eval}.parquet       each model's answers (predict)
         predictions/candidates/<name>/{val,eval}.parquet   each candidate's answers (vote)
         predictions/vote/{val,eval}.parquet                the vote's answers (vote)
@@ -28,6 +32,9 @@ writes a run's file takes its key from here.
 
 A stage is done when its marker exists; the frame around every stage (pipeline/run/state.py
 `run_stage`) skips a done stage, so running it again is a no-op.
+
+Nothing a run writes is a pickle: checkpoints and training states are safetensors files (tensors)
+and JSON (the rest), pipeline/ml/checkpoints.py.
 """
 
 from __future__ import annotations
@@ -76,14 +83,49 @@ def job_state_key(stage: str) -> str:
     return join_key("jobs", f"{stage}.json")
 
 
+#: A model's best weights: a state dict as one safetensors file.
+CHECKPOINT_FILE = "checkpoint.safetensors"
+#: A model's training state after its last epoch: LAST_STATE + ".safetensors" (the tensors) and
+#: LAST_STATE + ".json" (the rest; pipeline/ml/checkpoints.py `save_state`).
+LAST_STATE = "last"
+#: What runs made before safetensors wrote instead (torch.save, pickle-based): read only.
+LEGACY_CHECKPOINT_FILE = "checkpoint.pt"
+LEGACY_LAST_FILE = "last.pt"
+#: Every checkpoint file of a model (what retention deletes and pull leaves in the store).
+CHECKPOINT_FILES = (
+    CHECKPOINT_FILE,
+    f"{LAST_STATE}.safetensors",
+    f"{LAST_STATE}.json",
+    LEGACY_CHECKPOINT_FILE,
+    LEGACY_LAST_FILE,
+)
+#: A model's record written by train (validation scores, history, the checkpoint's sha256).
+METRICS_FILE = "metrics.json"
+
+
 def model_key(name: str, filename: str) -> str:
-    """Key of a file of model `name` in the run (checkpoint.pt, last.pt, metrics.json)."""
+    """Key of a file of model `name` in the run (checkpoint.safetensors, metrics.json, ...)."""
     return join_key("models", name, filename)
 
 
 def checkpoint_key(name: str) -> str:
-    """Key of a model's best checkpoint (a state dict) in the run."""
-    return model_key(name, "checkpoint.pt")
+    """Key of a model's best checkpoint (a state dict, safetensors) in the run."""
+    return model_key(name, CHECKPOINT_FILE)
+
+
+def last_state_key(name: str) -> str:
+    """Key stem of a model's training state: + ".safetensors" and + ".json" are its files."""
+    return model_key(name, LAST_STATE)
+
+
+def legacy_checkpoint_key(name: str) -> str:
+    """Key of a model's best checkpoint in a run made before safetensors (torch.save)."""
+    return model_key(name, LEGACY_CHECKPOINT_FILE)
+
+
+def legacy_last_key(name: str) -> str:
+    """Key of a model's training state in a run made before safetensors (torch.save)."""
+    return model_key(name, LEGACY_LAST_FILE)
 
 
 def answers_key(kind: str, name: str, split: str) -> str:

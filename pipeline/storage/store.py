@@ -18,6 +18,7 @@ import os
 import posixpath
 import re
 import shutil
+import stat
 import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -32,7 +33,7 @@ from boto3.s3.transfer import S3UploadFailedError, TransferConfig
 
 from pipeline.core.errors import StoreError, StoreKeyNotFound
 
-__all__ = ["LocalStore", "S3Store", "Store", "join_key", "open_store"]
+__all__ = ["LocalStore", "S3Store", "Store", "StoreRefused", "join_key", "open_store"]
 
 TMP_PREFIX = ".tmp-"
 #: botocore attempts per S3 request (first try + retries) unless AWS_MAX_ATTEMPTS says otherwise.
@@ -42,6 +43,16 @@ _PERCENT_BAD = re.compile(r"%(2f|5c|00)", re.IGNORECASE)
 _PERCENT_DOT = re.compile(r"%2e", re.IGNORECASE)
 _T = TypeVar("_T")
 _R = TypeVar("_R")
+
+
+class StoreRefused(StoreError):
+    """A key the store does not read: not a regular file (a symbolic link, device, FIFO,
+    socket) or larger than the reader's cap. `reason` says which, without the path."""
+
+    def __init__(self, where: str, reason: str, *, too_large: bool = False) -> None:
+        super().__init__(f"{where}: {reason}")
+        self.reason = reason
+        self.too_large = too_large
 
 
 # --------------------------------------------------------------------------------------------
@@ -157,6 +168,33 @@ class Store(ABC):
         """Every key under the folder-like `prefix`, recursive, relative to the root, sorted."""
         return sorted(self.sizes(prefix))
 
+    def refused(self, prefix: str = "") -> dict[str, str]:
+        """What sits under `prefix` but is never listed as a key nor read → why (a local folder's
+        symbolic links, devices, FIFOs, sockets and names that are not UTF-8, the name shown
+        with \\x escapes). An S3 prefix holds only objects: none."""
+        return {}
+
+    def read_capped(self, key: str, max_bytes: int) -> bytes:
+        """Content of `key`; StoreRefused (too_large) when it holds more than `max_bytes`."""
+        data = self.read_bytes(key)
+        if len(data) > max_bytes:
+            raise StoreRefused(self.uri_of(key), _too_large(max_bytes), too_large=True)
+        return data
+
+    def read_inputs(
+        self, keys: Sequence[str], max_bytes: int
+    ) -> Iterator[tuple[str, bytes | StoreRefused]]:
+        """Like `read_many`, each read capped at `max_bytes`; a key the store refuses (not a
+        regular file, over the cap) yields its StoreRefused instead of stopping the reads."""
+
+        def read(key: str) -> bytes | StoreRefused:
+            try:
+                return self.read_capped(key, max_bytes)
+            except StoreRefused as e:
+                return e
+
+        return _windowed(read, iter(keys), self.workers, lambda k, v: (k, v))
+
     def read_text(self, key: str) -> str:
         """Content of `key` decoded as UTF-8."""
         return self.read_bytes(key).decode("utf-8")
@@ -258,8 +296,70 @@ def _atomic_write(dest: Path, fill: Callable[[BinaryIO], object]) -> None:
         raise
 
 
+def _too_large(max_bytes: int) -> str:
+    return f"more than {max_bytes} bytes, the cap for one input; not read in full"
+
+
+def _not_regular(mode: int) -> str:
+    """Why a local entry of this (lstat) mode is never opened."""
+    if stat.S_ISLNK(mode):
+        return (
+            "a symbolic link; links are never followed (copy what it points to into the folder "
+            "instead)"
+        )
+    kinds = (
+        (stat.S_ISFIFO, "a named pipe (FIFO)"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    )
+    kind = next((name for test, name in kinds if test(mode)), "not a regular file")
+    return f"{kind}, not a regular file; never opened"
+
+
+def _utf8(name: str) -> bool:
+    """Whether a name read from the file system is valid UTF-8 (no surrogate escapes)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _escaped(name: str) -> str:
+    """A file-system name with the bytes that are not UTF-8 shown as \\xNN."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
+_OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+#: O_NONBLOCK: opening a FIFO (swapped in after the listing) returns at once instead of waiting.
+_OPEN_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def _open_part(path: str, name: str, flags: int, folder: int | None) -> int:
+    """os.open of one part of `path` (relative to `folder`), errors as the store's."""
+    try:
+        return os.open(name, flags, dir_fd=folder)
+    except OSError as e:
+        link = e.errno == errno.ELOOP
+        if e.errno == errno.ENOTDIR and folder is not None:
+            with contextlib.suppress(OSError):
+                link = stat.S_ISLNK(os.lstat(name, dir_fd=folder).st_mode)
+        if link and folder is not None:
+            where = "" if flags == _OPEN_FILE else f"{name}/ on its path is "
+            raise StoreRefused(path, where + _not_regular(stat.S_IFLNK)) from e
+        if isinstance(e, FileNotFoundError | NotADirectoryError):
+            raise StoreKeyNotFound(f"{path} does not exist") from e
+        raise StoreError(f"cannot read {path}: {e}") from e
+
+
 class LocalStore(Store):
-    """A store over a local folder; the folder is created when first written to."""
+    """A store over a local folder; the folder is created when first written to.
+
+    Below the root (which may itself be a link) nothing is followed: a symbolic link, device,
+    FIFO or socket is never listed as a key nor opened (`refused` names them), so a key cannot
+    lead outside the folder or hang a read.
+    """
 
     def __init__(self, root: str | os.PathLike[str], *, workers: int = 16) -> None:
         text = os.fspath(root)
@@ -277,14 +377,44 @@ class LocalStore(Store):
     def uri_of(self, key: str) -> str:
         return str(self.root / key) if key else self.uri
 
+    def _open_regular(self, key: str) -> int:
+        """A read-only descriptor of the regular file `key`, reached without following any
+        link below the root; StoreRefused for a link or a non-regular file (never blocks on a
+        FIFO), StoreKeyNotFound when it is missing."""
+        parts = _check_key(key).split("/")
+        path = str(self._path(key))
+        fd = _open_part(path, str(self.root), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, None)
+        for number, part in enumerate(parts):
+            last = number == len(parts) - 1
+            try:
+                opened = _open_part(path, part, _OPEN_FILE if last else _OPEN_DIR, fd)
+            finally:
+                os.close(fd)
+            fd = opened
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            os.close(fd)
+            if stat.S_ISDIR(mode):
+                raise StoreKeyNotFound(f"{path} does not exist (it is a folder)")
+            raise StoreRefused(path, _not_regular(mode))
+        return fd
+
+    def _read(self, key: str, max_bytes: int | None) -> bytes:
+        fd = self._open_regular(key)
+        with os.fdopen(fd, "rb") as f:
+            try:
+                data = f.read() if max_bytes is None else f.read(max_bytes + 1)
+            except OSError as e:
+                raise StoreError(f"cannot read {self.uri_of(key)}: {e}") from e
+        if max_bytes is not None and len(data) > max_bytes:
+            raise StoreRefused(self.uri_of(key), _too_large(max_bytes), too_large=True)
+        return data
+
     def read_bytes(self, key: str) -> bytes:
-        path = self._path(key)
-        try:
-            return path.read_bytes()
-        except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as e:
-            raise StoreKeyNotFound(f"{path} does not exist") from e
-        except OSError as e:
-            raise StoreError(f"cannot read {path}: {e}") from e
+        return self._read(key, None)
+
+    def read_capped(self, key: str, max_bytes: int) -> bytes:
+        return self._read(key, max_bytes)
 
     def write_bytes(self, key: str, data: bytes) -> None:
         path = self._path(key)
@@ -307,12 +437,7 @@ class LocalStore(Store):
 
     def read_file(self, key: str, path: Path) -> None:
         src_path = self._path(key)
-        try:
-            src = open(src_path, "rb")  # noqa: SIM115 - closed below
-        except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as e:
-            raise StoreKeyNotFound(f"{src_path} does not exist") from e
-        except OSError as e:
-            raise StoreError(f"cannot read {src_path}: {e}") from e
+        src = os.fdopen(self._open_regular(key), "rb")
         try:
             with src:
                 _atomic_write(Path(path), lambda f: shutil.copyfileobj(src, f, 8 * _MiB))
@@ -322,35 +447,72 @@ class LocalStore(Store):
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
-    def sizes(self, prefix: str = "") -> dict[str, int]:
+    def _scan(self, prefix: str) -> tuple[dict[str, int], dict[str, str]]:
+        """(regular file key → size, refused entry → why) under `prefix`, by lstat only: no
+        link is followed (nor a linked folder walked) and nothing is opened."""
         prefix = _check_prefix(prefix)
-        top = self.root / prefix if prefix else self.root
-        out: dict[str, int] = {}
-
-        def fail(e: OSError) -> None:
-            if not isinstance(e, (FileNotFoundError, NotADirectoryError)):
+        sizes: dict[str, int] = {}
+        refused: dict[str, str] = {}
+        top = self.root
+        for number, part in enumerate(prefix.split("/") if prefix else []):
+            top = top / part
+            try:
+                mode = os.lstat(top).st_mode
+            except (FileNotFoundError, NotADirectoryError):
+                return {}, {}
+            except OSError as e:
                 raise StoreError(f"cannot list {top}: {e}") from e
-
-        for dirpath, dirnames, filenames in os.walk(top, onerror=fail):
-            dirnames[:] = [d for d in dirnames if not d.startswith(TMP_PREFIX)]
-            rel_dir = Path(dirpath).relative_to(self.root).as_posix()
-            for name in filenames:
-                if name.startswith(TMP_PREFIX):
+            if stat.S_ISLNK(mode):
+                return {}, {"/".join(prefix.split("/")[: number + 1]): _not_regular(mode)}
+            if not stat.S_ISDIR(mode):
+                return {}, {}
+        folders = [(top, prefix)]
+        while folders:
+            folder, rel = folders.pop()
+            try:
+                with os.scandir(folder) as listing:
+                    entries = list(listing)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            except OSError as e:
+                raise StoreError(f"cannot list {folder}: {e}") from e
+            for entry in entries:
+                if entry.name.startswith(TMP_PREFIX):
                     continue
+                key = _prefix_join(rel, entry.name)
                 try:
-                    size = os.stat(os.path.join(dirpath, name)).st_size
+                    mode = entry.stat(follow_symlinks=False).st_mode
                 except FileNotFoundError:  # deleted while listing
                     continue
-                out[name if rel_dir == "." else f"{rel_dir}/{name}"] = size
-        return dict(sorted(out.items()))
+                if not _utf8(entry.name):
+                    what = "folder" if stat.S_ISDIR(mode) else "file"
+                    refused[_escaped(key)] = (
+                        f"{what} name is not valid UTF-8 (shown with \\x escapes); never read: "
+                        "rename it"
+                    )
+                elif stat.S_ISDIR(mode):
+                    folders.append((Path(entry.path), key))
+                elif stat.S_ISREG(mode):
+                    sizes[key] = entry.stat(follow_symlinks=False).st_size
+                else:
+                    refused[key] = _not_regular(mode)
+        return dict(sorted(sizes.items())), dict(sorted(refused.items()))
+
+    def sizes(self, prefix: str = "") -> dict[str, int]:
+        """Every regular file under `prefix` → size; links, devices, FIFOs, sockets and names
+        that are not UTF-8 are left out (see `refused`)."""
+        return self._scan(prefix)[0]
+
+    def refused(self, prefix: str = "") -> dict[str, str]:
+        return self._scan(prefix)[1]
 
     def checksums(self, prefix: str = "") -> dict[str, str]:
         def digest(key: str) -> tuple[str, str]:
-            try:
-                with open(self._path(key), "rb") as f:
+            with os.fdopen(self._open_regular(key), "rb") as f:
+                try:
                     return key, f"sha256:{hashlib.file_digest(f, 'sha256').hexdigest()}"
-            except OSError as e:
-                raise StoreError(f"cannot read {self.uri_of(key)}: {_os_reason(e)}") from e
+                except OSError as e:
+                    raise StoreError(f"cannot read {self.uri_of(key)}: {_os_reason(e)}") from e
 
         with ThreadPoolExecutor(max_workers=max(1, self.workers)) as pool:
             return dict(pool.map(digest, self.sizes(prefix)))
