@@ -481,3 +481,28 @@ def test_no_credential_from_the_environment_in_show_config_dry_run_or_show_jobs(
     assert "kind: Job" in printed.out
     for value in secrets:
         assert value not in printed.out + printed.err
+
+
+def test_a_jobs_own_log_is_read_outside_slurm_folder_but_no_other_file_is(tmp_path: Path) -> None:
+    """`runs status` run with another slurm.folder than the launch still shows the jobs' logs:
+    a regular file named as submitit names that job's log is read wherever it lies; a link so
+    named, another job's name, or any other file outside slurm.folder is not."""
+    from pipeline.orchestration.status import readable_log
+
+    elsewhere = tmp_path / "launch-folder" / "r1"
+    elsewhere.mkdir(parents=True)
+    own = elsewhere / "274_0_log.err"
+    own.write_text("log\n")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("secret\n")
+    link = elsewhere / "275_0_log.err"
+    link.symlink_to(secret)
+    folder = (tmp_path / "other-folder").resolve()
+    assert readable_log(str(own), folder, "274") == str(own)
+    assert readable_log(str(own), folder, "274_0") == str(own)
+    assert readable_log(str(own), None, "274") == str(own)
+    assert readable_log(str(own), folder, "27") is None  # another job's log
+    assert readable_log(str(link), folder, "275") is None  # a link, never followed
+    assert readable_log(str(secret), folder, "274") is None
+    assert readable_log("/etc/hostname", folder, "274") is None
+    assert readable_log(str(secret), tmp_path.resolve(), "274") == str(secret)  # under the folder

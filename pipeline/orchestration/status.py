@@ -138,11 +138,18 @@ def log_folder(cfg: DictConfig) -> Path | None:
     return Path(str(folder)).expanduser().resolve()
 
 
-def readable_log(log: object, folder: Path | None) -> str | None:
-    """`log` when it is a path that resolves (links followed) under `folder`, else None."""
-    if not isinstance(log, str) or not log or folder is None:
+def readable_log(log: object, folder: Path | None, job_id: str) -> str | None:
+    """`log` when it may be read: a path that resolves (links followed) under `folder`
+    (slurm.folder), or, wherever it lies (a launch with another slurm.folder), a regular file
+    named as submitit names job `job_id`'s logs (`<job_id>[_<task>]_log.{err,out}`) and not a
+    link. Anything else (e.g. /etc/hostname) is None: never read."""
+    if not isinstance(log, str) or not log:
         return None
-    return log if Path(log).expanduser().resolve().is_relative_to(folder) else None
+    path = Path(log).expanduser()
+    if folder is not None and path.resolve().is_relative_to(folder):
+        return log
+    named = re.fullmatch(rf"{re.escape(job_id)}(_\d+)?_log\.(err|out)", path.name)
+    return log if named and path.is_file() and not path.is_symlink() else None
 
 
 def warn_once(message: str) -> None:
@@ -157,8 +164,9 @@ def recorded_jobs(
 ) -> dict[str, dict[str, Any]]:
     """{stage: {job_id, log}} of the launches in scheduler.json, a later launch's job replacing
     an earlier one's. scheduler.json lives in a store others may write: an entry whose job id is
-    not a Slurm job id is skipped, and a log that is not under `folder` (slurm.folder) is never
-    read; both with a WARNING naming the file and the value."""
+    not a Slurm job id is skipped, and a log that is neither under `folder` (slurm.folder) nor
+    named as that job's log (see readable_log) is never read; both with a WARNING naming the file
+    and the value."""
     where = run.uri_of(SCHEDULER_KEY)
     jobs: dict[str, dict[str, Any]] = {}
     for submission in submissions:
@@ -173,10 +181,12 @@ def recorded_jobs(
                           "not a Slurm job id (digits, or <array>_<task>)")  # fmt: skip
                 continue
             log_path = job.get("log")
-            readable = readable_log(log_path, folder)
+            readable = readable_log(log_path, folder, str(job_id))
             if log_path and readable is None:
-                warn_once(f"{where}: not reading the log {log_path!r} of job {job_id}: it is "
-                          f"not under slurm.folder={folder}")  # fmt: skip
+                warn_once(
+                    f"{where}: not reading the log {log_path!r} of job {job_id}: it is neither "
+                    f"under slurm.folder={folder} nor that job's Slurm log"
+                )
             jobs[str(stage)] = {"job_id": job_id, "log": readable}
     return jobs
 

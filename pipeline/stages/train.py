@@ -31,6 +31,7 @@ from torch import nn
 
 from pipeline.core.config import model_specs
 from pipeline.core.errors import ConfigError, DataError, StageFailed, StoreKeyNotFound
+from pipeline.core.signals import deferred_signals
 from pipeline.domain.metrics import classification_metrics, macro_f1
 from pipeline.ml.augment import BatchAugment
 from pipeline.ml.checkpoints import (
@@ -520,12 +521,14 @@ def save(
 ) -> None:
     """Writes models/<name>/checkpoint.safetensors (the model's state dict) when this epoch is
     the `best` so far, then last.safetensors + last.json (the TrainingState after it, naming the
-    checkpoint's SHA-256), each atomically."""
-    if best:
-        trainer.checkpoint_sha256 = save_weights(
-            run, checkpoint_key(name), trainer.model.state_dict()
-        )
-    save_state(run, last_state_key(name), trainer.state(history).to_dict())
+    checkpoint's SHA-256), each atomically, with the scheduler's signals held until all are
+    written (pipeline/core/signals.py)."""
+    with deferred_signals():  # a requeue signal between these writes would leave them unmatched
+        if best:
+            trainer.checkpoint_sha256 = save_weights(
+                run, checkpoint_key(name), trainer.model.state_dict()
+            )
+        save_state(run, last_state_key(name), trainer.state(history).to_dict())
 
 
 def final_metrics(
