@@ -44,7 +44,11 @@ ENV HOME=/scratch \
 WORKDIR /scratch
 # The code version the runs record and fingerprint (pipeline/run/state.py code_version): the package
 # version plus the commit the image was built from (make image passes it).
+# Podman/buildah reuse a cached ENV layer whatever the build-arg's value (its cache key is the
+# unexpanded line), so a commit that changes nothing copied kept the previous commit's version;
+# a RUN's cache key holds the build-args it sees, so this layer and those after it are rebuilt.
 ARG CODE_VERSION=""
+RUN echo "code version: ${CODE_VERSION:-unknown}"
 ENV MASKSUITE_CODE_VERSION=${CODE_VERSION}
 # A numeric user, so that Kubernetes can check runAsNonRoot.
 USER 10001:10001

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import pickle
+import re
 import shlex
 import shutil
 import subprocess
@@ -124,9 +125,10 @@ def test_a_run_writes_no_pickle(finished: DictConfig) -> None:
     assert len(files) > 10
     assert [s for p in files for s in pickle_streams(p)] == []
     models = Path(str(finished.store.root)) / "runs" / str(finished.run_id) / "models" / MODEL
-    assert sorted(p.name for p in models.iterdir()) == [
-        "checkpoint.safetensors", "last.json", "last.safetensors", "metrics.json"
-    ]  # fmt: skip
+    names = sorted(p.name for p in models.iterdir())
+    # the best-so-far weights were shipped as checkpoint.safetensors and deleted; one tensors file
+    assert names[0::2] == ["checkpoint.safetensors", "last.json"] and len(names) == 4, names
+    assert re.fullmatch(r"last-[0-9a-f]{16}\.safetensors", names[1]) and names[3] == "metrics.json"
 
 
 @pytest.mark.slow
@@ -140,8 +142,9 @@ def test_the_train_records_name_the_sha256_of_the_checkpoint(finished: DictConfi
     assert run.read_json(f"models/{MODEL}/metrics.json")["sha256"] == {key: digest}
     last = json.loads(run.read_bytes(f"models/{MODEL}/last.json"))
     assert last["state"]["checkpoint_sha256"] == digest
-    tensors = f"models/{MODEL}/last.safetensors"
-    assert last["sha256"] == {tensors: hashlib.sha256(run.read_bytes(tensors)).hexdigest()}
+    ((tensors, recorded),) = last["sha256"].items()
+    assert recorded == hashlib.sha256(run.read_bytes(tensors)).hexdigest()
+    assert tensors == f"models/{MODEL}/last-{recorded[:16]}.safetensors"  # named by its content
 
 
 @pytest.mark.slow
@@ -366,14 +369,21 @@ def test_a_poisoned_pt_beside_new_files_is_never_read(tmp_path: Path, no_unpickl
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("key", ["models/m/checkpoint.safetensors", "models/m/last.safetensors"])
+def last_tensors(run: Store, name: str = "m") -> str:
+    """The key of the tensors file model `name`'s last.json names."""
+    record = json.loads(run.read_bytes(f"models/{name}/last.json"))
+    return str(next(iter(record["sha256"])))
+
+
+@pytest.mark.parametrize("file", ["checkpoint", "last"])
 def test_a_tampered_safetensors_is_refused_naming_the_file(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture, no_unpickling: None, key: str
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, no_unpickling: None, file: str
 ) -> None:
     """(c) One byte changed (the file still parses): the SHA-256 check refuses it. A resume
     warns naming the file and trains from scratch."""
     run = LocalStore(tmp_path)
     small_state(run)
+    key = "models/m/checkpoint.safetensors" if file == "checkpoint" else last_tensors(run)
     flip_last_byte(run, key)
     with caplog.at_level(logging.WARNING, logger="pipeline.stages.train"):
         assert resume_state(run, "m") is None
@@ -411,6 +421,11 @@ def skeleton(run: Store) -> dict[str, Any]:
     return dict(json.loads(run.read_bytes("models/m/last.json")))
 
 
+def digests(record: dict[str, Any]) -> list[str]:
+    """The SHA-256 values a state's JSON record names."""
+    return list(record["sha256"].values())
+
+
 MALFORMED: dict[str, tuple[Callable[[dict[str, Any]], Any], str]] = {
     "unknown tensor": (
         lambda r: r["state"]["model"].update(weight={"__tensor__": "../etc/passwd"}),
@@ -441,14 +456,26 @@ MALFORMED: dict[str, tuple[Callable[[dict[str, Any]], Any], str]] = {
         "state.epoch mixes a marker",
     ),
     "wrong format": (lambda r: r.update(format="torch"), "format 'torch', not 'pipeline.state/1'"),
-    "no sha256": (lambda r: r.pop("sha256"), "its sha256 does not name the SHA-256 of"),
+    "no sha256": (lambda r: r.pop("sha256"), "its sha256 must name one tensors file"),
     "sha256 not hex": (
-        lambda r: r.update(sha256={"models/m/last.safetensors": "x" * 64}),
-        "its sha256 does not name the SHA-256 of",
+        lambda r: r.update(sha256={"models/m/last-xxxxxxxxxxxxxxxx.safetensors": "x" * 64}),
+        "its sha256 must name one tensors file, models/m/last-<16 hex>.safetensors",
+    ),
+    "a tensors file elsewhere": (
+        lambda r: r.update(sha256={f"../../x-{d[:16]}.safetensors": d for d in digests(r)}),
+        "its sha256 must name one tensors file, models/m/last-<16 hex>.safetensors",
+    ),
+    "a tensors file of another digest": (
+        lambda r: r.update(sha256={f"models/m/last-{'0' * 16}.safetensors": d for d in digests(r)}),
+        "the hex digits beginning its SHA-256",
+    ),
+    "two tensors files": (
+        lambda r: r["sha256"].update({"models/m/checkpoint.safetensors": "0" * 64}),
+        "its sha256 must name one tensors file",
     ),
     "a tensor never named": (
         lambda r: r["state"].update(generator=[1]),
-        "models/m/last.safetensors holds tensors it never names: ['generator']",
+        ".safetensors holds tensors it never names: ['generator']",
     ),
     "a string epoch": (
         lambda r: r["state"].update(epoch="1"),
@@ -553,7 +580,8 @@ def test_retention_and_pull_know_the_new_checkpoint_files(tmp_path: Path) -> Non
     """Retention deletes the new files (and the legacy ones) of old runs; pull leaves them."""
     root = LocalStore(tmp_path)
     ids = [f"2026010{d}T000000Z-abcdef" for d in (1, 2)]
-    names = ["checkpoint.safetensors", "last.safetensors", "last.json", "checkpoint.pt", "last.pt"]
+    names = ["checkpoint.safetensors", "last.json", "checkpoint.pt", "last.pt",
+             "last-0123456789abcdef.safetensors", "best-0123456789abcdef.safetensors"]  # fmt: skip
     for run_id in ids:
         for name in [*names, "metrics.json"]:
             root.write_bytes(f"runs/{run_id}/models/a/{name}", b"x")

@@ -258,7 +258,7 @@ def test_training_killed_mid_run_resumes_from_its_last_epoch(
     store = tmp_path / "store"
     cfg = make_cfg(tiny_dataset, "run_id=killed", "train.epochs=4", "train.num_threads=1")
     prepare(cfg)
-    # last.json: written after its tensors (last.safetensors)
+    # last.json: written after its tensors (last-<16 hex>.safetensors)
     last = store / "runs" / "killed" / "models" / "single" / "last.json"
     proc = job("jobs.train", *tiny_args(tiny_dataset, store, "run_id=killed", "train.epochs=4"))
     try:
@@ -416,6 +416,9 @@ def test_local_store_disk_full(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 # ------------------------------------------------------------------------------ corrupt state
 
 
+LAST_TENSORS = "<the tensors file last.json names>"
+
+
 def write_state(run: Store, epoch: int = 1) -> dict:
     model = torch.nn.Linear(2, 2)
     opt = torch.optim.Adam(model.parameters())
@@ -526,8 +529,8 @@ def test_a_last_pt_with_a_wrong_part_is_refused(change: dict, problem: str) -> N
 @pytest.mark.parametrize(
     ("key", "damage"),
     [
-        ("models/m/last.safetensors", lambda b: b[: len(b) // 2]),  # truncated
-        ("models/m/last.safetensors", lambda b: b"\x00" * len(b)),  # zeroed
+        (LAST_TENSORS, lambda b: b[: len(b) // 2]),  # truncated
+        (LAST_TENSORS, lambda b: b"\x00" * len(b)),  # zeroed
         ("models/m/last.json", lambda b: b"not a checkpoint"),
         ("models/m/last.json", lambda b: b[: len(b) // 2]),
         ("models/m/checkpoint.safetensors", lambda b: b[:100]),  # the best weights are gone bad
@@ -539,6 +542,8 @@ def test_corrupt_training_state_means_training_from_scratch(
 ) -> None:
     run = LocalStore(tmp_path)
     write_state(run)
+    if key == LAST_TENSORS:  # the file last.json names (last-<16 hex>.safetensors)
+        key = next(iter(json.loads(run.read_bytes("models/m/last.json"))["sha256"]))
     run.write_bytes(key, damage(run.read_bytes(key)))
     with caplog.at_level(logging.WARNING, logger="pipeline.stages.train"):
         assert resume_state(run, "m") is None
@@ -594,3 +599,88 @@ def test_corrupt_checkpoint_is_detected_at_predict_and_retrained(
     assert "last.json is unusable" in caplog.text
     assert [h["epoch"] for h in metrics["history"]] == [1]
     assert predict_model(cfg, "single")["eval"] > 0
+
+
+class Killed(BaseException):
+    """The job dying (SIGKILL): nothing after it runs, not even `finally` cleanups."""
+
+
+class DiesAtWrite(LocalStore):
+    """A local store whose job dies before its `ops`-th write or delete (0: the first)."""
+
+    def __init__(self, root: Path, ops: int) -> None:
+        super().__init__(root)
+        self.ops = ops
+
+    def tick(self) -> None:
+        if self.ops == 0:
+            raise Killed
+        self.ops -= 1
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        self.tick()
+        super().write_bytes(key, data)
+
+    def delete(self, key: str) -> None:
+        self.tick()
+        super().delete(key)
+
+
+def tiny_trainer() -> train_stage.Trainer:
+    """A Trainer of a Linear model, as `save` and `ship_best` use it (no device, no data)."""
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.Adam(model.parameters())
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    generator = torch.Generator().manual_seed(0)
+    return train_stage.Trainer(None, model, model, optimizer, None, scaler, generator)  # type: ignore[arg-type]
+
+
+def one_step(trainer: train_stage.Trainer) -> None:
+    trainer.model(torch.ones(4, 3)).sum().backward()
+    trainer.optimizer.step()
+
+
+@pytest.mark.parametrize("best", [True, False], ids=["new-best", "no-better"])
+def test_a_job_killed_between_any_two_writes_of_a_save_resumes_from_a_matching_state(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, best: bool
+) -> None:
+    """Slurm's SIGKILL (after a requeue's or preemption's grace time) can land between any two
+    writes of an epoch's save, and between those that ship the best weights at the end. Killed
+    before each write and delete in turn, the store always holds a training state whose files
+    match: the epoch before or the epoch after, with its best weights, never "from scratch"."""
+    name, record = "m", f"{tmp_path}/models/m/last.json"
+    history = [
+        {"epoch": 1, "val_macro_f1": 0.5},
+        {"epoch": 2, "val_macro_f1": 0.6 if best else 0.4},
+    ]
+    ops, outcomes = 0, set()
+    while True:
+        root = tmp_path / f"kill-{ops}"
+        trainer = tiny_trainer()
+        one_step(trainer)
+        train_stage.save(LocalStore(root), name, trainer, history[:1], best=True)
+        one_step(trainer)
+        dying = DiesAtWrite(root, ops)
+        try:
+            train_stage.save(dying, name, trainer, history, best=best)
+            sha256 = trainer.checkpoint_sha256
+            assert sha256 is not None
+            train_stage.ship_best(dying, name, sha256, record)
+        except Killed:
+            pass
+        else:
+            break  # no write left to die before
+        finally:
+            ops += 1
+        with caplog.at_level(logging.WARNING, logger="pipeline.stages.train"):
+            state = resume_state(LocalStore(root), name)
+        assert state is not None, f"killed before write {ops - 1}: {caplog.text}"
+        assert "from scratch" not in caplog.text
+        outcomes.add(state.epoch)
+    # every write and delete was a place to die; both sides of the save were seen
+    assert ops >= 5 and outcomes == {1, 2}, (ops, outcomes)
+    run = LocalStore(root)
+    names = sorted(key.rpartition("/")[2] for key in run.list("models/m"))
+    # nothing superseded is left behind: the shipped weights, the state and its one tensors file
+    assert names[0::2] == ["checkpoint.safetensors", "last.json"] and len(names) == 3, names
+    assert re.fullmatch(r"last-[0-9a-f]{16}\.safetensors", names[1]), names

@@ -7,7 +7,7 @@ val macro F1. WHAT is one of:
     predictions   predictions/ (every answers file) and candidates/<name>/metrics.json
     report        report/index.html (self-contained: open it in a browser)
     all           everything of the run but the packed images (shards/) and model checkpoints
-                  (models/<name>/checkpoint.safetensors, last.*, legacy .pt: CHECKPOINT_FILES)
+                  (models/<name>/checkpoint.safetensors, last*, best-*, legacy .pt)
 Files land in DIR/<same key as in the run> (default DIR: pulled/<run_id>); each file is written
 atomically, so an interrupted pull never leaves a complete-looking partial file.
 """
@@ -27,7 +27,7 @@ from pipeline.core.logs import setup_logging
 from pipeline.run.history import read_latest
 from pipeline.run.results import read_vote
 from pipeline.run.state import root_store
-from pipeline.storage.run_layout import CHECKPOINT_FILES, RUNS
+from pipeline.storage.run_layout import RUNS, is_checkpoint_file
 from pipeline.storage.store import Store, join_key
 
 WHAT = ("submission", "predictions", "report", "all")
@@ -42,7 +42,7 @@ def wanted(key: str, what: str) -> bool:
         return key.startswith(("predictions/", "candidates/"))
     if what == "report":
         return key.startswith("report/")
-    return not key.startswith("shards/") and key.rsplit("/", 1)[-1] not in CHECKPOINT_FILES
+    return not key.startswith("shards/") and not is_checkpoint_file(key.rsplit("/", 1)[-1])
 
 
 def resolve_run(root: Store, run: str) -> str:

@@ -7,8 +7,14 @@ route and the image pin (2.7.1; GHSA-63cw-57p8-fm3p). So a run writes no pickle:
 - a plain state dict (a model's best weights, `models/<name>/checkpoint.safetensors`) is one
   safetensors file, its keys the tensor names: readable by any safetensors tool (`save_weights`,
   `read_tensors`);
-- any other state (the training state, `models/<name>/last.{safetensors,json}`) is a safetensors
-  file of its tensors plus a JSON skeleton naming them (`save_state`, `load_state`).
+- any other state (the training state, `models/<name>/last.json`) is a JSON skeleton naming a
+  safetensors file of its tensors, `last-<16 hex>.safetensors` (`save_state`, `load_state`).
+
+A file that a later write supersedes (the training state's tensors, the best weights while a
+model trains) is content-addressed: its name begins with its SHA-256, it is written before the
+JSON that names it and the one it replaces is deleted after (`save_addressed`, `drop_addressed`).
+A job killed between any two writes (Slurm's SIGKILL after a preemption's grace time) thus leaves
+a JSON whose files are all there and match.
 
 Each file is checked against the SHA-256 its writer recorded before it is parsed: in the state's
 JSON for its tensors file, in the training state for the best checkpoint, in the model's
@@ -34,7 +40,9 @@ import torch
 
 from pipeline.core.errors import StageFailed, StoreError
 from pipeline.storage.run_layout import (
+    ADDRESSED_FILE,
     METRICS_FILE,
+    addressed_key,
     checkpoint_key,
     legacy_checkpoint_key,
     model_key,
@@ -139,6 +147,29 @@ def save_weights(store: Store, key: str, tensors: Mapping[str, torch.Tensor]) ->
     return sha256_hex(blob)
 
 
+def save_addressed(store: Store, stem: str, tensors: Mapping[str, torch.Tensor]) -> str:
+    """Writes `tensors` as the safetensors file `<stem>-<16 hex>.safetensors`, the hex digits
+    those of its SHA-256 (run_layout.addressed_key); returns that SHA-256. A file already there
+    under that name holds the same bytes and is left as it is."""
+    blob = safetensors.torch.save({name: standalone(t) for name, t in tensors.items()})
+    digest = sha256_hex(blob)
+    store.write_bytes(addressed_key(stem, digest), blob)
+    return digest
+
+
+def drop_addressed(store: Store, stem: str, keep: set[str]) -> None:
+    """Deletes the content-addressed files of `stem` (`save_addressed`) whose SHA-256 is not in
+    `keep`: those a newer JSON superseded, and any a killed job left behind."""
+    folder, _, base = stem.rpartition("/")
+    kept = {addressed_key(stem, digest) for digest in keep}
+    for key in store.list(folder):
+        name = key.rpartition("/")[2]
+        if key.rpartition("/")[0] != folder or not name.startswith(f"{base}-"):
+            continue
+        if ADDRESSED_FILE.fullmatch(name) and key not in kept:
+            store.delete(key)
+
+
 def looks_like_safetensors(blob: bytes) -> bool:
     """Whether `blob` starts like a safetensors file: an 8-byte header size, then a JSON object."""
     if len(blob) < 10:
@@ -182,33 +213,40 @@ def read_tensors(store: Store, key: str, sha256: str, recorded_in: str) -> dict[
 
 def save_state(store: Store, stem: str, state: Any) -> str:
     """Writes `state` (nested dicts, lists, tuples, numbers, strings, booleans, None and tensors)
-    as `<stem>.safetensors` (its tensors) then `<stem>.json` (the rest, naming the tensors file's
-    SHA-256), each atomically; returns that SHA-256.
+    as `<stem>-<16 hex>.safetensors` (its tensors, `save_addressed`) then `<stem>.json` (the
+    rest, naming that file and its SHA-256), each atomically, then deletes the tensors file the
+    previous JSON named; returns the SHA-256.
 
     TypeError naming the part for anything else (a module, an arbitrary object).
     """
     tensors: dict[str, torch.Tensor] = {}
     skeleton = encode(state, tensors, "")
-    tensors_key = f"{stem}.safetensors"
-    digest = save_weights(store, tensors_key, tensors)
-    record = {"format": STATE_FORMAT, "sha256": {tensors_key: digest}, "state": skeleton}
+    digest = save_addressed(store, stem, tensors)
+    record = {
+        "format": STATE_FORMAT,
+        "sha256": {addressed_key(stem, digest): digest},
+        "state": skeleton,
+    }
     store.write_bytes(f"{stem}.json", json.dumps(record, indent=1, allow_nan=False).encode())
+    drop_addressed(store, stem, {digest})
     return digest
 
 
 def load_state(store: Store, stem: str, check: Callable[[Any], T]) -> T:
     """The state `save_state` wrote at `stem`, passed through `check`, which returns it as a T.
 
-    `<stem>.json` must be a skeleton in STATE_FORMAT naming the SHA-256 of `<stem>.safetensors`,
-    which must match; every tensor it names must be in that file. Anything else, and anything
+    `<stem>.json` must be a skeleton in STATE_FORMAT naming one tensors file,
+    `<stem>-<16 hex>.safetensors`, and its SHA-256, which must match; every tensor it names must
+    be in that file. Anything else, and anything
     `check` raises, is UnusableCheckpoint naming the file; storage errors pass through unchanged.
     Nothing is unpickled.
     """
-    json_key, tensors_key = f"{stem}.json", f"{stem}.safetensors"
+    json_key = f"{stem}.json"
     json_uri = store.uri_of(json_key)
     blob = store.read_bytes(json_key)
-    record = guarded(json_uri, lambda: parse_record(blob, tensors_key))
-    tensors = read_tensors(store, tensors_key, record["sha256"][tensors_key], json_uri)
+    record = guarded(json_uri, lambda: parse_record(blob, stem))
+    ((tensors_key, digest),) = record["sha256"].items()
+    tensors = read_tensors(store, tensors_key, digest, json_uri)
 
     def rebuild() -> T:
         used: set[str] = set()
@@ -221,16 +259,22 @@ def load_state(store: Store, stem: str, check: Callable[[Any], T]) -> T:
     return guarded(json_uri, rebuild)
 
 
-def parse_record(blob: bytes, tensors_key: str) -> dict[str, Any]:
-    """A state's JSON record: {"format", "sha256": {key: digest}, "state"}; StateFileError saying
-    what is wrong otherwise."""
+def parse_record(blob: bytes, stem: str) -> dict[str, Any]:
+    """A state's JSON record: {"format", "sha256": {key: digest}, "state"}, its one key the
+    tensors file `<stem>-<16 hex>.safetensors` of that digest (never another file); StateFileError
+    saying what is wrong otherwise."""
     record = parse_json(blob)
     if not isinstance(record, dict) or record.get("format") != STATE_FORMAT:
         found = record.get("format") if isinstance(record, dict) else type(record).__name__
         raise StateFileError(f"not a saved state: format {found!r}, not {STATE_FORMAT!r}")
     hashes = record.get("sha256")
-    if not isinstance(hashes, dict) or not is_sha256(hashes.get(tensors_key)):
-        raise StateFileError(f"its sha256 does not name the SHA-256 of {tensors_key}")
+    named = list(hashes.items()) if isinstance(hashes, dict) else []
+    key, digest = named[0] if len(named) == 1 else (None, None)
+    if not is_sha256(digest) or key != addressed_key(stem, str(digest)):
+        raise StateFileError(
+            f"its sha256 must name one tensors file, {stem}-<16 hex>.safetensors, the hex digits "
+            "beginning its SHA-256"
+        )
     if "state" not in record:
         raise StateFileError("it has no state")
     return record

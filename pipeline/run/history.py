@@ -5,8 +5,9 @@
   (pipeline/stages/publish.py), and then only moves forward: a run that finishes after a newer one
   (run ids sort by start time) leaves the newer one in place; `runs promote` moves it by hand.
 - `python -m pipeline.runs list` shows every run with its state and scores.
-- After each successful vote, model checkpoints (`models/*/checkpoint.safetensors`, `last.*`
-  and the legacy `.pt` of older runs: run_layout.CHECKPOINT_FILES; 180 MB per ResNet-18 model)
+- After each successful vote, model checkpoints (`models/*/checkpoint.safetensors`, `last*`,
+  `best-*` and the legacy `.pt` of older runs: run_layout.is_checkpoint_file; 180 MB per
+  ResNet-18 model)
   of runs older than the newest `store.keep_checkpoints` runs are deleted; the latest run's
   never are. Predictions, submissions, metrics and reports are kept.
 """
@@ -31,7 +32,6 @@ from pipeline.run.results import (
 )
 from pipeline.run.state import finish_manifest, manifest_state, root_store, run_store
 from pipeline.storage.run_layout import (
-    CHECKPOINT_FILES,
     FINGERPRINT_KEY,
     GATE_KEY,
     LATEST_KEY,
@@ -39,6 +39,7 @@ from pipeline.storage.run_layout import (
     RUNS,
     SUBMISSION_KEY,
     VOTE_KEY,
+    is_checkpoint_file,
     run_key,
 )
 from pipeline.storage.store import Store, join_key
@@ -234,7 +235,7 @@ def run_summary(root: Store, run_id: str) -> dict[str, Any]:
         "stages_done": stages,
         "failed": failed,
         "bytes": sum(sizes.values()),
-        "checkpoints": sum(1 for k in sizes if k.rsplit("/", 1)[-1] in CHECKPOINT_FILES),
+        "checkpoints": sum(1 for k in sizes if is_checkpoint_file(k.rsplit("/", 1)[-1])),
     }
     if gate is not None:
         summary["gate"] = gate
@@ -282,7 +283,7 @@ def prune_checkpoints(root: Store, keep: int) -> list[str]:
             continue
         prefix = join_key(RUNS, run_id, "models")
         for key in root.list(prefix):
-            if key.rsplit("/", 1)[-1] in CHECKPOINT_FILES and safe_key(root, key):
+            if is_checkpoint_file(key.rsplit("/", 1)[-1]) and safe_key(root, key):
                 root.delete(key)
                 deleted.append(key)
     if deleted:

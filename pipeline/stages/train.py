@@ -2,9 +2,9 @@
 macro F1, resumable from the last epoch's state.
 
 Reads the images once per job into resident uint8 tensors at `train.image_size`; batches are
-cropped, augmented and normalised on the training device. Writes the model's
-checkpoint.safetensors (the best epoch), last.safetensors + last.json (a TrainingState, after every
-epoch: a restarted job resumes from it) and metrics.json with the checkpoint's SHA-256 (keys:
+cropped, augmented and normalised on the training device. Writes, after every epoch, last.json
+and its tensors file (a TrainingState: a restarted job resumes from it) and the best weights so
+far; at the end checkpoint.safetensors (the best epoch) and metrics.json with its SHA-256 (keys:
 pipeline/storage/run_layout.py; format: pipeline/ml/checkpoints.py; nothing is pickled).
 
 `train_model` reads as named steps, in the spirit of torchvision's classification reference:
@@ -36,12 +36,16 @@ from pipeline.domain.metrics import classification_metrics, macro_f1
 from pipeline.ml.augment import BatchAugment
 from pipeline.ml.checkpoints import (
     UnusableCheckpoint,
+    check_sha256,
+    drop_addressed,
+    guarded,
     load_checkpoint,
     load_legacy,
     load_state,
     read_tensors,
+    retrain_on_failure,
+    save_addressed,
     save_state,
-    save_weights,
     state_dict_of,
 )
 from pipeline.ml.device import Runtime, autocast, require_compiler, setup_runtime
@@ -75,6 +79,8 @@ from pipeline.ml.training_state import TrainingState
 from pipeline.run.state import read_index, run_store
 from pipeline.storage.run_layout import (
     METRICS_FILE,
+    addressed_key,
+    best_stem,
     checkpoint_key,
     last_state_key,
     legacy_checkpoint_key,
@@ -519,16 +525,35 @@ def epochs_since_best(history: list[dict[str, Any]]) -> int:
 def save(
     run: Store, name: str, trainer: Trainer, history: list[dict[str, Any]], *, best: bool
 ) -> None:
-    """Writes models/<name>/checkpoint.safetensors (the model's state dict) when this epoch is
-    the `best` so far, then last.safetensors + last.json (the TrainingState after it, naming the
-    checkpoint's SHA-256), each atomically, with the scheduler's signals held until all are
-    written (pipeline/core/signals.py)."""
-    with deferred_signals():  # a requeue signal between these writes would leave them unmatched
+    """Writes the model's weights as best-<hex>.safetensors when this epoch is the `best` so far,
+    then the TrainingState after it (last-<hex>.safetensors, then last.json naming both files'
+    SHA-256), then deletes the files last.json no longer names. No file last.json names is ever
+    replaced, so a job killed at any point leaves a state that matches (a SIGKILL after a
+    preemption's grace time); the scheduler's signals are held until all are written
+    (pipeline/core/signals.py), so a handler that requeues the job finds them written."""
+    with deferred_signals():
         if best:
-            trainer.checkpoint_sha256 = save_weights(
-                run, checkpoint_key(name), trainer.model.state_dict()
+            trainer.checkpoint_sha256 = save_addressed(
+                run, best_stem(name), trainer.model.state_dict()
             )
         save_state(run, last_state_key(name), trainer.state(history).to_dict())
+        kept = {trainer.checkpoint_sha256} if trainer.checkpoint_sha256 else set()
+        drop_addressed(run, best_stem(name), kept)
+
+
+def ship_best(run: Store, name: str, sha256: str, record: str) -> None:
+    """Writes the best epoch's weights (best-<hex>.safetensors, checked against the SHA-256
+    `record` records) as checkpoint.safetensors, which predict and the publish gate read, then
+    deletes the best-* files. A job restarted after that finds the same bytes in
+    checkpoint.safetensors (`checked_best`)."""
+    best = addressed_key(best_stem(name), sha256)
+    if run.exists(best):
+        blob = run.read_bytes(best)
+        retrain_on_failure(
+            run, name, lambda: guarded(run.uri_of(best), lambda: check_sha256(blob, sha256, record))
+        )
+        run.write_bytes(checkpoint_key(name), blob)
+    drop_addressed(run, best_stem(name), set())
 
 
 def final_metrics(
@@ -547,6 +572,7 @@ def final_metrics(
     if sha256 is None:
         raise StageFailed(f"model {recipe.name} has no best checkpoint: no epoch was trained")
     record = run.uri_of(f"{last_state_key(recipe.name)}.json")
+    ship_best(run, recipe.name, sha256, record)
     state = load_checkpoint(run, recipe.name, sha256, record)
     model = on_device(model_from_checkpoint(spec, num_classes, state), rt.device)
     probs = predict_for_spec(for_inference(model), data.val, rt, spec)
@@ -570,7 +596,7 @@ def final_metrics(
 def resume_state(run: Store, name: str) -> TrainingState | None:
     """The last epoch's training state of model `name`, or None to start from scratch.
 
-    When last.json, last.safetensors or the best checkpoint.safetensors cannot be used (corrupt,
+    When last.json, its tensors file or the best weights cannot be used (corrupt,
     truncated, missing parts, a SHA-256 other than the one recorded, anything but tensors and
     plain data), a warning names the file and training restarts from scratch, rewriting them. A
     run made before safetensors resumes from its legacy last.pt and checkpoint.pt (read with
@@ -599,14 +625,17 @@ def saved_state(value: Any) -> TrainingState:
 
 
 def checked_best(run: Store, name: str, sha256: str, record: str) -> dict[str, torch.Tensor]:
-    """The best checkpoint's state dict when its SHA-256 is `sha256` (which `record` records);
-    UnusableCheckpoint naming it otherwise."""
-    return read_tensors(run, checkpoint_key(name), sha256, record)
+    """The best weights' state dict when their SHA-256 is `sha256` (which `record` records):
+    best-<hex>.safetensors while the model trains, checkpoint.safetensors once training shipped
+    it (`ship_best`); UnusableCheckpoint naming the file otherwise."""
+    best = addressed_key(best_stem(name), sha256)
+    key = best if run.exists(best) else checkpoint_key(name)
+    return read_tensors(run, key, sha256, record)
 
 
 def resume_legacy(run: Store, name: str) -> TrainingState | None:
     """The training state of a run made before safetensors (last.pt, checkpoint.pt), its best
-    checkpoint rewritten as checkpoint.safetensors; None (with a warning) when unusable."""
+    checkpoint rewritten as best-<hex>.safetensors; None (with a warning) when unusable."""
     last, key = legacy_last_key(name), legacy_checkpoint_key(name)
     state = usable(run, name, lambda: load_legacy(run, last, TrainingState.from_dict))
     if state is None:
@@ -614,7 +643,7 @@ def resume_legacy(run: Store, name: str) -> TrainingState | None:
     best = usable(run, name, lambda: load_legacy(run, key, state_dict_of))
     if best is None:
         return None
-    state.checkpoint_sha256 = save_weights(run, checkpoint_key(name), best)
+    state.checkpoint_sha256 = save_addressed(run, best_stem(name), best)
     return state
 
 

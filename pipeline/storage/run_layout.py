@@ -15,9 +15,13 @@ writes a run's file takes its key from here.
         index.parquet                     every usable image, its labels and split (prepare)
         bad_inputs.csv                    every unusable input and why (prepare)
         shards/<split>-NNNNN.parquet      the checked image bytes (prepare)
-        models/<name>/checkpoint.safetensors  the best weights, a plain state dict (train)
-        models/<name>/last.safetensors    the training state after the last epoch: its tensors
-        models/<name>/last.json           ... and the rest, with the sha256 of both files (train)
+        models/<name>/checkpoint.safetensors  the best weights, a plain state dict (train, at
+                                          its end)
+        models/<name>/last.json           the training state after the last epoch: all but its
+                                          tensors, with the sha256 of its tensors file and of
+                                          the best weights (train, after every epoch)
+        models/<name>/last-<hex>.safetensors  ... its tensors (named by their sha256)
+        models/<name>/best-<hex>.safetensors  the best weights so far, while training runs
         models/<name>/metrics.json        history, validation scores and the sha256 of
                                           checkpoint.safetensors, checked on every read (train)
         models/<name>/{checkpoint,last}.pt  the same in the legacy torch.save format, in runs
@@ -38,6 +42,8 @@ and JSON (the rest), pipeline/ml/checkpoints.py.
 """
 
 from __future__ import annotations
+
+import re
 
 from pipeline.storage.store import join_key
 
@@ -85,20 +91,27 @@ def job_state_key(stage: str) -> str:
 
 #: A model's best weights: a state dict as one safetensors file.
 CHECKPOINT_FILE = "checkpoint.safetensors"
-#: A model's training state after its last epoch: LAST_STATE + ".safetensors" (the tensors) and
-#: LAST_STATE + ".json" (the rest; pipeline/ml/checkpoints.py `save_state`).
+#: A model's training state after its last epoch: LAST_STATE + ".json" (the rest, naming its
+#: tensors file) and LAST_STATE + "-<16 hex>.safetensors" (its tensors; pipeline/ml/checkpoints.py
+#: `save_state`). While a model trains, its best weights so far are BEST + "-<16 hex>.safetensors".
+#: The hex digits begin the file's SHA-256: a new file never replaces the one the JSON names, so a
+#: job killed between two writes (SIGKILL after a preemption's grace time) leaves a pair that
+#: still matches.
 LAST_STATE = "last"
+BEST = "best"
 #: What runs made before safetensors wrote instead (torch.save, pickle-based): read only.
 LEGACY_CHECKPOINT_FILE = "checkpoint.pt"
 LEGACY_LAST_FILE = "last.pt"
-#: Every checkpoint file of a model (what retention deletes and pull leaves in the store).
+#: The checkpoint files of a model with fixed names (with `ADDRESSED_FILE`'s, what retention
+#: deletes and pull leaves in the store: `is_checkpoint_file`).
 CHECKPOINT_FILES = (
     CHECKPOINT_FILE,
-    f"{LAST_STATE}.safetensors",
     f"{LAST_STATE}.json",
     LEGACY_CHECKPOINT_FILE,
     LEGACY_LAST_FILE,
 )
+#: A content-addressed tensors file: `last-<16 hex>.safetensors` or `best-<16 hex>.safetensors`.
+ADDRESSED_FILE = re.compile(rf"(?:{LAST_STATE}|{BEST})-[0-9a-f]{{16}}\.safetensors")
 #: A model's record written by train (validation scores, history, the checkpoint's sha256).
 METRICS_FILE = "metrics.json"
 
@@ -114,8 +127,24 @@ def checkpoint_key(name: str) -> str:
 
 
 def last_state_key(name: str) -> str:
-    """Key stem of a model's training state: + ".safetensors" and + ".json" are its files."""
+    """Key stem of a model's training state: + ".json" and + "-<16 hex>.safetensors" are its
+    files."""
     return model_key(name, LAST_STATE)
+
+
+def best_stem(name: str) -> str:
+    """Key stem of a model's best weights while it trains: + "-<16 hex>.safetensors"."""
+    return model_key(name, BEST)
+
+
+def addressed_key(stem: str, sha256: str) -> str:
+    """Key of the content-addressed tensors file of `stem` whose SHA-256 is `sha256`."""
+    return f"{stem}-{sha256[:16]}.safetensors"
+
+
+def is_checkpoint_file(filename: str) -> bool:
+    """Whether `filename` (a key's last part) is one of a model's checkpoint files."""
+    return filename in CHECKPOINT_FILES or ADDRESSED_FILE.fullmatch(filename) is not None
 
 
 def legacy_checkpoint_key(name: str) -> str:
