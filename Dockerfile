@@ -1,6 +1,5 @@
 # The suite's image: every stage of a run (python -m jobs.*) and the launcher
-# (python -m pipeline.launch --cluster k8s) run from it. Build and push it (README, "Kubernetes and
-# the container image"):
+# (python -m pipeline.launch --cluster k8s) run from it. Build and push it (docs/kubernetes.md):
 #   make image IMAGE=registry.example.com/masksuite:0.1.0 && podman push registry.example.com/masksuite:0.1.0
 #   (or docker build -t registry.example.com/masksuite:0.1.0 . && docker push ...)
 # Where the base cannot be pulled, `make image` builds this file unchanged on a stand-in of it

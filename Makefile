@@ -1,4 +1,4 @@
-# Two commands on a fresh machine: `make demo` and `make test` (see README).
+# Two commands on a fresh machine: `make demo` and `make test` (README.md, docs/).
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -54,7 +54,7 @@ test: lint lint-deploy browser image
 # The CPU tests on the V100 route's torch (TORCH=v100) in a venv of their own: the fast tests
 # (models, losses, augmentations, precision, prediction, checkpoints) and the slow ones marked
 # v100 (a whole local run, training resumed, a corrupt checkpoint, the best epoch); not the Slurm,
-# pod and S3 ones, which run the same library code on the default torch. README "Tests".
+# pod and S3 ones, which run the same library code on the default torch. docs/development.md.
 V100_VENV  ?= .venv-v100
 V100_TESTS ?= -m "not slurm and not image and not s3 and (not slow or v100)"
 .PHONY: test-v100
@@ -76,10 +76,10 @@ format: $(STAMP)
 clean:
 	rm -rf outputs .pytest_cache .ruff_cache
 
-# The results table in README: suite=seed on a generated dataset of RESULTS_PEOPLE training and
+# docs/models.md's results table: suite=seed on a generated dataset of RESULTS_PEOPLE training and
 # RESULTS_EVAL_PEOPLE eval people drawn with generator seed RESULTS_SEED; the eval columns are
 # scores on its held-out eval set. Seeds 11 and 12 were never looked at while the suite and the
-# vote were designed (seed 2 was: keep it for development), README "Results table".
+# vote were designed (seed 2 was: keep it for development), docs/models.md "Results table".
 RESULTS_SEED        ?= 11
 RESULTS_PEOPLE      ?= 1200
 RESULTS_EVAL_PEOPLE ?= 600
@@ -96,12 +96,12 @@ results: $(STAMP)
 	$(BIN)/python -m bench.heldout --run $(RESULTS_DATA) $(RESULTS_STORE) $(RESULTS_SEED) \
 	  --out $(RESULTS_STORE)/heldout.md
 
-# Training and prediction throughput, ours vs the seed-style baseline, in one run (README "Speed").
+# Training and prediction throughput, ours vs the seed-style baseline, in one run (docs/speed.md).
 BENCH_ARGS ?=
 bench: $(STAMP)
 	$(BIN)/python -m bench.throughput $(BENCH_ARGS)
 
-# The GPU check (issue 15; README "GPU figures"): one prepared run on a GPU machine, results as
+# The GPU check (issue 15; docs/speed.md "GPU figures"): one prepared run on a GPU, results as
 # JSON under GPU_CHECK_OUT. `make gpu-wheels` first where the GPU machine has no network: it saves
 # the wheels of the dependencies such a machine lacks (its Python is 3.12; versions as in .venv)
 # to .whl/, which bench/gpu_check.sh installs before it starts. GPU_CHECK_ARGS="--scale tiny
@@ -173,7 +173,7 @@ audit: $(STAMP)
 	$(BIN)/python tools/audit.py
 
 # A one-node Slurm cluster on this machine for `python -m pipeline.launch --cluster slurm` and its
-# tests (needs root; installs Debian's slurm-wlm and munge with apt-get when missing). README "Slurm".
+# tests (needs root; installs Debian's slurm-wlm and munge with apt-get if missing). docs/slurm.md.
 .PHONY: slurm-up slurm-down
 slurm-up:
 	bash slurm/local/up.sh
@@ -181,7 +181,7 @@ slurm-up:
 slurm-down:
 	bash slurm/local/down.sh
 
-# The container image (README "Kubernetes and the container image"), built from Dockerfile with
+# The container image (docs/kubernetes.md), built from Dockerfile with
 # podman (Debian's package; installed with apt-get when missing, so root is needed there).
 # Its base, $(BASE_IMAGE), is pulled when it can be. Where it cannot (our build machines have no
 # registry access), container/standin-base.sh makes a STAND-IN under the same name: Debian

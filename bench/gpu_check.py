@@ -1,6 +1,6 @@
 """`python -m bench.gpu_check OUT [--scale full|tiny] [--device cuda|cpu] [--budget-s S]`
 
-The suite's one prepared check on a GPU machine (README "GPU figures"; `make gpu-check`). It runs
+The one prepared check on a GPU machine (docs/speed.md "GPU figures"; `make gpu-check`). It runs
 once, in at most `--budget-s` seconds (default 480: 8 minutes on one H100/H200), and leaves one
 JSON file per step under OUT, each naming the device, torch version, precision, image size and
 the command, plus `summary.json` with every step's state:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check (issue 15; README "GPU figures"): one prepared run on a GPU machine.
+# The GPU check (issue 15; docs/speed.md "GPU figures"): one prepared run on a GPU machine.
 #   bash bench/gpu_check.sh OUT [--scale full|tiny] [--device cuda|cpu] [--budget-s S]
 # On a machine with no network (the GPU machines we borrow have torch, numpy, pandas, pyarrow,
 # scikit-learn and Pillow but not the suite's other dependencies), the wheels that `make

@@ -1,6 +1,6 @@
 """`python -m bench.heldout --run DATA_ROOT STORE_ROOT SEED [--run ...] [--out FILE]`
 
-The held-out check of the vote (README "Results table"): for the latest run of each store, trained
+The vote's held-out check (docs/models.md "Results table"): for each store's latest run, trained
 on a generated dataset (`python -m pipeline.synth`) whose eval set has ground truth, the eval
 macro F1 of what was submitted, of every vote method of the voted members and of the best member,
 each with a 95 % bootstrap interval **by person** and the difference against the best member,

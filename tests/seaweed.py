@@ -236,9 +236,9 @@ def s3_root(seaweed: SeaweedServer, monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m tests.seaweed [DIR]`: a local S3 server for trying the suite (README "Object
-    storage"), the same SeaweedFS the tests start, its data under DIR (default outputs/s3), until
-    Ctrl-C. Prints the AWS_* variables that point the suite, boto3 and pyarrow at it."""
+    """`python -m tests.seaweed [DIR]`: a local S3 server for trying the suite (docs/storage.md),
+    the same SeaweedFS the tests start, its data under DIR (default outputs/s3), until Ctrl-C.
+    Prints the AWS_* variables that point the suite, boto3 and pyarrow at it."""
     args = sys.argv[1:] if argv is None else argv
     workdir = Path(args[0] if args else "outputs/s3").resolve()
     server = start_seaweed(workdir)

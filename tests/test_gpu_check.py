@@ -2,7 +2,7 @@
 
 No GPU is on the test machines: this runs every step of the one prepared GPU run through the
 same code at a tiny size, so that run does not fail on a typo, and checks what each result file
-must say. The figures themselves come from a GPU machine (README "GPU figures").
+must say. The figures themselves come from a GPU machine (docs/speed.md "GPU figures").
 """
 
 from __future__ import annotations

@@ -280,7 +280,7 @@ def test_pull_fetches_exactly_what_was_written(
         assert not any(k.endswith((".pt", ".safetensors", "last.json")) for k in got)
         assert not any(k.startswith("shards/") for k in got)
     assert pull_main(["--run", "20990101T000000Z-000000", f"store.root={local_store}"]) == 1
-    # without --to: pulled/<run id>/ under the current folder, as README says
+    # without --to: pulled/<run id>/ under the current folder, as docs/runs.md says
     monkeypatch.chdir(tmp_path / "pulled")
     assert pull_main([f"store.root={local_store}"]) == 0
     assert (tmp_path / "pulled" / "pulled" / run_id / "submission.csv").is_file()

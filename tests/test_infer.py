@@ -188,10 +188,9 @@ def test_on_s3_read_as_a_dataset_and_run_as_the_rendered_kubernetes_job(
 
 
 def readme_examples() -> list[tuple[str, str]]:
-    """The (language, code) blocks of README's "Reading the results", in order."""
-    text = (ROOT / "README.md").read_text()
-    section = text[text.index("## Reading the results") : text.index("## Classifying new photos")]
-    return [(lang, code) for lang, code in re.findall(r"```(\w+)\n(.*?)```", section, re.S)
+    """The (language, code) blocks of docs/results.md ("Reading the results"), in order."""
+    text = (ROOT / "docs" / "results.md").read_text()
+    return [(lang, code) for lang, code in re.findall(r"```(\w+)\n(.*?)```", text, re.S)
             if lang in ("python", "bash")]  # fmt: skip
 
 
@@ -200,7 +199,7 @@ def readme_examples() -> list[tuple[str, str]]:
 def test_readme_reading_examples_run_as_written(
     finished: DictConfig, tmp_path: Path, s3_root: str, seaweed: SeaweedServer
 ) -> None:
-    # README's setting: `make demo`'s store at outputs/store, and the same store on S3
+    # docs/results.md's setting: `make demo`'s store at outputs/store, and the same store on S3
     (tmp_path / "outputs").mkdir()
     (tmp_path / "outputs" / "store").symlink_to(Path(str(finished.store.root)))
     store = f"{s3_root}/store"

@@ -358,8 +358,8 @@ def test_seed_suite_trains_every_model_and_votes_the_top_five(
     assert results_main(["--run", "seed", "--out", str(table), f"store.root={cfg.store.root}"]) == 0
     assert "| vote | top-3 soft vote (submitted) |" in table.read_text()
 
-    # The held-out check of README's results table (bench.heldout): eval scores by person, read
-    # from the run's answers; the generator's plan names the 6 eval people of the 42 photos.
+    # The held-out check of docs/models.md's results table (bench.heldout): eval scores by person,
+    # read from the run's answers; the generator's plan names the 6 eval people of the 42 photos.
     out = tmp_path / "heldout.md"
     assert (
         heldout_main(["--run", str(tiny_dataset), str(cfg.store.root), "7", "--out", str(out)]) == 0

@@ -523,7 +523,7 @@ def job_fields(job: str) -> dict[str, str]:
 def test_the_readme_default_slurm_config_runs_with_a_gpu_per_model_job(
     slurm_cluster: None, tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """README's Slurm example as written (the default slurm group: 8 CPUs, 32 GB and one GPU per
+    """docs/slurm.md's example as written (the default slurm group: 8 CPUs, 32 GB and one GPU per
     model job; partition gpu, an account), on the local cluster whose 2 GPUs only count."""
     store = str(tmp_path / "store")
     tiny = [o for o in TINY_OVERRIDES if not o.startswith("train.num_threads=")]

@@ -25,7 +25,7 @@ TASKS: dict[str, tuple[str, int]] = {
 
 log = logging.getLogger(__name__)
 
-#: How to turn a torch .pth state dict into safetensors once (README "Checkpoints").
+#: How to turn a torch .pth state dict into safetensors once (docs/robustness.md, "Checkpoints").
 CONVERT_WEIGHTS = (
     'python -c "import sys, torch, safetensors.torch as st; st.save_file({k: v.contiguous() '
     'for k, v in torch.load(sys.argv[1], weights_only=True).items()}, sys.argv[2])" '

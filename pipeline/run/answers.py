@@ -1,4 +1,4 @@
-"""The one Parquet schema of every answer the suite writes (README "Reading the results").
+"""The one Parquet schema of every answer the suite writes (docs/results.md).
 
 A run's models' predictions, its candidates' answers and the vote, and what `pipeline.stages.infer`
 classifies, all share `SCHEMA`, so any set of these files reads as one dataset

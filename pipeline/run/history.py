@@ -70,7 +70,7 @@ def read_latest(root: Store) -> dict[str, Any] | None:
     return record
 
 
-#: What latest.json's "files" names, by key in the run (README "Reading the results"); a key
+#: What latest.json's "files" names, by key in the run (docs/results.md); a key
 #: ending in / is a folder: "predictions/" holds every answers file (one Parquet dataset,
 #: pipeline/run/answers.py).
 PUBLISHED_FILES = {

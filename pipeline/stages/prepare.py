@@ -76,7 +76,7 @@ def read_csv(data: Store, key: str, required: Iterable[str]) -> pd.DataFrame:
     except StoreKeyNotFound as e:
         raise DataError(
             f"{data.uri_of(key)} not found: data.root must hold the competition layout "
-            f"({TRAIN_CSV}, {TRAIN_IMAGES}, {EVAL_CSV}, {EVAL_IMAGES}; see README 'Data layout')"
+            f"({TRAIN_CSV}, {TRAIN_IMAGES}, {EVAL_CSV}, {EVAL_IMAGES}; see docs/data.md)"
         ) from e
     return parse_csv(raw, data.uri_of(key), required)
 

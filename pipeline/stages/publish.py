@@ -1,4 +1,4 @@
-"""The publish stage: the gate between a finished run and latest.json (README "Runs over time").
+"""The publish stage: the gate between a finished run and latest.json (docs/runs.md).
 
 Before latest.json moves, this run (the challenger) and the run latest.json names (the champion,
 its voted members re-run on today's holdout photos with its own settings) are scored on this
