@@ -7,8 +7,8 @@ Three kinds of jobs, resources from the `slurm` config group (pipeline/conf/slur
 Preemption and time limits: every job is a submitit `Checkpointable`. Slurm sends USR2
 `slurm.signal_delay_s` before the time limit (and a preempting scheduler signals the job); the
 handler records the stage as requeued and requeues the job, which starts over and skips what is
-done — training resumes from `models/<name>/last.json` (and its `last-<hex>.safetensors`), written to the
-store after every epoch.
+done — training resumes from `models/<name>/last.json` (and its `last-<hex>.safetensors`),
+written to the store after every epoch.
 A stage that raises records why (`jobs/<stage>.json`) and fails its job; Slurm then cancels the
 jobs that depended on it (`--kill-on-invalid-dep=yes`), so a failed model means no vote.
 
