@@ -4,7 +4,8 @@ Bring your own labelled photos into the competition layout that `data.root` read
 folder or an S3 prefix (DEST: a folder or s3://bucket/prefix; the S3 settings are the usual
 AWS_* variables).
 
-LABELS.csv (a path or s3:// URI) has a header and one row per photo:
+LABELS.csv (a path or s3:// URI) has the header path,person,gender,age,mask (race optional)
+and one row per photo:
     path     the photo: relative to the CSV's folder (to its prefix on S3), absolute, or s3://…
     person   any id of the person; 6 digits (000123) are kept as the layout's id, any other
              id is given the next free 6-digit one (train/ingest_ids.csv maps them)
@@ -19,6 +20,9 @@ gender and age. Every photo must be a JPEG or PNG (told by its first bytes) that
 Every problem is reported, one line each with the CSV line, before anything is written; photos
 are copied byte for byte, and train/train.csv is written last, so a layout is never half-made.
 
+DEST gets the competition layout: train/train.csv (id,gender,race,age,path),
+train/images/<id>_<gender>_<race>_<age>/{mask1..mask5,incorrect_mask,normal}.<jpg|jpeg|png>,
+train/ingest_ids.csv (person,id,folder), eval/info.csv and eval/images/.
 EVAL.csv (optional, a `path` column): unlabelled photos for eval/ (named by content); without
 it a new layout gets an eval/info.csv that lists none (runs then make an empty submission).
 --append adds new people to the layout already at DEST (an id or person already there is an

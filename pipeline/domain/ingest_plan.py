@@ -150,7 +150,7 @@ def check_labels(person: str, rows: list[PhotoRow], where: str) -> str | None:
     if len(labels) == 1:
         return None
     said = "; ".join(
-        f"{lines_of(r)} say {GENDER_NAMES[g]}, age {a}, race {race}"
+        f"{lines_of(r)} say{'s' if len(r) == 1 else ''} {GENDER_NAMES[g]}, age {a}, race {race}"
         for (g, a, race), r in labels.items()
     )
     return f"{where} person {person!r} has different labels: {said}; one person has one label set"

@@ -11,8 +11,8 @@ folder or s3://bucket/prefix) through the store:
                            from --eval EVAL.csv (a `path` column); else an empty info.csv
 
 Every row and every photo is checked before anything is written (JPEG or PNG by its magic
-bytes, fully decoded, within the size and pixel limits of `data.max_*`); the problems are all
-reported at once. Photos are then copied byte for byte (read again, and refused when they
+bytes, fully decoded, within the default data.max_file_bytes and data.max_pixels); the problems
+are all reported at once. Photos are then copied byte for byte (read again, and refused when they
 changed since the check). train/train.csv is written last and atomically: a layout without it
 is refused by prepare, so an interrupted ingest never looks complete (a failed one removes what
 it wrote).
