@@ -168,7 +168,11 @@ def test_the_ingested_layout_trains_and_new_people_are_appended(
     assert ingest_main([str(csv1), str(out)]) == 0
     store = f"store.root={tmp_path / 'store'}"
     assert launch_main(["--cluster", "local", f"data.root={out}", store, *TINY_OVERRIDES]) == 0
-    assert "submission: " in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    submission = re.search(r"submission: (\S+)", printed)
+    assert submission, printed
+    # no eval photo was ingested: the run trains, scores val and votes an empty submission
+    assert Path(submission[1]).read_text() == "ImageID,ans\n"
 
     csv2 = write_csv(tmp_path / "b.csv", label_rows(second, tmp_path, lambda p: f"p{p}"))
     assert ingest_main([str(csv2), str(out)]) == 1  # a layout is there: --append says so
@@ -227,6 +231,9 @@ def test_every_bad_row_is_reported_at_once_and_nothing_is_written(
     assert re.search(r"person 'p\d+' has 6 wear photos \(lines .*, 23\); the layout holds 5", said)
     assert len(problems) == 9
     assert not out.exists()
+    no_mask = write_csv(tmp_path / "no_mask.csv", [r[:4] for r in rows], HEADER[:4])
+    assert ingest_main([str(no_mask), str(out)]) == 1
+    assert f"error: {no_mask} lacks column(s) ['mask']" in capsys.readouterr().err
 
 
 def test_missing_photos_warn_and_strict_refuses(

@@ -87,7 +87,7 @@ class PhotoSources:
     file (a link, FIFO or device is refused) within the size limit."""
 
     def __init__(self, csv_uri: str, workers: int, limits: ImageLimits) -> None:
-        self.folder = posixpath_parent(csv_uri)
+        self.folder = csv_folder(csv_uri)
         self.workers = workers
         self.limits = limits
         self.stores: dict[str, Store] = {}
@@ -121,7 +121,7 @@ class PhotoSources:
         return store.read_capped(key, self.limits.max_file_bytes)
 
 
-def posixpath_parent(uri: str) -> str:
+def csv_folder(uri: str) -> str:
     """The folder of a CSV named by a path or an s3:// URI (absolute, for a local one)."""
     if uri.startswith("s3://"):
         return uri.rstrip("/").rsplit("/", 1)[0]
