@@ -229,7 +229,8 @@ def per_task_vote(ranked_preds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     shares = np.ones((parts["mask"].shape[1], 1), dtype=np.float64)
     for task, n in TASK_SIZES.items():  # mask × gender × age, the order of the class code
         shares = (shares[:, :, None] * vote_shares(parts[task], n)[:, None, :]).reshape(
-            len(shares), -1
+            len(shares),
+            shares.shape[1] * n,  # not -1: no image at all (no eval photo) is valid
         )
     answers = encode_array(winners["mask"], winners["gender"], winners["age"])
     return shares, answers

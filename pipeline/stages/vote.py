@@ -29,6 +29,7 @@ from omegaconf import DictConfig
 from pipeline.core.config import model_specs
 from pipeline.core.csv_cells import csv_bytes, formula_cells, neutralise_cell
 from pipeline.core.errors import ConfigError, StageFailed, StoreKeyNotFound
+from pipeline.domain.labels import NUM_CLASSES
 from pipeline.domain.metrics import (
     Interval,
     Scores,
@@ -80,6 +81,8 @@ def read_probs(run: Store, name: str, split: str, image_ids: pd.Series) -> np.nd
         raise StageFailed(
             f"{run.uri_of(key)} lacks {int(position.isna().sum())} of the run's {split} images"
         )
+    if df.empty:  # a layout without eval photos (eval/info.csv lists none): nothing to answer
+        return np.zeros((0, NUM_CLASSES))
     return np.stack(df["probs"].tolist())[position.to_numpy(dtype=np.int64)]
 
 

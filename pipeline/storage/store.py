@@ -3,7 +3,8 @@
 Keys are ``/``-separated paths relative to the store root. They are validated with the rules of
 :func:`join_key`, so a key built from data cannot escape the root. Writes are atomic: a key appears
 only once its content is complete (temp file + ``os.replace`` locally; single PUT or completed
-multipart upload on S3).
+multipart upload on S3). Local files get the mode a plain `open` gives (0666 less the umask), so
+teammates on a shared file system read what a run writes when the umask lets them.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ import json
 import os
 import posixpath
 import re
+import secrets
 import shutil
 import stat
-import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -279,11 +280,26 @@ def _os_reason(e: OSError) -> str:
     return str(e)
 
 
+def _new_temp(folder: Path) -> tuple[int, str]:
+    """Create and open a new, empty temporary file in `folder` (a `TMP_PREFIX` name, which
+    listings skip); returns its descriptor and path. Its mode is 0666 less the process's umask
+    (and a default ACL of the folder), as `open` creates files: `tempfile.mkstemp` makes 0600
+    files, which a rename would carry to every output, private to its owner."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC  # O_EXCL: never a link's target
+    for _ in range(100):
+        path = os.path.join(folder, f"{TMP_PREFIX}{secrets.token_hex(8)}")
+        try:
+            return os.open(path, flags, 0o666), path
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary file name", str(folder))
+
+
 def _atomic_write(dest: Path, fill: Callable[[BinaryIO], object]) -> None:
     """Create dest's folder, let `fill` write a temp file next to it, fsync, then rename (what
-    `fill` returns is ignored)."""
+    `fill` returns is ignored). Folders and file get the modes the umask allows (`_new_temp`)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=dest.parent)
+    fd, tmp = _new_temp(dest.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             fill(f)
@@ -759,7 +775,7 @@ class S3Store(Store):
         target = f"{self.uri_of(key)} to {path}"
         try:
             dest.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=dest.parent)
+            fd, tmp = _new_temp(dest.parent)
             os.close(fd)
             try:
                 self.client.download_file(self.bucket, full, tmp, Config=self.transfer_config)
