@@ -289,7 +289,7 @@ def test_help_names_the_columns_and_the_layout() -> None:
 
 @pytest.mark.slow
 def test_the_documented_commands_run_as_written(tmp_path: Path) -> None:
-    doc = next(p for p in (ROOT / "docs" / "ingest.md", ROOT / "DOC_ingest.md") if p.exists())
+    doc = ROOT / "docs" / "ingest.md"
     blocks = re.findall(r"```bash\n(.*?)```", doc.read_text(), re.S)
     script = "\n".join(blocks).replace("source .venv/bin/activate", "")
     env = {**os.environ, "PYTHONPATH": str(ROOT),
