@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from pipeline.core.errors import ConfigError
-from pipeline.core.schema import RUN_WIDE_TRAIN_KEYS
+from pipeline.core.schema import RUN_WIDE_TRAIN_KEYS, problems_error, schema_problems
 
 CONFIG_MODULE = "pipeline.conf"
 
@@ -37,12 +37,13 @@ def _set_or_add(overrides: Sequence[str]) -> list[str]:
     return out
 
 
-def load_config(overrides: Sequence[str] = ()) -> DictConfig:
+def load_config(overrides: Sequence[str] = (), *, strict: bool = False) -> DictConfig:
     """Compose `config.yaml` with Hydra overrides (`key=value`, `group=option`, `+key=value`).
 
-    Returns a resolved DictConfig in struct mode (setting a key it lacks raises); its values are
-    checked by `pipeline.orchestration.checks.check_config`. Raises ConfigError naming the bad
-    override.
+    Returns a resolved DictConfig in struct mode (setting a key it lacks raises). A command that
+    runs stages checks it whole with `pipeline.orchestration.checks.check_config`; one that only
+    reads the store passes `strict=True` to have it checked against the schema here (a misspelt
+    key is never ignored). Raises ConfigError naming the bad override or listing the problems.
     """
     try:
         with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
@@ -51,6 +52,10 @@ def load_config(overrides: Sequence[str] = ()) -> DictConfig:
     except (HydraException, OmegaConfBaseException) as e:
         raise ConfigError(f"invalid configuration override in {list(overrides)}: {e}") from e
     OmegaConf.set_struct(cfg, True)
+    if strict:
+        problems = schema_problems(plain_config(cfg))
+        if problems:
+            raise problems_error(problems)
     return cfg
 
 

@@ -26,6 +26,8 @@ from annotated_types import Ge, Gt, Le, Lt, MinLen
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.fields import FieldInfo
 
+from pipeline.core.errors import ConfigError
+
 # -------------------------------------------------------------------------- closed choices
 
 Scheduler = Literal["none", "cosine", "step"]
@@ -507,6 +509,12 @@ def schema_problems(
         shown = "" if value is _MISSING else f"={show(value)}"
         problems.setdefault(key_path, f"{prefix}{dotted}{shown}: {problem}")
     return list(problems.values())
+
+
+def problems_error(problems: list[str]) -> ConfigError:
+    """One ConfigError listing `problems`, one per line, under a count."""
+    count = f"{len(problems)} problem{'s' if len(problems) > 1 else ''}"
+    return ConfigError(f"the configuration has {count}:\n  " + "\n  ".join(problems))
 
 
 def choices(literal: Any) -> tuple[str, ...]:

@@ -26,6 +26,7 @@ from pipeline.core.schema import (
     Model,
     Train,
     choices,
+    problems_error,
     schema_problems,
     show,
 )
@@ -222,5 +223,4 @@ def check_config(cfg: DictConfig) -> None:
     """Raise ConfigError listing every problem of `cfg`, one per line; return when valid."""
     problems = config_problems(cfg)
     if problems:
-        count = f"{len(problems)} problem{'s' if len(problems) > 1 else ''}"
-        raise ConfigError(f"the configuration has {count}:\n  " + "\n  ".join(problems))
+        raise problems_error(problems)
