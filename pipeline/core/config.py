@@ -45,12 +45,17 @@ def load_config(overrides: Sequence[str] = (), *, strict: bool = False) -> DictC
     reads the store passes `strict=True` to have it checked against the schema here (a misspelt
     key is never ignored). Raises ConfigError naming the bad override or listing the problems.
     """
+    composed = list(overrides)
     try:
+        composed = _set_or_add(overrides)
         with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
-            cfg = compose(config_name="config", overrides=_set_or_add(overrides))
+            cfg = compose(config_name="config", overrides=composed)
         OmegaConf.resolve(cfg)
-    except (HydraException, OmegaConfBaseException) as e:
-        raise ConfigError(f"invalid configuration override in {list(overrides)}: {e}") from e
+    except (HydraException, OmegaConfBaseException, ValueError) as e:  # ValueError: train=null
+        said = str(e)
+        for given, used in zip(overrides, composed, strict=True):
+            said = said.replace(used, given)  # name the override as the user wrote it
+        raise ConfigError(f"invalid configuration override in {list(overrides)}: {said}") from e
     OmegaConf.set_struct(cfg, True)
     if strict:
         problems = schema_problems(plain_config(cfg))

@@ -234,9 +234,9 @@ class SlurmStage(Section):
     gpus: int = Field(ge=0)
     mem_gb: float = Field(gt=0.0)
     time_min: int = Field(ge=1)
-    partition: str | None = None
-    constraint: str | None = None
-    extra: dict[str, Any] = {}
+    partition: str | None
+    constraint: str | None
+    extra: dict[str, Any]
 
 
 class SlurmStages(Section):
@@ -437,7 +437,10 @@ def _describe_type(annotation: Any, metadata: list[Any]) -> str:
         return "a list of " + _describe_type(get_args(annotation)[0], []).removeprefix("a ") + "s"
     if origin is dict:
         return "a mapping"
-    return "valid"
+    section = _section(annotation)
+    if section is not None:
+        return f"a mapping of {', '.join(section.model_fields)}"
+    return f"a {getattr(annotation, '__name__', annotation)}"
 
 
 def _range(bounds: dict[type, Any]) -> str:

@@ -36,11 +36,16 @@ CONTAINER_RUNTIMES = choices(ContainerRuntime)
 K8S_ROLES = choices(K8sRole)
 
 
-#: A rule across keys: (the config, or one model's spec; the prefix of its keys) -> a problem.
-Rule = Callable[[dict[str, Any], str], str | None]
+#: The full name of a key of a rule's values: `arch` is `model.arch` for the model group and
+#: `suite.models.<name>.arch` for a suite entry; `train.lr` is `train.lr` and
+#: `suite.models.<name>.train.lr`.
+KeyName = Callable[[str], str]
+#: A rule across keys: (the config, or one model's spec with its `train`; its keys' names) ->
+#: a problem, or None.
+Rule = Callable[[dict[str, Any], KeyName], str | None]
 
 
-def _architecture(spec: dict[str, Any], prefix: str) -> str | None:
+def _architecture(spec: dict[str, Any], key: KeyName) -> str | None:
     """`arch` when it is not one of torchvision's classification models: the closest names."""
     from pipeline.ml.models import classification_archs
 
@@ -50,33 +55,34 @@ def _architecture(spec: dict[str, Any], prefix: str) -> str | None:
     near = difflib.get_close_matches(arch, valid, n=4, cutoff=0.5)
     hint = f"; closest: {', '.join(near)}" if near else ""
     return (
-        f"{prefix}arch={show(arch)}: must be one of torchvision's classification models "
+        f"{key('arch')}={show(arch)}: must be one of torchvision's classification models "
         f"({len(valid)} names{hint})"
     )
 
 
-def _freeze_without_weights(spec: dict[str, Any], prefix: str) -> str | None:
+def _freeze_without_weights(spec: dict[str, Any], key: KeyName) -> str | None:
     """A model that freezes layers it did not load: they would stay random."""
     if not spec["freeze"] or spec["weights"]:
         return None
     return (
-        f"{prefix}freeze={show(spec['freeze'])} with {prefix}weights=null: frozen layers would "
-        f"keep their random initialisation; set {prefix}weights to a pretrained state dict (path "
-        "or s3:// URI), or use freeze_if_pretrained, which freezes only when weights are given"
+        f"{key('freeze')}={show(spec['freeze'])} with {key('weights')}=null: frozen layers would "
+        f"keep their random initialisation; set {key('weights')} to a pretrained state dict "
+        "(path or s3:// URI), or use freeze_if_pretrained, which freezes only when weights are "
+        "given"
     )
 
 
-def _mask_groups_off_age(spec: dict[str, Any], prefix: str) -> str | None:
+def _mask_groups_off_age(spec: dict[str, Any], key: KeyName) -> str | None:
     """Mask groups on a model that does not answer age (they only route the age models)."""
     if spec["mask_groups"] is None or spec["task"] == "age":
         return None
     return (
-        f"{prefix}mask_groups={show(spec['mask_groups'])} with {prefix}task={show(spec['task'])}"
-        ": mask_groups only applies to age models (task: age)"
+        f"{key('mask_groups')}={show(spec['mask_groups'])} with {key('task')}="
+        f"{show(spec['task'])}: mask_groups only applies to age models (task: age)"
     )
 
 
-def _cut_above_crop(spec: dict[str, Any], prefix: str) -> str | None:
+def _cut_above_crop(spec: dict[str, Any], key: KeyName) -> str | None:
     """Vertical CutMix whose cut range (fractions of the photo) lies wholly above the centre crop
     the model sees: no row to cut at (pipeline.ml.augment.crop_rows)."""
     augment, crop = spec["train"]["augment"], spec["train"]["center_crop"]
@@ -86,12 +92,12 @@ def _cut_above_crop(spec: dict[str, Any], prefix: str) -> str | None:
     if cut[1] > (1.0 - crop[0]) / 2.0:
         return None
     return (
-        f"{prefix}train.augment.cutmix_cut_range={show(cut)} with {prefix}train.center_crop="
+        f"{key('train.augment.cutmix_cut_range')}={show(cut)} with {key('train.center_crop')}="
         f"{show(crop)}: the cut range lies above the crop; lower the range or crop less"
     )
 
 
-def _fp16_on_cpu(config: dict[str, Any], prefix: str) -> str | None:
+def _fp16_on_cpu(config: dict[str, Any], key: KeyName) -> str | None:
     """fp16 autocast needs CUDA."""
     if config["train"]["precision"] != "fp16" or config["train"]["device"] != "cpu":
         return None
@@ -101,7 +107,7 @@ def _fp16_on_cpu(config: dict[str, Any], prefix: str) -> str | None:
     )
 
 
-def _age_order(config: dict[str, Any], prefix: str) -> str | None:
+def _age_order(config: dict[str, Any], key: KeyName) -> str | None:
     """The training age groups' boundaries in order (the domain's own rule)."""
     from pipeline.domain.labels import AgeThresholds
 
@@ -113,7 +119,7 @@ def _age_order(config: dict[str, Any], prefix: str) -> str | None:
     return None
 
 
-def _webhook(config: dict[str, Any], prefix: str) -> str | None:
+def _webhook(config: dict[str, Any], key: KeyName) -> str | None:
     """notify.url must be a webhook URL (the reason never quotes its path, maybe its secret)."""
     from pipeline.run.notify import check_notify_url
 
@@ -122,8 +128,8 @@ def _webhook(config: dict[str, Any], prefix: str) -> str | None:
     return f"notify.url={show(url)}: {reason}" if reason else None
 
 
-#: Rules across one model's keys (the `model` group, then each suite entry), with the keys each
-#: reads: a rule is skipped while one of them has a problem of its own.
+#: Rules across one model's keys (the `model` group with `train`, then each suite entry), with
+#: the keys each reads: a rule is skipped while one of them has a problem of its own.
 MODEL_RULES: list[tuple[tuple[str, ...], Rule]] = [
     (("arch",), _architecture),
     (("freeze", "weights"), _freeze_without_weights),
@@ -138,6 +144,18 @@ RUN_RULES: list[tuple[tuple[str, ...], Rule]] = [
 ]
 
 
+def _run_key(key: str) -> str:
+    return key
+
+
+def _model_key(key: str) -> str:
+    return key if key.startswith("train.") else f"model.{key}"
+
+
+def _entry_key(name: str) -> KeyName:
+    return lambda key: f"suite.models.{name}.{key}"
+
+
 def _key(problem: str) -> str:
     """The key a problem line names (`train.epochs='abc': ...` -> train.epochs)."""
     return problem.split(":", 1)[0].split("=", 1)[0]
@@ -149,19 +167,16 @@ def _overlap(key: str, other: str) -> bool:
 
 
 def _apply(
-    rules: list[tuple[tuple[str, ...], Rule]], values: dict[str, Any], prefix: str,
+    rules: list[tuple[tuple[str, ...], Rule]], values: dict[str, Any], key: KeyName,
     problems: list[str],
 ) -> list[str]:  # fmt: skip
     """The problems `rules` find in `values`, skipping a rule that reads a key in `problems`."""
     broken = [_key(p) for p in problems]
     found = []
     for keys, rule in rules:
-        read = [f"{prefix}{k}" for k in keys]
-        if any(
-            b == r or r.startswith(f"{b}.") or b.startswith(f"{r}.") for b in broken for r in read
-        ):
+        if any(_overlap(b, key(k)) for b in broken for k in keys):
             continue
-        problem = rule(values, prefix)
+        problem = rule(values, key)
         if problem:
             found.append(problem)
     return found
@@ -192,8 +207,8 @@ def _suite(cfg: DictConfig, config: dict[str, Any], problems: list[str]) -> list
         found += own_problems
         if own_problems or top_broken or entry == {}:
             continue  # the rules need valid values; an entry that sets nothing inherits all
-        inherited = set(_apply(MODEL_RULES, top, prefix, []))
-        found += [p for p in _apply(MODEL_RULES, spec, prefix, []) if p not in inherited]
+        inherited = set(_apply(MODEL_RULES, top, _entry_key(name), []))
+        found += [p for p in _apply(MODEL_RULES, spec, _entry_key(name), []) if p not in inherited]
     if config["model_name"] is not None and config["model_name"] not in specs:
         found.append(f"model_name={show(config['model_name'])}: must be one of {', '.join(specs)}")
     keys = [_key(p) for p in problems + found]
@@ -210,10 +225,10 @@ def config_problems(cfg: DictConfig) -> list[str]:
     rules' whose keys have none of their own, then the suite's."""
     config = plain_config(cfg)
     problems = schema_problems(config)
-    problems += _apply(RUN_RULES, config, "", problems)
+    problems += _apply(RUN_RULES, config, _run_key, problems)
     if "model" in config and "train" in config:
-        problems += _apply(MODEL_RULES, {**config["model"], "train": config["train"]}, "model.",
-                           problems)  # fmt: skip
+        top = {**config["model"], "train": config["train"]}
+        problems += _apply(MODEL_RULES, top, _model_key, problems)
     if not any(_key(p) in ("suite", "suite.models", "model", "train") for p in problems):
         problems += _suite(cfg, config, problems)
     return problems
