@@ -14,7 +14,15 @@ from omegaconf.errors import ConfigAttributeError
 
 from pipeline.commands.launch import main as launch_main
 from pipeline.core.config import load_config, plain_config
-from pipeline.core.schema import Loss, MaskGroup, Task, choices, schema_problems
+from pipeline.core.schema import (
+    K8sRole,
+    K8sSecrets,
+    Loss,
+    MaskGroup,
+    Task,
+    choices,
+    schema_problems,
+)
 from pipeline.domain.labels import MASK_NAMES
 from pipeline.ml.losses import LOSS_NAMES
 from pipeline.ml.models import TASKS
@@ -91,6 +99,7 @@ def test_the_schema_names_what_the_code_implements() -> None:
     assert set(choices(Task)) == set(TASKS)
     assert choices(MaskGroup) == MASK_NAMES
     assert set(Loss.model_fields) == set(LOSS_NAMES)
+    assert tuple(K8sSecrets.model_fields) == choices(K8sRole)
 
 
 def test_a_command_that_only_reads_the_store_refuses_a_misspelt_key_too(
