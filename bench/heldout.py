@@ -24,13 +24,13 @@ import numpy as np
 import pandas as pd
 
 from pipeline.core.config import load_config
-from pipeline.domain import synth
 from pipeline.domain.metrics import bootstrap_scores
 from pipeline.ml.ensemble import VOTE_METHODS, combine
 from pipeline.run.results import INTERVAL_LEVEL, INTERVAL_RESAMPLES, read_vote
 from pipeline.run.state import root_store
 from pipeline.storage.run_layout import LATEST_KEY, answers_key
 from pipeline.storage.store import Store, join_key
+from pipeline.tools import synth
 
 SUBMITTED = "submitted (default)"
 

@@ -42,7 +42,6 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from pipeline.domain.synth import encode_image, plan_dataset, render_person
 from pipeline.ml.augment import BatchAugment
 from pipeline.ml.device import Runtime, pick_device, pick_precision
 from pipeline.ml.inference import for_inference, predict_probs, probe_precision
@@ -51,6 +50,7 @@ from pipeline.ml.resident import ResidentImages, image_bytes, load_resident, pla
 from pipeline.stages.train import train_one_epoch
 from pipeline.storage.shards import encode_shard
 from pipeline.storage.store import open_store
+from pipeline.tools.synth import encode_image, plan_dataset, render_person
 
 SOURCE_SIZE = (512, 384)
 NUM_CLASSES = 18

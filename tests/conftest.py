@@ -10,7 +10,7 @@ import pytest
 from omegaconf import DictConfig
 
 from pipeline.core.config import load_config
-from pipeline.domain.synth import generate
+from pipeline.tools.synth import generate
 
 pytest_plugins = ["tests.seaweed"]
 

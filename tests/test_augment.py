@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from pipeline.core.errors import ConfigError
-from pipeline.domain import synth
 from pipeline.ml.augment import (
     CUT_RANGE,
     BatchAugment,
@@ -22,6 +21,7 @@ from pipeline.ml.augment import (
     vertical_cutmix,
     vertical_cutmix_with,
 )
+from pipeline.tools import synth
 
 C = 5  # classes
 

@@ -1,5 +1,6 @@
 """A mistake in the configuration is caught at launch, before any work: one line per problem
-naming the key, exit 1, no traceback, no run folder, no job (pipeline/orchestration/checks.py)."""
+naming the key, exit 1, no traceback, no run folder, no job (the schema, pipeline/core/schema.py,
+and the rules beside it, pipeline/orchestration/checks.py)."""
 
 from __future__ import annotations
 

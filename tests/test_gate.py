@@ -20,11 +20,11 @@ from pipeline.commands.launch import main as launch_main
 from pipeline.commands.runs import main as runs_main
 from pipeline.core.errors import StoreError
 from pipeline.domain.split import holdout_by_person
-from pipeline.domain.synth import generate
 from pipeline.run.history import prune_checkpoints, read_latest, run_ids, run_summary
 from pipeline.run.holdout import contains, rule_id, store_salt
 from pipeline.stages.prepare import assign_splits, prepare
 from pipeline.storage.store import LocalStore
+from pipeline.tools.synth import generate
 
 MakeCfg = Callable[..., DictConfig]
 SALT = "00112233445566778899aabbccddeeff"

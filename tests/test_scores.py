@@ -16,18 +16,22 @@ from omegaconf import DictConfig, OmegaConf
 from sklearn.metrics import f1_score
 from torch import nn
 
-from pipeline.core.errors import ConfigError, DataError
+from pipeline.commands.cli import run_job
+from pipeline.core.config import load_config
+from pipeline.core.errors import DataError
+from pipeline.core.schema import drop_bands
 from pipeline.domain.dataset import parse_folder_name
 from pipeline.domain.labels import AgeThresholds, encode
 from pipeline.domain.metrics import macro_f1
 from pipeline.ml.augment import vertical_cutmix_with
 from pipeline.ml.checkpoints import load_checkpoint
 from pipeline.ml.inference import predict_probs
+from pipeline.orchestration.checks import config_problems
 from pipeline.orchestration.local import run_local
 from pipeline.run.fingerprint import model_config
 from pipeline.run.state import read_index, run_store
 from pipeline.stages.prepare import prepare
-from pipeline.stages.train import age_bands, check_patience, model_seed, select_rows, train_model
+from pipeline.stages.train import model_seed, select_rows, train_model
 
 MakeCfg = Callable[..., DictConfig]
 
@@ -104,22 +108,27 @@ def test_drop_ages_takes_several_bands_and_leaves_val_alone() -> None:
     kept = set(parts["train"]["age"])
     assert kept == set(ages) - {27, 28, 29, 57, 58, 59}
     assert len(parts["val"]) == len(ages)
-    assert age_bands([57, 59]) == [(57, 59)] and age_bands(None) == []
-    for bad in ([59, 57], [[27, 29], [5]], [1, 2, 3], [27, "x"], [["a", "b"]]):
-        with pytest.raises(ConfigError, match="drop_ages must be null, one band"):
-            age_bands(bad)
+    assert drop_bands([57, 59]) == [(57, 59)] and drop_bands(None) == []
+    for bad in ("[59,57]", "[[27,29],[5]]", "[1,2,3]", "[27,x]", "[[a,b]]", "[27.5,29]"):
+        problems = config_problems(load_config([f"train.drop_ages={bad}"]))
+        assert [p.split(": ")[1] for p in problems] == ["must be null, one band [low, high] or a "
+                "list of bands [[low, high], ...] of whole ages with low <= high"], bad  # fmt: skip
 
 
 def test_early_stopping_patience_below_one_is_refused(
-    tiny_dataset: Path, make_cfg: MakeCfg
+    tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert check_patience(None) is None and check_patience(3) == 3
-    for bad in (0, -2, 1.5, True):
-        with pytest.raises(ConfigError, match="early_stopping_patience must be null"):
-            check_patience(bad)
-    cfg = make_cfg(tiny_dataset, "train.early_stopping_patience=0", "run_id=p0")
-    with pytest.raises(ConfigError, match="early_stopping_patience"):
-        train_model(cfg, "single")  # refused before anything is read or trained
+    for good in ("null", "3"):
+        assert config_problems(load_config([f"train.early_stopping_patience={good}"])) == []
+    for bad in ("0", "-2", "1.5", "true"):
+        problems = config_problems(load_config([f"train.early_stopping_patience={bad}"]))
+        assert problems == [f"train.early_stopping_patience={bad}: must be a whole number >= 1, "
+                            "or null"]  # fmt: skip
+    store = tmp_path / "store"
+    args = [f"data.root={tiny_dataset}", f"store.root={store}", "run_id=p0"]
+    assert run_job("train", [*args, "train.early_stopping_patience=0"]) == 1
+    assert "train.early_stopping_patience=0" in capsys.readouterr().err
+    assert not store.exists()  # refused before anything is read or trained
 
 
 def test_each_model_of_a_suite_has_its_own_deterministic_seed() -> None:

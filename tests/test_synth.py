@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from pipeline.core.errors import DataError
-from pipeline.domain import synth
 from pipeline.domain.labels import PHOTO_MASK, AgeThresholds, encode
+from pipeline.tools import synth
 
 PEOPLE, EVAL_PEOPLE, SEED, SIZE = 12, 6, 1, (64, 48)
 

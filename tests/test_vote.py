@@ -138,10 +138,13 @@ def test_soft_vote_keeps_the_members_confidence() -> None:
     [
         (
             "suite.vote.method=mean",
-            r"suite.vote.method must be one of \['hard', 'hard_per_task', 'soft'\], got 'mean'",
+            "suite.vote.method='mean': must be one of hard, hard_per_task, soft",
         ),
-        ("suite.vote.top_k=0", "suite.vote.top_k must be a whole number >= 1, got 0"),
-        ("suite.vote.fallback_margin=-0.1", "suite.vote.fallback_margin must be null"),
+        ("suite.vote.top_k=0", "suite.vote.top_k=0: must be a whole number >= 1"),
+        (
+            "suite.vote.fallback_margin=-0.1",
+            r"suite.vote.fallback_margin=-0.1: must be a number in \[0.0, 1.0\), or null",
+        ),
         ("suite.candidates.per_task.age=nosuch", "names model 'nosuch' for age"),
     ],
 )

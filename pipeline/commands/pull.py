@@ -131,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging()
     try:
-        cfg = load_config(args.overrides)
+        cfg = load_config(args.overrides, strict=True)
         root = root_store(cfg)
         run_id = resolve_run(root, args.run)
         to = args.to or Path("pulled") / run_id

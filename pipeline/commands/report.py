@@ -30,7 +30,7 @@ STORE_FLAG = "--store"
 def write_page(target: str, overrides: Sequence[str]) -> str:
     """Write the run report of run `target`, or the store page when `target` is --store;
     returns the page's URI."""
-    cfg = load_config(overrides)
+    cfg = load_config(overrides, strict=True)
     if target == STORE_FLAG:
         return write_store_page(root_store(cfg))
     cfg.run_id = target

@@ -144,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging()
     try:
-        store = root_store(load_config(args.overrides))
+        store = root_store(load_config(args.overrides, strict=True))
         run_id = store.read_json(LATEST_KEY)["run_id"] if args.run == "latest" else args.run
         table = results_table(store.child(join_key("runs", run_id)))
     except StoreKeyNotFound as e:

@@ -90,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.overrides = [*args.overrides, *extra]
     setup_logging()
     try:
-        cfg = load_config(args.overrides)
+        cfg = load_config(args.overrides, strict=True)
         if getattr(args, "run_id", None):
             cfg.run_id = args.run_id
         return int(args.handler(cfg, args))

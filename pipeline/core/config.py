@@ -3,30 +3,64 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from importlib.resources import files
 from typing import Any, cast
 
 from hydra import compose, initialize_config_module
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from pipeline.core.errors import ConfigError
+from pipeline.core.schema import RUN_WIDE_TRAIN_KEYS, problems_error, schema_problems
 
 CONFIG_MODULE = "pipeline.conf"
 
 
-def load_config(overrides: Sequence[str] = ()) -> DictConfig:
+def config_groups() -> set[str]:
+    """The config groups (`data`, `suite`, ...): the folders of the packaged config."""
+    return {p.name for p in files(CONFIG_MODULE).iterdir() if p.is_dir() and p.name[0] != "_"}
+
+
+def _set_or_add(overrides: Sequence[str]) -> list[str]:
+    """`key=value` overrides as `++key=value` (set, or add when the key does not exist), so that a
+    misspelt key is composed and then reported by the schema with the key it was meant to be, in
+    the same list as every other problem, rather than by Hydra alone with advice to add it."""
+    groups = config_groups()
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    out = []
+    for text, override in zip(overrides, parsed, strict=True):
+        plain = not (override.is_add() or override.is_force_add() or override.is_delete())
+        is_group = override.key_or_group in groups or override.package is not None
+        out.append(f"++{text}" if plain and not is_group else text)
+    return out
+
+
+def load_config(overrides: Sequence[str] = (), *, strict: bool = False) -> DictConfig:
     """Compose `config.yaml` with Hydra overrides (`key=value`, `group=option`, `+key=value`).
 
-    Returns a resolved, mutable DictConfig. Raises ConfigError naming the bad override.
+    Returns a resolved DictConfig in struct mode (setting a key it lacks raises). A command that
+    runs stages checks it whole with `pipeline.orchestration.checks.check_config`; one that only
+    reads the store passes `strict=True` to have it checked against the schema here (a misspelt
+    key is never ignored). Raises ConfigError naming the bad override or listing the problems.
     """
+    composed = list(overrides)
     try:
+        composed = _set_or_add(overrides)
         with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
-            cfg = compose(config_name="config", overrides=list(overrides))
+            cfg = compose(config_name="config", overrides=composed)
         OmegaConf.resolve(cfg)
-    except (HydraException, OmegaConfBaseException) as e:
-        raise ConfigError(f"invalid configuration override in {list(overrides)}: {e}") from e
-    OmegaConf.set_struct(cfg, False)
+    except (HydraException, OmegaConfBaseException, ValueError) as e:  # ValueError: train=null
+        said = str(e)
+        for given, used in zip(overrides, composed, strict=True):
+            said = said.replace(used, given)  # name the override as the user wrote it
+        raise ConfigError(f"invalid configuration override in {list(overrides)}: {said}") from e
+    OmegaConf.set_struct(cfg, True)
+    if strict:
+        problems = schema_problems(plain_config(cfg))
+        if problems:
+            raise problems_error(problems)
     return cfg
 
 
@@ -38,10 +72,6 @@ def plain_config(cfg: DictConfig) -> dict[str, Any]:
     # omegaconf types a container's keys as its DictKeyType (str, bytes, int, Enum, float,
     # bool); the configuration's own keys are names
     return cast(dict[str, Any], config)
-
-
-#: Train keys that apply to every model of a run (set them with train.<key>=... only).
-RUN_WIDE_TRAIN_KEYS = ("epochs", "image_size", "device", "precision", "num_threads")
 
 
 def model_specs(cfg: DictConfig) -> dict[str, DictConfig]:
@@ -77,9 +107,10 @@ def model_specs(cfg: DictConfig) -> dict[str, DictConfig]:
                 f"{list(RUN_WIDE_TRAIN_KEYS)} apply to the whole run (train.<key>=...), "
                 f"other valid keys: {sorted(set(cfg.train) - set(RUN_WIDE_TRAIN_KEYS))}"
             )
+        base = {**plain_config(cfg.model), "train": plain_config(cfg.train)}
         # omegaconf types a merge as ListConfig | DictConfig; one into a DictConfig is a DictConfig
-        spec = cast(DictConfig, OmegaConf.merge(cfg.model, entry))
-        spec.train = OmegaConf.merge(cfg.train, train_overrides)
+        spec = cast(DictConfig, OmegaConf.merge(base, entry, {"train": train_overrides}))
+        OmegaConf.set_struct(spec, True)
         specs[str(name)] = spec
     return specs
 

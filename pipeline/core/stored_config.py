@@ -59,5 +59,5 @@ def stored_config(data: Any, source: str) -> DictConfig:
         raise ConfigError(f"{source}: the stored config cannot be read: {e}") from e
     if not exact:  # refuse rather than guess
         raise ConfigError(f"{source}: the stored config does not read back as stored: refused")
-    OmegaConf.set_struct(cfg, False)
+    OmegaConf.set_struct(cfg, True)
     return cfg

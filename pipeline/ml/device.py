@@ -16,11 +16,12 @@ import torch
 from omegaconf import DictConfig
 
 from pipeline.core.errors import ConfigError
+from pipeline.core.schema import Device, Precision, choices
 
 log = logging.getLogger("pipeline.ml.device")
 
-DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DEVICES = choices(Device)
+PRECISIONS = choices(Precision)
 #: Set by the Kubernetes pods to the container's CPU limit (downward API; orchestration/k8s.py).
 CPU_LIMIT_ENV = "MASKSUITE_CPU_LIMIT"
 #: Set by Slurm in a job (and its steps) that asked for --cpus-per-task.

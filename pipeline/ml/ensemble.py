@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.core.config import model_specs
 from pipeline.core.errors import ConfigError
+from pipeline.core.schema import VoteMethod, choices
 from pipeline.domain.labels import (
     MASK_NAMES,
     NUM_CLASSES,
@@ -167,7 +168,7 @@ def predict_candidate(
 #: How the members' answers are combined (suite.vote.method): `hard`, the seed's majority of the
 #: members' 18-class answers; `hard_per_task`, a majority for mask, gender and age separately;
 #: `soft`, the mean of the members' 18-class distributions.
-VOTE_METHODS = ("hard", "hard_per_task", "soft")
+VOTE_METHODS = choices(VoteMethod)
 
 
 def hard_vote(ranked_preds: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:

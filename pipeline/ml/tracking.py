@@ -14,9 +14,11 @@ from typing import Any, cast
 
 from omegaconf import DictConfig, OmegaConf
 
+from pipeline.core.schema import TrackingMode, choices
+
 log = logging.getLogger(__name__)
 
-MODES = ("auto", "online", "offline", "disabled")
+MODES = choices(TrackingMode)
 
 
 def resolve_mode(mode: str) -> str:

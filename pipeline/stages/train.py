@@ -30,7 +30,8 @@ from omegaconf import DictConfig
 from torch import nn
 
 from pipeline.core.config import model_specs
-from pipeline.core.errors import ConfigError, DataError, StageFailed, StoreKeyNotFound
+from pipeline.core.errors import DataError, StageFailed, StoreKeyNotFound
+from pipeline.core.schema import drop_bands
 from pipeline.core.signals import deferred_signals
 from pipeline.domain.metrics import classification_metrics, macro_f1
 from pipeline.ml.augment import BatchAugment
@@ -92,35 +93,10 @@ from pipeline.storage.store import Store
 
 log = logging.getLogger(__name__)
 
-SCHEDULERS = ("none", "cosine", "step")
 
 T = TypeVar("T")
 Images = torch.Tensor | ResidentImages
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def age_bands(value: Any) -> list[tuple[int, int]]:
-    """`train.drop_ages` as inclusive (low, high) bands: null, one [low, high] or a list of them,
-    e.g. [[27, 29], [57, 59]] (the best public recipe: the ages next to each group boundary)."""
-    if value is None:
-        return []
-    items = list(value)
-    bands = items if items and not isinstance(items[0], (int, float)) else [items]
-    problem = ConfigError(
-        "train.drop_ages must be null, one band [low, high] or a list of bands "
-        f"[[low, high], ...] of whole ages with low <= high, got {value}"
-    )
-    out = []
-    for band in bands:
-        pair = list(band) if not isinstance(band, (int, float, str)) else [band]
-        try:
-            low, high = (int(a) for a in pair)
-        except (TypeError, ValueError):  # not two numbers, e.g. [27, "x"] or [27, 28, 29]
-            raise problem from None
-        if low > high:
-            raise problem
-        out.append((low, high))
-    return out
 
 
 def select_rows(index: pd.DataFrame, spec: DictConfig) -> dict[str, pd.DataFrame]:
@@ -133,7 +109,7 @@ def select_rows(index: pd.DataFrame, spec: DictConfig) -> dict[str, pd.DataFrame
     codes = mask_group_codes(spec.get("mask_groups"))
     if codes is not None:
         parts = {s: rows[rows["mask"].isin(codes)] for s, rows in parts.items()}
-    for low, high in age_bands(spec.train.get("drop_ages")):
+    for low, high in drop_bands(spec.train.get("drop_ages")):
         train = parts["train"]
         parts["train"] = train[~train["age"].between(low, high)]
     return parts
@@ -144,18 +120,6 @@ def model_seed(seed: int, name: str) -> int:
     a suite see different batch orders and augmentations, and a rerun the same ones."""
     digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
-
-
-def check_patience(value: Any) -> int | None:
-    """`train.early_stopping_patience`: null (off) or a whole number of epochs >= 1."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(
-            "train.early_stopping_patience must be null (no early stopping) or a whole number "
-            f"of epochs >= 1, got {value!r}"
-        )
-    return value
 
 
 def batch_order(
@@ -228,9 +192,8 @@ def train_one_epoch(
 def make_scheduler(
     optimizer: torch.optim.Optimizer, name: str, epochs: int
 ) -> torch.optim.lr_scheduler.LRScheduler | None:
-    """The per-epoch learning-rate schedule named by `train.scheduler`."""
-    if name not in SCHEDULERS:
-        raise ConfigError(f"train.scheduler={name!r} is not one of {SCHEDULERS}")
+    """The per-epoch learning-rate schedule named by `train.scheduler` (one of the schema's
+    Scheduler names); None for none."""
     if name == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs, 1))
     if name == "step":
@@ -336,7 +299,7 @@ def train_model(cfg: DictConfig, name: str) -> dict[str, Any]:
 
 
 def read_recipe(cfg: DictConfig, name: str) -> Recipe:
-    """Reads model `name`'s spec and `cfg.seed`; ConfigError for a bad option, before any data."""
+    """Reads model `name`'s spec and `cfg.seed` (values checked at job start, check_config)."""
     spec = model_specs(cfg)[name]
     tcfg = spec.train
     target, num_classes = task_target(str(spec.task))
@@ -348,8 +311,7 @@ def read_recipe(cfg: DictConfig, name: str) -> Recipe:
         label_smoothing=float(tcfg.label_smoothing),
         focal_gamma=float(tcfg.focal_gamma),
     )
-    patience = check_patience(tcfg.get("early_stopping_patience"))
-    age_bands(tcfg.get("drop_ages"))  # refused now rather than after decoding
+    patience = tcfg.get("early_stopping_patience")
     seed = model_seed(int(cfg.seed), name)
     return Recipe(name, spec, target, num_classes, augment, loss_fn, patience, seed)
 

@@ -28,7 +28,7 @@ from omegaconf import DictConfig
 
 from pipeline.core.config import model_specs
 from pipeline.core.csv_cells import csv_bytes, formula_cells, neutralise_cell
-from pipeline.core.errors import ConfigError, StageFailed, StoreKeyNotFound
+from pipeline.core.errors import StageFailed, StoreKeyNotFound
 from pipeline.domain.labels import NUM_CLASSES
 from pipeline.domain.metrics import (
     Interval,
@@ -113,24 +113,15 @@ class VoteSettings:
 
 
 def vote_settings(cfg: DictConfig) -> VoteSettings:
-    """`suite.vote.top_k`, `.method`, `.fallback_margin` and the parsed candidates, checked:
-    ConfigError saying what is valid. Launch calls it before any work, the vote stage again."""
-    top_k = cfg.suite.vote.top_k
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-        raise ConfigError(f"suite.vote.top_k must be a whole number >= 1, got {top_k!r}")
-    method = str(cfg.suite.vote.get("method", "hard"))
-    if method not in VOTE_METHODS:
-        raise ConfigError(f"suite.vote.method must be one of {list(VOTE_METHODS)}, got {method!r}")
-    margin = cfg.suite.vote.get("fallback_margin")
-    if margin is not None and (
-        isinstance(margin, bool) or not isinstance(margin, int | float) or not 0 <= margin < 1
-    ):
-        raise ConfigError(
-            f"suite.vote.fallback_margin must be null (always vote) or a macro F1 margin in "
-            f"[0, 1), got {margin!r}"
-        )
+    """`suite.vote.top_k`, `.method`, `.fallback_margin` (their values checked by the schema at
+    launch and job start) and the parsed candidates."""
+    vote = cfg.suite.vote
+    margin = vote.fallback_margin
     return VoteSettings(
-        top_k, method, None if margin is None else float(margin), candidate_specs(cfg)
+        int(vote.top_k),
+        str(vote.method),
+        None if margin is None else float(margin),
+        candidate_specs(cfg),
     )
 
 
