@@ -1,4 +1,4 @@
-"""The whole configuration checked in one pass, every problem at once (DOC_schema.md).
+"""The whole configuration checked in one pass, every problem at once (docs/configuration.md).
 
 `check_config(cfg)` runs at launch before anything else (no fingerprint, run id, run folder or
 job exists yet) and again at the start of every job, since a job can be started by hand. It
