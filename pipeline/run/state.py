@@ -26,6 +26,7 @@ from pipeline.core.errors import ConfigError, PipelineError, StageFailed, StoreK
 from pipeline.storage.run_layout import (
     INDEX_KEY,
     MANIFEST_KEY,
+    SWEEP_KEY,
     job_state_key,
     stage_key,
 )
@@ -164,6 +165,8 @@ def write_manifest(cfg: DictConfig) -> None:
         "data_fingerprint": run.read_json("fingerprint.json")
         if run.exists("fingerprint.json")
         else None,
+        # a point of a sweep: {sweep_id, point} as its launcher wrote it (sweep.json); else None
+        "sweep": run.read_json(SWEEP_KEY) if run.exists(SWEEP_KEY) else None,
     }
     run.write_json(MANIFEST_KEY, manifest)
 
