@@ -52,7 +52,7 @@ def test_runs_status_takes_latest_as_pull_does(
 def test_the_commands_start_without_torch(module: str) -> None:
     """--help, --show-config and runs list answer in about a second: the command modules import
     neither torch nor the other heavy libraries until a stage needs them."""
-    heavy = ["torch", "torchvision", "sklearn", "PIL", "pandas", "kubernetes", "submitit"]
+    heavy = ["torch", "torchvision", "sklearn", "PIL", "pandas", "kubernetes"]
     code = f"import sys, {module}; print(sorted(m for m in {heavy!r} if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
                             text=True, check=True)  # fmt: skip

@@ -25,7 +25,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -36,9 +36,10 @@ from pipeline.core.logs import setup_logging
 from pipeline.orchestration.checks import check_config
 from pipeline.orchestration.executor import Executor, LaunchRequest
 from pipeline.orchestration.executors import EXECUTORS, executor
+from pipeline.run.context import RunContext, open_run
 from pipeline.run.fingerprint import check_inputs, data_fingerprint
 from pipeline.run.history import EXIT_HELD, held_unchanged, read_latest
-from pipeline.run.state import new_run_id, root_store, run_store
+from pipeline.run.state import new_run_id, root_store
 from pipeline.storage.run_layout import FINGERPRINT_KEY, SWEEP_KEY
 
 
@@ -119,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             backend.check(cfg, request)
         if sweep_id is not None:
             return launch_sweep(backend, request, sweep_id, points, configs)
-        return launch_run(backend, configs[0], request, resume=args.resume, force=args.force)
+        return launch_run(backend, configs[0], request, resume=args.resume, force=args.force).status
     except PipelineError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -130,6 +131,14 @@ def point_overrides(point: SweepPoint, sweep_id: str | None) -> list[str]:
     return [*point.overrides, *([f"sweep_id={sweep_id}"] if sweep_id else [])]
 
 
+@dataclass(frozen=True)
+class Launched:
+    """What a launch did: its exit status and the run it launched or joined (None if skipped)."""
+
+    status: int
+    run: RunContext | None = None
+
+
 def launch_run(
     backend: Executor,
     cfg: DictConfig,
@@ -138,22 +147,20 @@ def launch_run(
     resume: str | None = None,
     force: bool = False,
     swept: Sequence[str] = (),
-) -> int:
+) -> Launched:
     """Launch one run with `backend`: `resume` (or `run_id=`) names it; else a new one, unless
     the inputs are unchanged since the latest run (skipped) or a run of them is still going (its
-    executor joins it). Returns the exit status."""
-    if resume:
-        cfg.run_id = resume
-    if cfg.get("run_id") or request.render_only:  # a given run; or manifests only, no data read
-        cfg.run_id = cfg.get("run_id") or new_run_id()
-        return backend.launch(cfg, request)
+    executor joins it). The run's context is made here, once, and its configuration passed on."""
+    if resume or cfg.get("run_id") or request.render_only:  # a given run; or manifests only
+        run = open_run(cfg, resume)
+        return Launched(backend.launch(run.config, request), run)
     check_inputs(cfg)  # before a run is made
     fingerprint = data_fingerprint(cfg)
     request = replace(request, fingerprint=str(fingerprint["sha256"]))
     if not force:
         skipped = unchanged_launch(cfg, fingerprint)
         if skipped is not None:
-            return skipped
+            return Launched(skipped)
         active = backend.active_run(cfg, str(fingerprint["sha256"]))
         if active:
             then = backend.on_active.format(run_id=active, store=cfg.store.root)
@@ -161,14 +168,13 @@ def launch_run(
                 f"run {active} of the same data and configuration (fingerprint "
                 f"{fingerprint['sha256'][:12]}) is still going on the cluster: {then}"
             )
-            cfg.run_id = active
-            return backend.follow(cfg, request)
-    cfg.run_id = new_run_id()
-    run = run_store(cfg)
-    run.write_json(FINGERPRINT_KEY, fingerprint)
+            run = open_run(cfg, active)
+            return Launched(backend.follow(run.config, request), run)
+    run = open_run(cfg)  # a new run
+    run.store.write_json(FINGERPRINT_KEY, fingerprint)
     if cfg.get("sweep_id"):
-        run.write_json(SWEEP_KEY, {"sweep_id": str(cfg.sweep_id), "point": list(swept)})
-    return backend.launch(cfg, request)
+        run.store.write_json(SWEEP_KEY, {"sweep_id": str(cfg.sweep_id), "point": list(swept)})
+    return Launched(backend.launch(run.config, request), run)
 
 
 def unchanged_launch(cfg: DictConfig, fingerprint: dict[str, object]) -> int | None:
@@ -212,7 +218,7 @@ def launch_sweep(
     Slurm sweep is submitted whole, then followed. Returns the worst exit status."""
     print(f"sweep {sweep_id}: {len(points)} run(s) on {backend.name}")
 
-    def one(point: SweepPoint, cfg: DictConfig) -> int:
+    def one(point: SweepPoint, cfg: DictConfig) -> Launched:
         run_request = replace(request, overrides=tuple(point_overrides(point, sweep_id)))
         if not backend.blocks:
             run_request = replace(run_request, wait=False)  # all submitted before any is followed
@@ -220,19 +226,20 @@ def launch_sweep(
             return launch_run(backend, cfg, run_request, force=True, swept=point.swept)
         except PipelineError as e:  # the other points go on
             print(f"error: sweep point {' '.join(point.swept)}: {e}", file=sys.stderr)
-            return 1
+            return Launched(1)
 
     pairs = list(zip(points, configs, strict=True))
     if backend.blocks and backend.side_by_side:
         with ThreadPoolExecutor(max_workers=len(pairs)) as pool:
-            statuses = list(pool.map(lambda pair: one(*pair), pairs))
+            launched = list(pool.map(lambda pair: one(*pair), pairs))
     else:
-        statuses = [one(point, cfg) for point, cfg in pairs]
+        launched = [one(point, cfg) for point, cfg in pairs]
+    statuses = [item.status for item in launched]
+    runs = [item.run for item in launched if item.run is not None]
     if request.wait and not backend.blocks:
-        followed = zip(statuses, configs, strict=True)
-        statuses = [max(status, backend.follow(cfg, request)) for status, cfg in followed]
+        statuses += [backend.follow(run.config, request) for run in runs]
     print(
-        f"sweep {sweep_id}: runs {', '.join(str(c.get('run_id')) for c in configs)}; compare them: "
+        f"sweep {sweep_id}: runs {', '.join(run.run_id for run in runs)}; compare them: "
         f"python -m pipeline.runs list --sweep {sweep_id} store.root={configs[0].store.root}"
     )
     return max(statuses)

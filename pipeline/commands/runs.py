@@ -30,6 +30,7 @@ from pipeline.core.errors import ConfigError, PipelineError
 from pipeline.core.logs import setup_logging
 from pipeline.orchestration.executors import run_executor
 from pipeline.orchestration.status import format_status
+from pipeline.run.context import open_run
 from pipeline.run.history import (
     EXIT_HELD,
     format_runs,
@@ -40,7 +41,6 @@ from pipeline.run.history import (
     run_summaries,
 )
 from pipeline.run.state import root_store, run_store
-from pipeline.stages import publish
 
 #: What `RUN_ID` may also be: the run latest.json names (as for `pull --run latest`).
 LATEST = "latest"
@@ -101,6 +101,8 @@ def cmd_list(cfg: DictConfig, args: argparse.Namespace) -> int:
 
 def cmd_promote(cfg: DictConfig, args: argparse.Namespace) -> int:
     """`python -m pipeline.runs promote RUN_ID --reason TEXT [--by NAME]`."""
+    from pipeline.stages import publish  # here: the gate's modules import torch
+
     by = args.by or os.environ.get("USER") or getpass.getuser()
     gate = publish.promote(cfg, str(args.run_id), str(args.reason), by)
     promoted = gate["promoted"]
@@ -162,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = load_config(args.overrides)
         if getattr(args, "run_id", None):
-            cfg.run_id = resolved_run_id(cfg, args.run_id)
+            cfg = open_run(cfg, resolved_run_id(cfg, args.run_id)).config
         return int(args.handler(cfg, args))
     except PipelineError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -14,7 +14,6 @@ recorded (`runs status|cancel`).
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Protocol
@@ -23,6 +22,7 @@ from omegaconf import DictConfig
 
 from pipeline.core.errors import ConfigError
 from pipeline.orchestration.status import RunStatus
+from pipeline.run.context import open_run
 
 
 @dataclass(frozen=True)
@@ -101,6 +101,4 @@ def pinned_infer_config(cfg: DictConfig, *, dry_run: bool) -> DictConfig:
     if dry_run and cfg.get("run_id"):
         return cfg
     run_id, _ = resolve_run(cfg)
-    pinned = copy.deepcopy(cfg)
-    pinned.run_id = run_id
-    return pinned
+    return open_run(cfg, run_id).config

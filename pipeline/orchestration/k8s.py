@@ -44,7 +44,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.core.config import model_specs
 from pipeline.core.errors import ConfigError, PipelineError, StageFailed
-from pipeline.ml.device import CPU_LIMIT_ENV
 from pipeline.orchestration.checks import K8S_ROLES
 from pipeline.orchestration.executor import LaunchRequest, pinned_infer_config
 from pipeline.orchestration.graph import KINDS, stage_graph
@@ -171,6 +170,8 @@ def container_env(cfg: DictConfig, role: str) -> list[dict[str, Any]]:
     scratch paths for a read-only root filesystem, and secrets through `secretKeyRef` only, each
     to the roles that use it: the S3 keys of the role's Secret, WANDB_API_KEY to the pods that
     track (TRACKING_ROLES), the webhook to the pods that run stages (NOTIFY_ROLES)."""
+    from pipeline.ml.device import CPU_LIMIT_ENV  # here: pipeline.ml imports torch
+
     k = cfg.k8s
     home = f"{SCRATCH_DIR}/home"
     cache = f"{SCRATCH_DIR}/cache"

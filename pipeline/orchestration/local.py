@@ -13,9 +13,10 @@ from pipeline.core.errors import ConfigError
 from pipeline.orchestration.executor import LaunchRequest
 from pipeline.orchestration.graph import run_stages, suite_graph
 from pipeline.orchestration.status import RunStatus, run_status
+from pipeline.run.context import give_new_run
 from pipeline.run.history import run_exit_status, summary_lines
 from pipeline.run.results import VoteResult, read_vote
-from pipeline.run.state import new_run_id, run_store
+from pipeline.run.state import run_store
 
 
 def run_local(cfg: DictConfig) -> VoteResult:
@@ -26,8 +27,7 @@ def run_local(cfg: DictConfig) -> VoteResult:
     succeeds.
     """
     graph = suite_graph(cfg)  # a suite without models fails before any work
-    if not cfg.get("run_id"):
-        cfg.run_id = new_run_id()
+    give_new_run(cfg)
     run_stages(cfg, graph)
     return read_vote(run_store(cfg))
 

@@ -54,10 +54,10 @@ from pipeline.orchestration.status import (
     run_status,
     valid_job_id,
 )
+from pipeline.run.context import open_run
 from pipeline.run.history import run_exit_status, run_ids, summary_lines
 from pipeline.run.results import read_vote
 from pipeline.run.state import one_line, record_stage_state, root_store, run_store, stage_done
-from pipeline.stages.infer import format_summary, infer
 from pipeline.storage.run_layout import FINGERPRINT_KEY
 from pipeline.storage.store import Store
 
@@ -140,6 +140,8 @@ class InferJob(Checkpointable):
 
     def __call__(self) -> str:
         setup_logging()
+        from pipeline.stages.infer import format_summary, infer
+
         summary = format_summary(infer(job_config(self.config)))
         signal.signal(warning_signal(), signal.SIG_IGN)  # done: as StageJob, never requeued now
         return summary
@@ -362,9 +364,7 @@ def active_run(cfg: DictConfig, sha256: str, *, newest: int = 20) -> str | None:
             continue
         if run.read_json(FINGERPRINT_KEY).get("sha256") != sha256:
             continue
-        probe = copy.deepcopy(cfg)
-        probe.run_id = run_id
-        if run_status(probe, queue_states).active_jobs:
+        if run_status(open_run(cfg, run_id).config, queue_states).active_jobs:
             return run_id
     return None
 

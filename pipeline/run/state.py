@@ -15,9 +15,8 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 from omegaconf import DictConfig
 
 import pipeline
@@ -31,6 +30,9 @@ from pipeline.storage.run_layout import (
     stage_key,
 )
 from pipeline.storage.store import Store, join_key, open_store
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +189,8 @@ def finish_manifest(run: Store, state: str) -> dict[str, Any]:
 
 def read_index(run: Store) -> pd.DataFrame:
     """The run's index; StageFailed when prepare has not completed for this run."""
+    import pandas as pd  # here: only the stages read the index, and pandas takes a second
+
     try:
         return pd.read_parquet(io.BytesIO(run.read_bytes(INDEX_KEY)))
     except StoreKeyNotFound as e:
