@@ -82,3 +82,32 @@ def test_the_same_suite_runs_through_the_local_and_the_kubernetes_executor_alike
     assert [job["metadata"]["labels"]["masksuite/stage"] for job in server.jobs.values()] == [
         "prepare", "train", "vote"
     ]  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.s3
+def test_a_sweep_on_kubernetes_launches_its_runs_side_by_side_and_publishes_none(
+    tiny_dataset: Path,
+    s3_root: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    upload_tree(tiny_dataset, f"{s3_root}/data")
+    store = f"{s3_root}/store"
+    args = ["--cluster", "k8s", "-m", f"data.root={s3_root}/data", f"store.root={store}",
+            "k8s.poll_seconds=1", *TINY_OVERRIDES, "train.lr=1e-3,3e-4"]  # fmt: skip
+    with FakeApiServer(tmp_path / "api", pod_as_process) as server:
+        monkeypatch.setattr("pipeline.orchestration.k8s.kube_jobs_api", lambda: api_client(server))
+        assert launch_main(args) == 0
+    root = open_store(store)
+    assert not root.exists("latest.json")
+    runs = {job["metadata"]["annotations"]["masksuite/run-id"] for job in server.jobs.values()}
+    assert len(runs) == 2 and len(server.jobs) == 6
+    sweeps = {
+        root.read_json(f"runs/{run_id}/manifest.json")["sweep"]["sweep_id"] for run_id in runs
+    }
+    assert len(sweeps) == 1
+    capsys.readouterr()
+    assert runs_main(["list", "--sweep", sweeps.pop(), f"store.root={store}"]) == 0
+    assert capsys.readouterr().out.count("succeeded") == 2
