@@ -153,6 +153,8 @@ def launch_run(
     executor joins it). The run's context is made here, once, and its configuration passed on."""
     if resume or cfg.get("run_id") or request.render_only:  # a given run; or manifests only
         run = open_run(cfg, resume)
+        if not request.render_only:
+            record_sweep(run, swept)  # e.g. the launcher Job of a sweep's `--dry-run`
         return Launched(backend.launch(run.config, request), run)
     check_inputs(cfg)  # before a run is made
     fingerprint = data_fingerprint(cfg)
@@ -172,9 +174,16 @@ def launch_run(
             return Launched(backend.follow(run.config, request), run)
     run = open_run(cfg)  # a new run
     run.store.write_json(FINGERPRINT_KEY, fingerprint)
-    if cfg.get("sweep_id"):
-        run.store.write_json(SWEEP_KEY, {"sweep_id": str(cfg.sweep_id), "point": list(swept)})
+    record_sweep(run, swept)
     return Launched(backend.launch(run.config, request), run)
+
+
+def record_sweep(run: RunContext, swept: Sequence[str]) -> None:
+    """A run of a sweep (`sweep_id` set) records it in sweep.json, which its manifest copies and
+    `runs list` reads: {sweep_id, point: the swept overrides}. Written once."""
+    sweep_id = run.config.get("sweep_id")
+    if sweep_id and not run.store.exists(SWEEP_KEY):
+        run.store.write_json(SWEEP_KEY, {"sweep_id": str(sweep_id), "point": list(swept)})
 
 
 def unchanged_launch(cfg: DictConfig, fingerprint: dict[str, object]) -> int | None:
