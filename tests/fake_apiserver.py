@@ -44,6 +44,8 @@ class FakeApiServer:
         #: its own pod's status to pin the stage Jobs to its image's digest.
         self.pod_objects: dict[str, dict[str, Any]] = {}
         self.unauthorized = 0
+        #: Jobs deleted, in order: (name, the propagationPolicy asked for, or None).
+        self.deleted: list[tuple[str, str | None]] = []
         self.lock = threading.Lock()
         self.threads: list[threading.Thread] = []
         self.token = secrets.token_hex(16)
@@ -154,6 +156,9 @@ class FakeApiServer:
             if method == "GET":
                 return self._reply(handler, 200, self.jobs[name])
             if method == "DELETE":
+                # Deleted at once: the pods of a Foreground deletion are not simulated.
+                policy = parse_qs(url.query).get("propagationPolicy", [None])[0]
+                self.deleted.append((name, policy))
                 del self.jobs[name]
                 return self._reply(handler, 200, {"kind": "Status", "apiVersion": "v1",
                                                   "status": "Success"})  # fmt: skip

@@ -302,3 +302,28 @@ def test_only_the_checkpoints_module_calls_torch_load() -> None:
             ):
                 callers.append(str(path.relative_to(REPO)))
     assert callers == ["pipeline/ml/checkpoints.py"]
+
+
+def test_no_module_of_the_package_imports_by_name_at_run_time() -> None:
+    """Executors are chosen in one plain registry (orchestration/executors.py): no `importlib`
+    (nor `__import__`) anywhere in pipeline/, which once hid an import cycle from the contracts."""
+    offenders = []
+    for path in sorted((REPO / "pipeline").rglob("*.py")):
+        text = path.read_text()
+        for needle in ("importlib", "__import__("):
+            if needle in text:
+                offenders.append(f"{path.relative_to(REPO)}: {needle}")
+    assert offenders == []
+
+
+def test_every_executor_of_the_registry_has_the_whole_interface() -> None:
+    from pipeline.orchestration.executor import Executor
+    from pipeline.orchestration.executors import EXECUTORS
+
+    methods = ("check", "launch", "active_run", "follow", "status", "cancel", "infer")
+    assert set(EXECUTORS) == {"local", "slurm", "k8s"}
+    for name, cls in EXECUTORS.items():
+        assert cls.name == name
+        for method in methods:
+            assert callable(getattr(cls, method)), (name, method)
+            assert method in Executor.__dict__

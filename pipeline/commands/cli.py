@@ -11,7 +11,8 @@ from pipeline.core.errors import PipelineError
 from pipeline.core.logs import setup_logging
 from pipeline.orchestration.checks import check_config
 from pipeline.orchestration.graph import job_stages, run_stages
-from pipeline.run.state import new_run_id
+from pipeline.run.context import open_run
+from pipeline.run.state import require_run_id
 
 
 def run_job(job: str, argv: Sequence[str] | None = None) -> int:
@@ -28,12 +29,12 @@ def run_job(job: str, argv: Sequence[str] | None = None) -> int:
     except PipelineError as e:  # nothing has run: no run folder is touched
         print(f"error: {e}", file=sys.stderr)
         return 1
-    if job == "prepare" and not cfg.get("run_id"):
-        cfg.run_id = new_run_id()  # prepare without a run id starts a new run
     try:
-        run_stages(cfg, stages)
+        # prepare without a run id starts a new run; the other jobs work on a given one
+        run = open_run(cfg, None if job == "prepare" else require_run_id(cfg))
+        run_stages(run.config, stages)
     except PipelineError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"{job} done: run_id={cfg.run_id}")
+    print(f"{job} done: run_id={run.run_id}")
     return 0

@@ -18,9 +18,10 @@ from collections.abc import Sequence
 from pipeline.core.config import load_config
 from pipeline.core.errors import PipelineError
 from pipeline.core.logs import setup_logging
+from pipeline.run.context import open_run
 from pipeline.run.report import write_report
 from pipeline.run.results import read_vote
-from pipeline.run.state import root_store, run_store
+from pipeline.run.state import root_store
 from pipeline.run.store_page import write_store_page
 
 USAGE = "usage: python -m pipeline.report (RUN_ID | --store) [hydra overrides]"
@@ -33,9 +34,8 @@ def write_page(target: str, overrides: Sequence[str]) -> str:
     cfg = load_config(overrides, strict=True)
     if target == STORE_FLAG:
         return write_store_page(root_store(cfg))
-    cfg.run_id = target
-    run = run_store(cfg)
-    return write_report(cfg, run, read_vote(run))
+    run = open_run(cfg, target)
+    return write_report(run.config, run.store, read_vote(run.store))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,8 +1,12 @@
 """`python -m pipeline.runs COMMAND ...`: look at and manage the runs in the store.
 
-    status RUN_ID    every stage's state, job id and the tail of its log (orchestration/status.py)
-    cancel RUN_ID    cancel the run's jobs that are still queued or running
-    list             every run with its state and scores, newest first (pipeline/run/history.py)
+    status RUN_ID    every stage's state, job id and the tail of its log, as the executor that
+                     launched the run sees its jobs (orchestration/status.py; RUN_ID may be latest)
+    cancel RUN_ID    cancel the run's jobs that are still queued or running (Slurm: scancel;
+                     Kubernetes: its Jobs deleted, pods first)
+    list [--sweep ID]
+                     every run with its state and scores, newest first (pipeline/run/history.py);
+                     a sweep's runs show its id and their swept values
     promote RUN_ID --reason TEXT [--by NAME]
                      publish a held (or any finished) run by hand: latest.json moves to it, and
                      its gate.json records who and why (pipeline/stages/publish.py)
@@ -22,15 +26,83 @@ from typing import Any
 from omegaconf import DictConfig
 
 from pipeline.core.config import load_config
-from pipeline.core.errors import PipelineError
+from pipeline.core.errors import ConfigError, PipelineError
 from pipeline.core.logs import setup_logging
-from pipeline.orchestration import status
-from pipeline.run import history
-from pipeline.stages import publish
+from pipeline.orchestration.executors import run_executor
+from pipeline.orchestration.status import format_status
+from pipeline.run.context import open_run
+from pipeline.run.history import (
+    EXIT_HELD,
+    format_runs,
+    gate_line,
+    gate_state,
+    read_gate,
+    read_latest,
+    run_summaries,
+)
+from pipeline.run.state import root_store, run_store
+
+#: What `RUN_ID` may also be: the run latest.json names (as for `pull --run latest`).
+LATEST = "latest"
+
+
+def resolved_run_id(cfg: DictConfig, run_id: str) -> str:
+    """`run_id`, or for `latest` the run latest.json names; ConfigError when there is none."""
+    if run_id != LATEST:
+        return run_id
+    latest = read_latest(root_store(cfg))
+    if latest is None:
+        raise ConfigError(
+            f"no published run under store.root={cfg.store.root}: latest.json is missing; "
+            "name a run (python -m pipeline.runs list shows them)"
+        )
+    return str(latest["run_id"])
+
+
+def cmd_status(cfg: DictConfig, args: argparse.Namespace) -> int:
+    """`runs status RUN_ID`: the run's stages as its executor sees them and the publish gate's
+    decision; exit 0 when done or running, 1 when it failed, 3 when the gate held it."""
+    status = run_executor(run_store(cfg)).status(cfg)
+    print(format_status(status, tail=args.tail))
+    gate = read_gate(run_store(cfg))
+    if gate is not None:
+        print(f"  publish: {gate_line(gate)}")
+    if status.state == "failed":
+        return 1
+    return EXIT_HELD if gate_state(gate) == "held" else 0
+
+
+def cmd_cancel(cfg: DictConfig, args: argparse.Namespace) -> int:
+    """`runs cancel RUN_ID`: cancel what is still queued or running and say what."""
+    cancelled = run_executor(run_store(cfg)).cancel(cfg)
+    if cancelled:
+        print(f"run {cfg.run_id}: cancelled job(s) {' '.join(cancelled)}")
+    else:
+        print(f"run {cfg.run_id}: nothing queued or running to cancel")
+    return 0
+
+
+def cmd_list(cfg: DictConfig, args: argparse.Namespace) -> int:
+    """`runs list [--sweep ID]`: every run (of the sweep) with its state and scores, newest
+    first."""
+    root = root_store(cfg)
+    latest = read_latest(root)
+    summaries = run_summaries(root)
+    if args.sweep:
+        summaries = [s for s in summaries if (s.get("sweep") or {}).get("sweep_id") == args.sweep]
+    if not summaries:
+        print(
+            f"no runs{f' of sweep {args.sweep}' if args.sweep else ''} under {root.uri_of('runs')}"
+        )
+        return 0
+    print("\n".join(format_runs(summaries, latest["run_id"] if latest else None)))
+    return 0
 
 
 def cmd_promote(cfg: DictConfig, args: argparse.Namespace) -> int:
     """`python -m pipeline.runs promote RUN_ID --reason TEXT [--by NAME]`."""
+    from pipeline.stages import publish  # here: the gate's modules import torch
+
     by = args.by or os.environ.get("USER") or getpass.getuser()
     gate = publish.promote(cfg, str(args.run_id), str(args.reason), by)
     promoted = gate["promoted"]
@@ -48,9 +120,8 @@ def cmd_promote(cfg: DictConfig, args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m pipeline.runs status|cancel RUN_ID [overrides]`; returns the exit status.
 
-    Each subcommand is a parser plus a handler `(cfg, args) -> int` (orchestration/status.py,
-    run/history.py); the config is composed from the overrides (store.root=... as for launch)
-    with run_id set.
+    Each subcommand is a parser plus a handler `(cfg, args) -> int` above; the config is composed
+    from the overrides (store.root=... as for launch) with run_id set (`latest` resolved).
     """
     parser = argparse.ArgumentParser(
         prog="python -m pipeline.runs", description="Look at and manage runs in the store."
@@ -64,12 +135,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         sub.set_defaults(handler=handler)
         return sub
 
-    show = add_command("status", "every stage's state, job id and log tail", status.cmd_status)
+    show = add_command("status", "every stage's state, job id and log tail", cmd_status)
     show.add_argument("--tail", type=int, default=5, help="log lines per job (default: 5)")
-    add_command("cancel", "cancel the run's queued and running jobs", status.cmd_cancel)
-    add_command(
-        "list", "every run with its state and scores, newest first", history.cmd_list, run_id=False
+    add_command("cancel", "cancel the run's queued and running jobs", cmd_cancel)
+    listing = add_command(
+        "list", "every run with its state and scores, newest first", cmd_list, run_id=False
     )
+    listing.add_argument("--sweep", metavar="ID", help="only the runs of sweep ID")
 
     promote = add_command(
         "promote", "publish a held (or any finished) run by hand: latest.json moves to it",
@@ -92,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = load_config(args.overrides, strict=True)
         if getattr(args, "run_id", None):
-            cfg.run_id = args.run_id
+            cfg = open_run(cfg, resolved_run_id(cfg, args.run_id)).config
         return int(args.handler(cfg, args))
     except PipelineError as e:
         print(f"error: {e}", file=sys.stderr)

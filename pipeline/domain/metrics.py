@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import NotRequired, TypedDict
 
 import numpy as np
-from sklearn.metrics import confusion_matrix, f1_score
 
 from pipeline.domain.labels import NUM_CLASSES, TASK_SIZES, decode_array
 
@@ -41,6 +40,8 @@ def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int = NUM_CLAS
     for name, y in (("truth", y_true), ("predictions", y_pred)):
         if y.min() < 0 or y.max() >= num_classes:
             raise ValueError(f"{name} hold labels outside 0..{num_classes - 1}")
+    from sklearn.metrics import f1_score  # here: importing scikit-learn takes seconds
+
     return float(f1_score(y_true, y_pred, average="macro", zero_division=0))
 
 
@@ -49,6 +50,8 @@ def classification_metrics(
 ) -> Scores:
     """Macro F1, accuracy and confusion matrix over `num_classes`; for the 18 classes also
     per-task (mask, gender, age) accuracy and macro F1."""
+    from sklearn.metrics import confusion_matrix
+
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     labels = list(range(num_classes))
     result: Scores = {

@@ -33,11 +33,6 @@ from pipeline.core.config import model_specs, selected_models
 from pipeline.core.errors import ConfigError
 from pipeline.run.notify import notify
 from pipeline.run.state import one_line, run_stage, run_store
-from pipeline.stages.predict import predict_model
-from pipeline.stages.prepare import prepare
-from pipeline.stages.publish import publish_run
-from pipeline.stages.train import train_model
-from pipeline.stages.vote import vote
 from pipeline.storage.run_layout import (
     PREPARE_STAGE,
     PUBLISH_STAGE,
@@ -71,6 +66,45 @@ class Stage:
     kind: str
     step: str
     model: str | None = None
+
+
+# The stage functions, imported when a stage runs: a command that only reads the graph (--help,
+# runs status) starts without torch, pandas and scikit-learn.
+
+
+def prepare(cfg: DictConfig) -> dict[str, Any]:
+    """pipeline.stages.prepare.prepare"""
+    from pipeline.stages.prepare import prepare as run
+
+    return run(cfg)
+
+
+def train_model(cfg: DictConfig, name: str) -> dict[str, Any]:
+    """pipeline.stages.train.train_model"""
+    from pipeline.stages.train import train_model as run
+
+    return run(cfg, name)
+
+
+def predict_model(cfg: DictConfig, name: str) -> dict[str, int]:
+    """pipeline.stages.predict.predict_model"""
+    from pipeline.stages.predict import predict_model as run
+
+    return run(cfg, name)
+
+
+def vote(cfg: DictConfig) -> dict[str, Any]:
+    """pipeline.stages.vote.vote"""
+    from pipeline.stages.vote import vote as run
+
+    return dict(run(cfg))
+
+
+def publish_run(cfg: DictConfig) -> dict[str, Any]:
+    """pipeline.stages.publish.publish_run"""
+    from pipeline.stages.publish import publish_run as run
+
+    return run(cfg)
 
 
 def _train(name: str) -> Callable[[DictConfig], dict[str, Any]]:
@@ -155,7 +189,6 @@ def job_stages(cfg: DictConfig, job: str) -> list[Stage]:
         return [s for s in graph if s.step == job and s.model in models]
     if job == "model":
         name = indexed_model(cfg)
-        cfg.model_name = name
         return [s for s in graph if s.kind == "model" and s.model == name]
     raise ConfigError(f"unknown job {job!r}; valid: {list(JOBS)}")
 

@@ -37,16 +37,26 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.core.config import model_specs
 from pipeline.core.errors import ConfigError, PipelineError, StageFailed
-from pipeline.ml.device import CPU_LIMIT_ENV
 from pipeline.orchestration.checks import K8S_ROLES
-from pipeline.orchestration.graph import KINDS
+from pipeline.orchestration.executor import LaunchRequest, pinned_infer_config
+from pipeline.orchestration.graph import KINDS, stage_graph
+from pipeline.orchestration.status import (
+    QueueEntry,
+    RunStatus,
+    cancel_run,
+    read_submissions,
+    record_submission,
+    run_models,
+    run_status,
+)
+from pipeline.run.fingerprint import recorded_fingerprint
 from pipeline.run.history import read_gate, run_exit_status
 from pipeline.run.notify import NOTIFY_URL_ENV
 from pipeline.run.state import require_run_id, run_store
@@ -160,6 +170,8 @@ def container_env(cfg: DictConfig, role: str) -> list[dict[str, Any]]:
     scratch paths for a read-only root filesystem, and secrets through `secretKeyRef` only, each
     to the roles that use it: the S3 keys of the role's Secret, WANDB_API_KEY to the pods that
     track (TRACKING_ROLES), the webhook to the pods that run stages (NOTIFY_ROLES)."""
+    from pipeline.ml.device import CPU_LIMIT_ENV  # here: pipeline.ml imports torch
+
     k = cfg.k8s
     home = f"{SCRATCH_DIR}/home"
     cache = f"{SCRATCH_DIR}/cache"
@@ -903,3 +915,133 @@ def launch_k8s(
     except PipelineError as e:
         print(f"error: run {cfg.run_id}: {e}", file=sys.stderr)
         return 1
+
+
+# --------------------------------------------------------------------------------------------
+# The Executor (pipeline/orchestration/executor.py)
+# --------------------------------------------------------------------------------------------
+
+#: A Job's state (job_state) as a queue entry of pipeline/orchestration/status.py.
+QUEUE_STATE = {"complete": "COMPLETED", "failed": "FAILED", "running": "RUNNING"}
+
+
+def run_jobs_listed(api: JobsApi, cfg: DictConfig) -> dict[str, QueueEntry]:
+    """The run's Jobs in the namespace (by its run label) → their state as a queue entry."""
+    from kubernetes.client.exceptions import ApiException
+
+    namespace = str(cfg.k8s.namespace)
+    selector = f"{RUN_LABEL}={require_run_id(cfg).lower()}"
+    try:
+        jobs = api.list_namespaced_job(namespace, label_selector=selector).items or []
+    except ApiException as e:
+        raise StageFailed(
+            f"cannot list jobs in namespace {namespace}: {e.status} {e.reason}"
+        ) from e
+    listed = {}
+    for job in jobs:
+        state, why = job_state(job)
+        listed[str(job.metadata.name)] = QueueEntry(QUEUE_STATE[state], why)
+    return listed
+
+
+def k8s_run_status(api: JobsApi, cfg: DictConfig) -> RunStatus:
+    """The run's stages as their markers, job records and the run's Jobs show them: each stage is
+    carried by the Job of its kind (JOB_OF_KIND); a stage whose Job does not exist (not created
+    yet, or deleted) shows as not submitted unless done."""
+    listed = run_jobs_listed(api, cfg)
+    run = run_store(cfg)
+    jobs = {}
+    for stage in stage_graph(run_models(run, read_submissions(run))):
+        name = job_name(cfg, JOB_OF_KIND[stage.kind])
+        if name in listed:
+            jobs[stage.name] = {"job_id": name, "log": None}
+    return run_status(cfg, lambda names: listed, jobs)
+
+
+def delete_jobs(api: JobsApi, namespace: str, names: Sequence[str]) -> None:
+    """Delete Jobs with foreground propagation: each goes once its pods are gone."""
+    from kubernetes.client.exceptions import ApiException
+
+    for name in names:
+        try:
+            api.delete_namespaced_job(name, namespace, propagation_policy="Foreground")
+        except ApiException as e:
+            if _api_status(e) != 404:  # already gone is what was asked
+                raise StageFailed(
+                    f"cannot delete job {namespace}/{name}: {e.status} {e.reason}"
+                ) from e
+        log.info("deleted job %s/%s", namespace, name)
+
+
+class KubernetesBackend:
+    """The Executor of a Kubernetes cluster: a launch creates the run's Jobs one after another and
+    follows them; status lists the run's Jobs, cancel deletes those still running."""
+
+    name: ClassVar[str] = "k8s"
+    blocks: ClassVar[bool] = True
+    side_by_side: ClassVar[bool] = True
+    on_active: ClassVar[str] = "following it instead of starting a second run"
+
+    def __init__(self, api: JobsApi | None = None) -> None:
+        self._api = api
+
+    @property
+    def api(self) -> JobsApi:
+        """The Jobs API given, else the official client's (kube_jobs_api)."""
+        if self._api is None:
+            self._api = kube_jobs_api()
+        return self._api
+
+    def check(self, cfg: DictConfig, request: LaunchRequest) -> None:
+        """Refuse paths the pods cannot share, before any data is read or any run is made."""
+        check_cluster_paths(cfg)
+
+    def launch(self, cfg: DictConfig, request: LaunchRequest) -> int:
+        """Create the run's Jobs in order and follow them (see launch_k8s); the run records the
+        launch in its scheduler.json, so that `runs status|cancel` come here."""
+        launch_args = [*pass_through(request.overrides), f"run_id={require_run_id(cfg)}"]
+        sha = None
+        if not request.render_only:
+            sha = request.fingerprint or recorded_fingerprint(cfg)["sha256"]
+            record_submission(
+                run_store(cfg),
+                {
+                    "cluster": self.name,
+                    "submitted": datetime.now(UTC).isoformat(timespec="seconds"),
+                    "namespace": str(cfg.k8s.namespace),
+                    "models": list(model_specs(cfg)),
+                    "jobs": {},  # the Jobs are found by the run's label
+                },
+            )
+        return launch_k8s(
+            cfg,
+            dry_run=request.dry_run,
+            show_jobs=request.show_jobs,
+            overrides=request.overrides,
+            launch_args=launch_args,
+            fingerprint=sha,
+            api=None if request.render_only else self.api,
+        )
+
+    def active_run(self, cfg: DictConfig, sha256: str) -> str | None:
+        """The newest run of these inputs whose Jobs are still going (see active_run)."""
+        return active_run(self.api, str(cfg.k8s.namespace), sha256)
+
+    def follow(self, cfg: DictConfig, request: LaunchRequest) -> int:
+        """Follow the run's Jobs, creating those its dead launcher did not create yet."""
+        return self.launch(cfg, request)
+
+    def status(self, cfg: DictConfig) -> RunStatus:
+        """The stages as markers, job records and the run's Jobs show them."""
+        return k8s_run_status(self.api, cfg)
+
+    def cancel(self, cfg: DictConfig) -> list[str]:
+        """Delete the run's Jobs still running (foreground: their pods go first)."""
+        namespace = str(cfg.k8s.namespace)
+        status = k8s_run_status(self.api, cfg)
+        return cancel_run(cfg, status, lambda names: delete_jobs(self.api, namespace, names))
+
+    def infer(self, cfg: DictConfig, overrides: Sequence[str], *, dry_run: bool) -> int:
+        """Create the infer Job for the run chosen now (or print it with `dry_run`)."""
+        pinned = pinned_infer_config(cfg, dry_run=dry_run)
+        return launch_infer_k8s(pinned, overrides, dry_run=dry_run, api=self._api)

@@ -29,7 +29,7 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import submitit
 from omegaconf import DictConfig
@@ -41,9 +41,12 @@ from pipeline.core.errors import ConfigError, PipelineError, StageFailed
 from pipeline.core.logs import setup_logging
 from pipeline.core.stored_config import stored_config
 from pipeline.orchestration.checks import CONTAINER_RUNTIMES, check_config
+from pipeline.orchestration.executor import LaunchRequest, pinned_infer_config
 from pipeline.orchestration.graph import KINDS, Stage, job_groups, run_stages, suite_graph
 from pipeline.orchestration.status import (
     QueueEntry,
+    RunStatus,
+    cancel_run,
     format_status,
     progress_line,
     read_submissions,
@@ -51,10 +54,10 @@ from pipeline.orchestration.status import (
     run_status,
     valid_job_id,
 )
+from pipeline.run.context import open_run
 from pipeline.run.history import run_exit_status, run_ids, summary_lines
 from pipeline.run.results import read_vote
 from pipeline.run.state import one_line, record_stage_state, root_store, run_store, stage_done
-from pipeline.stages.infer import format_summary, infer
 from pipeline.storage.run_layout import FINGERPRINT_KEY
 from pipeline.storage.store import Store
 
@@ -137,6 +140,8 @@ class InferJob(Checkpointable):
 
     def __call__(self) -> str:
         setup_logging()
+        from pipeline.stages.infer import format_summary, infer
+
         summary = format_summary(infer(job_config(self.config)))
         signal.signal(warning_signal(), signal.SIG_IGN)  # done: as StageJob, never requeued now
         return summary
@@ -359,9 +364,7 @@ def active_run(cfg: DictConfig, sha256: str, *, newest: int = 20) -> str | None:
             continue
         if run.read_json(FINGERPRINT_KEY).get("sha256") != sha256:
             continue
-        probe = copy.deepcopy(cfg)
-        probe.run_id = run_id
-        if run_status(probe, queue_states).active_jobs:
+        if run_status(open_run(cfg, run_id).config, queue_states).active_jobs:
             return run_id
     return None
 
@@ -404,7 +407,7 @@ def follow(cfg: DictConfig, run: Store) -> int:
 
 
 # --------------------------------------------------------------------------------------------
-# the scheduler interface of pipeline.orchestration.status
+# Slurm's queue
 
 
 def queue_states(job_ids: list[str]) -> dict[str, QueueEntry]:
@@ -460,3 +463,52 @@ def cancel_jobs(job_ids: list[str]) -> None:
     result = subprocess.run(command, capture_output=True, text=True, timeout=60)
     if result.returncode != 0:
         raise ConfigError(f"scancel {' '.join(job_ids)} failed: {result.stderr.strip()}")
+
+
+# --------------------------------------------------------------------------------------------
+# the Executor (pipeline/orchestration/executor.py)
+
+
+class SlurmBackend:
+    """The Executor of a Slurm cluster: a launch submits the run's jobs and returns (or follows
+    them with --wait); status and cancel ask squeue and scancel about the jobs in scheduler.json."""
+
+    name: ClassVar[str] = "slurm"
+    blocks: ClassVar[bool] = False
+    side_by_side: ClassVar[bool] = True
+    on_active: ClassVar[str] = (
+        "not submitting a second run (--force does); follow it: python -m pipeline.runs "
+        "status {run_id} store.root={store}"
+    )
+
+    def check(self, cfg: DictConfig, request: LaunchRequest) -> None:
+        """Refuse the Kubernetes-only options."""
+        if request.render_only:
+            raise ConfigError("--dry-run and --show-jobs apply to --cluster k8s only")
+
+    def launch(self, cfg: DictConfig, request: LaunchRequest) -> int:
+        """Submit what the run still needs (see launch_slurm)."""
+        return launch_slurm(cfg, wait=request.wait)
+
+    def active_run(self, cfg: DictConfig, sha256: str) -> str | None:
+        """A run of these inputs whose jobs are queued or running (see active_run)."""
+        return active_run(cfg, sha256)
+
+    def follow(self, cfg: DictConfig, request: LaunchRequest) -> int:
+        """Follow the run to its end with --wait; without, leave it (0)."""
+        return follow(cfg, run_store(cfg)) if request.wait else 0
+
+    def status(self, cfg: DictConfig) -> RunStatus:
+        """The stages as markers, job records and squeue show them."""
+        return run_status(cfg, queue_states)
+
+    def cancel(self, cfg: DictConfig) -> list[str]:
+        """scancel the run's jobs still queued or running."""
+        return cancel_run(cfg, run_status(cfg, queue_states), cancel_jobs)
+
+    def infer(self, cfg: DictConfig, overrides: Sequence[str], *, dry_run: bool) -> int:
+        """Submit one infer job for the run chosen now."""
+        if dry_run:
+            raise ConfigError("--dry-run applies to --cluster k8s only")
+        print(submit_infer(pinned_infer_config(cfg, dry_run=False)))
+        return 0

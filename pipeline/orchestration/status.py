@@ -10,14 +10,13 @@ A stage whose job left the queue without its marker failed (the record or the qu
 stages after a failed one are blocked. The run is done when the vote is, failed when something
 failed and nothing is queued or running any more, running otherwise.
 
-Schedulers plug in through SCHEDULERS: a module with `queue_states(job_ids)` and
-`cancel_jobs(job_ids)` (pipeline/orchestration/slurm.py for Slurm).
+Each executor (pipeline/orchestration/executor.py) answers `runs status` and `runs cancel` with
+these functions and its own view of the jobs: Slurm's queue (slurm.py), the run's Kubernetes Jobs
+(k8s.py), none for a local run (local.py).
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import logging
 import re
 from collections.abc import Callable
@@ -32,7 +31,6 @@ from pipeline.core.config import model_specs
 from pipeline.core.errors import ConfigError
 from pipeline.core.stored_config import stored_config
 from pipeline.orchestration import graph
-from pipeline.run.history import EXIT_HELD, gate_line, gate_state, read_gate
 from pipeline.run.state import (
     manifest_state,
     read_stage_state,
@@ -43,8 +41,6 @@ from pipeline.run.state import (
 from pipeline.storage.run_layout import PUBLISH_STAGE, SCHEDULER_KEY, stage_key
 from pipeline.storage.store import Store
 
-#: Cluster name in scheduler.json → module with queue_states(ids) and cancel_jobs(ids).
-SCHEDULERS = {"slurm": "pipeline.orchestration.slurm"}
 #: Scheduler states of a job that is still queued or running.
 ACTIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD",
           "REQUEUE_FED", "RESIZING", "SIGNALING", "STAGE_OUT", "SUSPENDED"}  # fmt: skip
@@ -279,30 +275,24 @@ def stage_status(
     return StageStatus(stage, "failed", job_id, log, ended)
 
 
-def scheduler_module(cluster: str) -> Any:
-    """The module that reads and cancels jobs of `cluster` (see SCHEDULERS)."""
-    if cluster not in SCHEDULERS:
-        raise ConfigError(
-            f"unknown cluster {cluster!r} in scheduler.json; known: {list(SCHEDULERS)}"
-        )
-    return importlib.import_module(SCHEDULERS[cluster])
-
-
 def run_status(
-    cfg: DictConfig, queue_states: Callable[[list[str]], dict[str, QueueEntry]] | None = None
+    cfg: DictConfig,
+    queue_states: Callable[[list[str]], dict[str, QueueEntry]] | None = None,
+    jobs: dict[str, dict[str, Any]] | None = None,
 ) -> RunStatus:
     """The state of every stage of run `cfg.run_id` and of the run (see the module docstring).
 
-    `queue_states` maps job ids to queue entries; by default the scheduler recorded at launch.
-    Raises ConfigError when the run does not exist in the store.
+    `jobs` ({stage: {job_id, log}}) defaults to what launchers recorded in scheduler.json;
+    `queue_states` maps job ids to the scheduler's entries (None: no scheduler to ask, as for a
+    local run). Raises ConfigError when the run does not exist in the store.
     """
     run = run_store(cfg)
     submissions = read_submissions(run)
-    jobs = recorded_jobs(run, submissions, log_folder(cfg))
+    if jobs is None:
+        jobs = recorded_jobs(run, submissions, log_folder(cfg))
     queue: dict[str, QueueEntry] = {}
-    if submissions and jobs:
-        query = queue_states or scheduler_module(submissions[-1]["cluster"]).queue_states
-        queue = query(sorted({j["job_id"] for j in jobs.values()}))
+    if queue_states is not None and jobs:
+        queue = queue_states(sorted({j["job_id"] for j in jobs.values()}))
     stages: list[StageStatus] = []
     cause: dict[str, str] = {}  # stage → the failed stage that keeps it from running
     for stage, needs in stage_plan(run_models(run, submissions)):
@@ -317,6 +307,12 @@ def run_status(
     active = sorted(j for j in unfinished if j in queue and queue[j].active)
     state = overall_state(stages, active)
     return RunStatus(str(cfg.run_id), state, stages, first_problem(stages), active)
+
+
+def run_cluster(run: Store) -> str:
+    """Where the run was launched, as its latest launch record says (`local` without one)."""
+    submissions = read_submissions(run)
+    return str(submissions[-1].get("cluster", "local")) if submissions else "local"
 
 
 def overall_state(stages: list[StageStatus], active_jobs: list[str]) -> str:
@@ -372,35 +368,20 @@ def format_status(status: RunStatus, *, tail: int = 5) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# commands (see pipeline.run.state.main)
+# cancelling
 
 
-def cmd_status(cfg: DictConfig, args: argparse.Namespace) -> int:
-    """Print the run's status and the publish gate's decision; exit 0 when done or running, 1
-    when it failed, 3 when the gate held it."""
-    status = run_status(cfg)
-    print(format_status(status, tail=args.tail))
-    gate = read_gate(run_store(cfg))
-    if gate is not None:
-        print(f"  publish: {gate_line(gate)}")
-    if status.state == "failed":
-        return 1
-    return EXIT_HELD if gate_state(gate) == "held" else 0
-
-
-def cancel_run(cfg: DictConfig) -> list[str]:
-    """Cancel the run's jobs that are queued or running; returns their ids. Their stages are
-    recorded as cancelled (done stages stay done: `--resume` finishes the run later)."""
-    run = run_store(cfg)
-    submissions = read_submissions(run)
-    if not submissions:
-        return []
-    scheduler = scheduler_module(submissions[-1]["cluster"])
-    status = run_status(cfg, scheduler.queue_states)
+def cancel_run(
+    cfg: DictConfig, status: RunStatus, cancel_jobs: Callable[[list[str]], None]
+) -> list[str]:
+    """Cancel the run's jobs that `status` shows queued or running with `cancel_jobs` (the
+    executor's); returns their ids. Their stages are recorded as cancelled (done stages stay
+    done: `--resume` finishes the run later)."""
     active = status.active_jobs
     if not active:
         return []
-    scheduler.cancel_jobs(active)
+    cancel_jobs(active)
+    run = run_store(cfg)
     now = datetime.now(UTC).isoformat(timespec="seconds")
     for s in status.stages:
         if s.job_id in active and s.state != "done":
@@ -408,13 +389,3 @@ def cancel_run(cfg: DictConfig) -> list[str]:
                 run, s.stage, "cancelled", job_id=s.job_id, log=s.log, error=f"cancelled {now}"
             )
     return active
-
-
-def cmd_cancel(cfg: DictConfig, args: argparse.Namespace) -> int:
-    """Cancel what is still queued or running of the run and say what was cancelled."""
-    cancelled = cancel_run(cfg)
-    if cancelled:
-        print(f"run {cfg.run_id}: cancelled job(s) {' '.join(cancelled)}")
-    else:
-        print(f"run {cfg.run_id}: nothing queued or running to cancel")
-    return 0

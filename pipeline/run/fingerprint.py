@@ -25,7 +25,9 @@ from omegaconf import DictConfig
 
 from pipeline.core.config import plain_config
 from pipeline.core.errors import DataError, StoreKeyNotFound
-from pipeline.run.state import code_version
+from pipeline.domain.dataset import EVAL_CSV, EVAL_IMAGES, TRAIN_CSV, TRAIN_IMAGES
+from pipeline.run.state import code_version, run_store
+from pipeline.storage.run_layout import FINGERPRINT_KEY
 from pipeline.storage.store import open_store, read_uri
 
 #: Top-level config keys that never change what a run learns.
@@ -87,3 +89,37 @@ def data_fingerprint(cfg: DictConfig) -> dict[str, Any]:
         "files": len(files),
         "bytes": sum(size for size, _ in files.values()),
     }
+
+
+def recorded_fingerprint(cfg: DictConfig) -> dict[str, Any]:
+    """The run's data fingerprint (`runs/<run_id>/fingerprint.json`), which labels its Kubernetes
+    Jobs. A run named on the command line without one (the launcher Job that `--dry-run` prints,
+    `--resume` of a run made by hand) gets it now; latest.json keeps it too."""
+    run = run_store(cfg)
+    if run.exists(FINGERPRINT_KEY):
+        return run.read_json(FINGERPRINT_KEY)
+    fingerprint = data_fingerprint(cfg)
+    run.write_json(FINGERPRINT_KEY, fingerprint)
+    return fingerprint
+
+
+def check_inputs(cfg: DictConfig) -> None:
+    """Refuse, before a run is made, inputs that prepare would refuse first thing: `data.root`
+    without its training or eval table, an `data.extra_roots` entry without its training table.
+    DataError naming the key, the missing file and the layout expected."""
+    roots: list[tuple[str, str, tuple[str, ...]]] = [
+        ("data.root", str(cfg.data.root), (TRAIN_CSV, EVAL_CSV))
+    ]
+    roots += [
+        (f"data.extra_roots[{i}]", str(r), (TRAIN_CSV,))
+        for i, r in enumerate(cfg.data.get("extra_roots") or [])
+    ]
+    for key, root, needed in roots:
+        store = open_store(root, workers=int(cfg.store.workers), key=key)
+        for name in needed:
+            if not store.exists(name):
+                raise DataError(
+                    f"{key}={root}: {store.uri_of(name)} not found: {key} must hold the "
+                    f"competition layout ({TRAIN_CSV}, {TRAIN_IMAGES}, {EVAL_CSV}, {EVAL_IMAGES}; "
+                    "see README 'Data layout'); no run was made"
+                )

@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 from datetime import UTC, datetime
 from typing import Any, TypedDict
@@ -38,6 +37,7 @@ from pipeline.storage.run_layout import (
     REPORT_KEY,
     RUNS,
     SUBMISSION_KEY,
+    SWEEP_KEY,
     VOTE_KEY,
     is_checkpoint_file,
     run_key,
@@ -237,6 +237,8 @@ def run_summary(root: Store, run_id: str) -> dict[str, Any]:
         "bytes": sum(sizes.values()),
         "checkpoints": sum(1 for k in sizes if is_checkpoint_file(k.rsplit("/", 1)[-1])),
     }
+    if SWEEP_KEY in sizes:
+        summary["sweep"] = run.read_json(SWEEP_KEY)
     if gate is not None:
         summary["gate"] = gate
         if "challenger" in gate:
@@ -317,33 +319,26 @@ def publish(cfg: DictConfig, run: Store, *, move: bool = True, held: bool = Fals
 
 
 def format_runs(summaries: list[dict[str, Any]], latest: str | None) -> list[str]:
-    """The table `runs list` prints, newest first."""
-    lines = [f"  {'run id':<26} {'state':<10} {'val F1':>7} {'hold F1':>7} {'eval F1':>7}  members"]
+    """The table `runs list` prints, newest first; runs of a sweep show its id and their point
+    (the swept overrides) in a last column."""
+    sweeps = any("sweep" in s for s in summaries)
+    head = f"  {'run id':<26} {'state':<10} {'val F1':>7} {'hold F1':>7} {'eval F1':>7}  members"
+    lines = [head + ("  | sweep: point" if sweeps else "")]
     for s in reversed(summaries):
         mark = "*" if s["run_id"] == latest else " "
         f1 = f"{s['val_macro_f1']:.4f}" if "val_macro_f1" in s else "-"
         hold = f"{s['holdout_macro_f1']:.4f}" if "holdout_macro_f1" in s else "-"
         ev = f"{s['eval_macro_f1']:.4f}" if "eval_macro_f1" in s else "-"
         members = ", ".join(s.get("members", [])) or "; ".join(s["failed"])[:80]
-        lines.append(
-            f"{mark} {s['run_id']:<26} {s['state']:<10} {f1:>7} {hold:>7} {ev:>7}  {members}"
-        )
+        line = f"{mark} {s['run_id']:<26} {s['state']:<10} {f1:>7} {hold:>7} {ev:>7}  {members}"
+        if "sweep" in s:
+            sweep = s["sweep"]
+            line += f"  | {sweep.get('sweep_id')}: {' '.join(map(str, sweep.get('point', [])))}"
+        lines.append(line)
         if s["state"] == "held" and "gate" in s:
             lines.append(f"    {s['gate']['reason']}")
     lines.append("(* = latest.json; hold F1: holdout macro F1, scored by the publish gate)")
     return lines
-
-
-def cmd_list(cfg: DictConfig, args: argparse.Namespace) -> int:
-    """`python -m pipeline.runs list`: every run with its state and scores, newest first."""
-    root = root_store(cfg)
-    latest = read_latest(root)
-    summaries = run_summaries(root)
-    if not summaries:
-        print(f"no runs under {root.uri_of(RUNS)}")
-        return 0
-    print("\n".join(format_runs(summaries, latest["run_id"] if latest else None)))
-    return 0
 
 
 def interval_suffix(interval: Interval | None) -> str:

@@ -15,9 +15,8 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 from omegaconf import DictConfig
 
 import pipeline
@@ -26,10 +25,14 @@ from pipeline.core.errors import ConfigError, PipelineError, StageFailed, StoreK
 from pipeline.storage.run_layout import (
     INDEX_KEY,
     MANIFEST_KEY,
+    SWEEP_KEY,
     job_state_key,
     stage_key,
 )
 from pipeline.storage.store import Store, join_key, open_store
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +167,8 @@ def write_manifest(cfg: DictConfig) -> None:
         "data_fingerprint": run.read_json("fingerprint.json")
         if run.exists("fingerprint.json")
         else None,
+        # a point of a sweep: {sweep_id, point} as its launcher wrote it (sweep.json); else None
+        "sweep": run.read_json(SWEEP_KEY) if run.exists(SWEEP_KEY) else None,
     }
     run.write_json(MANIFEST_KEY, manifest)
 
@@ -184,6 +189,8 @@ def finish_manifest(run: Store, state: str) -> dict[str, Any]:
 
 def read_index(run: Store) -> pd.DataFrame:
     """The run's index; StageFailed when prepare has not completed for this run."""
+    import pandas as pd  # here: only the stages read the index, and pandas takes a second
+
     try:
         return pd.read_parquet(io.BytesIO(run.read_bytes(INDEX_KEY)))
     except StoreKeyNotFound as e:

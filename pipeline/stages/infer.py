@@ -1,27 +1,5 @@
-"""`python -m pipeline.infer infer.input=FOLDER|s3://bucket/prefix [run_id=…] [overrides]`
-
-Classify new, unlabelled photos with the voted members of a finished run: the run latest.json
-names (under `store.root`), or `run_id=…`. Each photo under `infer.input` (searched recursively;
-.jpg, .jpeg, .png) is read, fully decoded and checked as the prepare stage checks photos; a bad
-one is reported in the batch's bad-inputs CSV and never stops the batch. The run's own settings
-(input size, centre crops, test-time flip, members, vote method) come from its manifest and
-vote.json, so the answers are those the run would give.
-
-Written under `infer.output` (default `<store.root>/infer/<last part of infer.input>`):
-
-    predictions/<batch>.parquet   the answers schema (pipeline/run/answers.py), split "new": the
-                                  vote (kind=vote) and each member (kind=candidate); the
-                                  folder reads as one dataset
-    classes/<batch>.csv           image,class,mask,gender,age_group: the vote's answers
-    bad_inputs/<batch>.csv        path,reason of each photo that could not be used
-    seen.parquet                  content_sha256, run_id, image_id, batch of every photo
-                                  classified so far
-
-A photo whose content (sha256) the same run already classified there is not classified again
-when the same input is processed again; a newer run classifies it anew. seen.parquet is written
-last, so a batch stopped half-way is classified again in full next time, never lost. With
-`--cluster slurm` the same runs as one Slurm job (resources `slurm.stages.infer`); with
-`--cluster k8s` as one Kubernetes Job (`--dry-run` prints it for `kubectl apply -f -`).
+"""The infer stage: classify new, unlabelled photos with the voted members of a finished run
+(`python -m pipeline.infer`; what it writes and when: pipeline/commands/infer.py).
 """
 
 from __future__ import annotations

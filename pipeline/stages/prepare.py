@@ -43,9 +43,10 @@ from pipeline.domain.labels import (
 from pipeline.domain.split import holdout_by_person, split_by_person
 from pipeline.ml.device import cpu_threads
 from pipeline.ml.images import BadInputs, checked_images, image_limits, unsafe_key_reason
+from pipeline.run.context import give_new_run
 from pipeline.run.fingerprint import data_fingerprint
 from pipeline.run.holdout import HoldoutRule, rule_id, store_salt
-from pipeline.run.state import new_run_id, root_store, run_store, write_manifest
+from pipeline.run.state import root_store, run_store, write_manifest
 from pipeline.storage.run_layout import BAD_INPUTS_KEY, FINGERPRINT_KEY, INDEX_KEY
 from pipeline.storage.shards import write_shards
 from pipeline.storage.store import Store, open_store, read_uri
@@ -309,8 +310,7 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
     Returns the stage summary (images per split, bad inputs). Raises DataError for unusable data
     and StageFailed when more than `data.max_bad_fraction` of the training photos are unusable.
     """
-    if not cfg.get("run_id"):
-        cfg.run_id = new_run_id()
+    give_new_run(cfg)
     run = run_store(cfg)
     if not run.exists(FINGERPRINT_KEY):
         # A run made stage by stage (python -m jobs.prepare, ...) is fingerprinted like a launched

@@ -313,6 +313,13 @@ def publish_run(cfg: DictConfig) -> dict[str, Any]:
     finish the manifest (`succeeded` or `held`; pipeline.run.history `publish`), refresh the
     store page, notify. Returns the stage's marker."""
     root, run = root_store(cfg), run_store(cfg)
+    if cfg.get("sweep_id"):
+        # A sweep's run is compared with its sweep's others (runs list --sweep), not published:
+        # latest.json stays (runs promote publishes one by hand); retention, the manifest's state.
+        publish(cfg, run, move=False)
+        reason = f"a run of sweep {cfg.sweep_id}: not published (runs promote publishes it)"
+        log.info("run %s: %s", cfg.run_id, reason)
+        return {"latest_moved": False, "decision": "sweep", "reason": reason}
     gate = read_gate(run)
     if gate is None:
         gate = decide(cfg, root, run)

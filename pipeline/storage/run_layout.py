@@ -58,6 +58,8 @@ RUNS = "runs"
 MANIFEST_KEY = "manifest.json"
 FINGERPRINT_KEY = "fingerprint.json"
 SCHEDULER_KEY = "scheduler.json"
+#: A run launched as a point of a sweep: {sweep_id, point: its swept overrides}.
+SWEEP_KEY = "sweep.json"
 INDEX_KEY = "index.parquet"
 BAD_INPUTS_KEY = "bad_inputs.csv"
 VOTE_KEY = "vote.json"

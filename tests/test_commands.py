@@ -1,0 +1,59 @@
+"""What a newcomer meets first at the command line: inputs checked before a run is made, `latest`
+wherever a run id is asked for, and commands that start without the heavy libraries."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.commands.launch import main as launch_main
+from pipeline.commands.runs import main as runs_main
+from tests.conftest import TINY_OVERRIDES
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_a_data_root_that_does_not_exist_is_refused_before_a_run_is_made(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = tmp_path / "store"
+    missing = tmp_path / "no-such-data"
+    assert launch_main([f"data.root={missing}", f"store.root={store}", *TINY_OVERRIDES]) == 1
+    assert not (store / "runs").exists()  # no run, so `runs list` shows none
+    err = capsys.readouterr().err
+    assert f"data.root={missing}" in err and "train/train.csv not found" in err
+    assert runs_main(["list", f"store.root={store}"]) == 0
+    assert "no runs under" in capsys.readouterr().out
+
+
+def test_runs_status_takes_latest_as_pull_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = tmp_path / "store"
+    run_id = "20261206T020000Z-abc123"
+    (store / "runs" / run_id).mkdir(parents=True)
+    (store / "runs" / run_id / "manifest.json").write_text(json.dumps({"models": ["single"]}))
+    (store / "latest.json").write_text(json.dumps({"run_id": run_id}))
+    assert runs_main(["status", "latest", f"store.root={store}"]) == 0
+    assert capsys.readouterr().out.startswith(f"run {run_id}: ")
+
+    (store / "latest.json").unlink()
+    assert runs_main(["status", "latest", f"store.root={store}"]) == 1
+    assert "latest.json is missing" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "module", ["pipeline.commands.launch", "pipeline.commands.runs", "pipeline.commands.infer"]
+)
+def test_the_commands_start_without_torch(module: str) -> None:
+    """--help, --show-config and runs list answer in about a second: the command modules import
+    neither torch nor the other heavy libraries until a stage needs them."""
+    heavy = ["torch", "torchvision", "sklearn", "PIL", "pandas", "kubernetes"]
+    code = f"import sys, {module}; print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                            text=True, check=True)  # fmt: skip
+    assert result.stdout.strip() == "[]"
