@@ -4,7 +4,10 @@ manifest), never moving latest.json; `runs list` shows a sweep's runs with their
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,8 @@ from pipeline.storage.store import open_store
 from tests.conftest import TINY_OVERRIDES
 from tests.test_slurm import overrides as slurm_overrides
 from tests.test_slurm import slurm_cluster  # noqa: F401 (a fixture)
+
+REPO = Path(__file__).resolve().parent.parent
 
 #: What latest.json holds before the sweep: a published run the sweep must leave alone.
 CHAMPION = b'{"run_id": "20260101T000000Z-champ0", "members": ["single"]}'
@@ -110,3 +115,20 @@ def check_two_point_sweep(
     assert runs_main(["list", "--sweep", "no-such-sweep", f"store.root={store}"]) == 0
     assert "no runs of sweep no-such-sweep" in capsys.readouterr().out
     return out
+
+
+@pytest.mark.slow
+def test_the_documented_sweep_runs_as_written(tmp_path: Path) -> None:
+    """docs/runs.md's sweep block, from a fresh folder: two runs of one sweep, listed together."""
+    doc = (REPO / "docs" / "runs.md").read_text()
+    script = re.findall(r"```bash\n(.*?)```", doc.split("## Sweeps", 1)[1], re.S)[0]
+    env = {**os.environ, "PYTHONPATH": str(REPO),
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}  # fmt: skip
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    sweep = re.search(r"sweep (\S+): runs (\S+), (\S+);", done.stdout)
+    assert sweep, done.stdout[-3000:]
+    listed = done.stdout.split(sweep.group(0), 1)[1]
+    assert sweep.group(2).rstrip(",") in listed and sweep.group(3) in listed, listed
+    assert not (tmp_path / "outputs" / "sweep-store" / "latest.json").exists()

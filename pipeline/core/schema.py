@@ -353,6 +353,7 @@ class Config(Section):
     store: Store
     seed: int = Field(ge=0)
     run_id: Name | None
+    sweep_id: Name | None
     model_name: Name | None
     tracking: Tracking
     infer: Infer
