@@ -7,6 +7,7 @@ which order, not the training (the slow tests run the real stages through the sa
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -304,15 +305,32 @@ def test_only_the_checkpoints_module_calls_torch_load() -> None:
     assert callers == ["pipeline/ml/checkpoints.py"]
 
 
+DYNAMIC = ("importlib", "importlib.util")
+
+
 def test_no_module_of_the_package_imports_by_name_at_run_time() -> None:
-    """Executors are chosen in one plain registry (orchestration/executors.py): no `importlib`
-    (nor `__import__`) anywhere in pipeline/, which once hid an import cycle from the contracts."""
+    """Executors are chosen in one plain registry (orchestration/executors.py): no dynamic import
+    (`importlib.import_module`, `__import__`, `import importlib`) anywhere in pipeline/, which
+    once hid an import cycle from the contracts. Reading packaged files or versions
+    (`importlib.resources`, `importlib.metadata`) imports nothing and is fine."""
     offenders = []
     for path in sorted((REPO / "pipeline").rglob("*.py")):
-        text = path.read_text()
-        for needle in ("importlib", "__import__("):
-            if needle in text:
-                offenders.append(f"{path.relative_to(REPO)}: {needle}")
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            where = f"{path.relative_to(REPO)}:{getattr(node, 'lineno', 0)}"
+            if isinstance(node, ast.Import) and any(a.name in DYNAMIC for a in node.names):
+                offenders.append(f"{where}: import importlib")
+            elif isinstance(node, ast.ImportFrom) and node.module in (
+                "importlib",
+                "importlib.util",
+            ):
+                offenders.append(f"{where}: from {node.module} import ...")
+            elif isinstance(node, ast.Name | ast.Attribute) and "import_module" in (
+                getattr(node, "id", None),
+                getattr(node, "attr", None),
+            ):
+                offenders.append(f"{where}: import_module")
+            elif isinstance(node, ast.Name) and node.id == "__import__":
+                offenders.append(f"{where}: __import__")
     assert offenders == []
 
 
