@@ -4,6 +4,7 @@ wherever a run id is asked for, and commands that start without the heavy librar
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -57,3 +58,37 @@ def test_the_commands_start_without_torch(module: str) -> None:
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
                             text=True, check=True)  # fmt: skip
     assert result.stdout.strip() == "[]"
+
+
+def test_show_config_checks_the_architecture_without_torch_once_its_names_are_cached(
+    tmp_path: Path,
+) -> None:
+    """`--show-config` checks `model.arch` against torchvision's names: the first time on a
+    machine by importing torchvision (and caching the names per torchvision version), then from
+    the cache, without torch; a bad arch is still answered with the closest names."""
+    code = (
+        "import sys\nfrom pipeline.commands.launch import main\n"
+        "code = main(['--show-config', *sys.argv[1:]])\n"
+        "print('torch loaded:', 'torch' in sys.modules, 'exit:', code)"
+    )
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
+
+    def show_config(*overrides: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-c", code, *overrides], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=300)  # fmt: skip
+
+    first = show_config()
+    assert "torch loaded: True exit: 0" in first.stdout, first.stderr
+    (cache,) = (tmp_path / "masksuite").glob("torchvision-*-classification-models.json")
+    assert "resnet18" in json.loads(cache.read_text())
+    warm = show_config()
+    assert "torch loaded: False exit: 0" in warm.stdout, warm.stderr
+    bad = show_config("model.arch=resnet99")
+    assert "torch loaded: False exit: 1" in bad.stdout, bad.stderr
+    assert "model.arch='resnet99': must be one of torchvision's classification models" in bad.stderr
+    assert "closest: resnet50" in bad.stderr
+
+    cache.write_text(json.dumps(["resnet18", "__import__('os')", 3]))  # not a list of names
+    repaired = show_config()
+    assert "torch loaded: True exit: 0" in repaired.stdout, repaired.stderr
+    assert len(json.loads(cache.read_text())) > 50  # rewritten from torchvision itself

@@ -12,6 +12,7 @@ from torch import nn
 
 from pipeline.core.errors import ConfigError, StoreKeyNotFound
 from pipeline.domain.labels import MASK_NAMES, NUM_CLASSES
+from pipeline.ml.arch_names import classification_archs
 from pipeline.ml.checkpoints import load_bytes, looks_like_safetensors, parse_weights
 from pipeline.storage.store import read_uri
 
@@ -48,11 +49,6 @@ def mask_group_codes(groups: list[str] | None) -> list[int] | None:
     if unknown or not groups:
         raise ConfigError(f"mask_groups {list(groups)} must be a non-empty subset of {MASK_NAMES}")
     return [MASK_NAMES.index(g) for g in groups]
-
-
-def classification_archs() -> list[str]:
-    """Names of torchvision's classification models."""
-    return sorted(torchvision.models.list_models(module=torchvision.models))
 
 
 def read_weights(uri: str) -> dict[str, torch.Tensor]:

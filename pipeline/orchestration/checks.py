@@ -47,7 +47,7 @@ Rule = Callable[[dict[str, Any], KeyName], str | None]
 
 def _architecture(spec: dict[str, Any], key: KeyName) -> str | None:
     """`arch` when it is not one of torchvision's classification models: the closest names."""
-    from pipeline.ml.models import classification_archs
+    from pipeline.ml.arch_names import classification_archs
 
     arch, valid = spec["arch"], classification_archs()
     if arch in valid:
