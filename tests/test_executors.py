@@ -2,7 +2,7 @@
 executors.py) ends in the same stages done, a submission and latest.json on its run, and `runs
 status latest` answers through the executor that launched it. Kubernetes runs through the fake API
 server (tests/fake_apiserver.py), whose pods are the Jobs' own commands run here as processes;
-Slurm's turn is in tests/test_sweeps.py and tests/test_slurm.py (the local cluster)."""
+Slurm through the local cluster (more of it in tests/test_slurm.py and tests/test_sweeps.py)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,8 @@ from tests.conftest import TINY_OVERRIDES
 from tests.fake_apiserver import FakeApiServer
 from tests.kubelet import PodRun
 from tests.seaweed import upload_tree
+from tests.test_slurm import overrides as slurm_overrides
+from tests.test_slurm import slurm_cluster  # noqa: F401 (a fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -111,3 +113,32 @@ def test_a_sweep_on_kubernetes_launches_its_runs_side_by_side_and_publishes_none
     capsys.readouterr()
     assert runs_main(["list", "--sweep", sweeps.pop(), f"store.root={store}"]) == 0
     assert capsys.readouterr().out.count("succeeded") == 2
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_the_same_suite_runs_through_the_slurm_executor_alike(
+    slurm_cluster: None,  # noqa: F811 (the fixture imported above)
+    tiny_dataset: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The same suite through the Slurm executor (the local cluster): the same stages done, a
+    submission, latest.json on its run, and `runs status latest` through Slurm."""
+    store = str(tmp_path / "store")
+    code = launch_main(
+        ["--cluster", "slurm", "--wait", *slurm_overrides(tiny_dataset, store, tmp_path)]
+    )
+    assert code == 0, capsys.readouterr()
+    root = open_store(store)
+    run_id = str(root.read_json("latest.json")["run_id"])
+    run = root.child(f"runs/{run_id}")
+    assert {k.split("/")[-1] for k in run.list("stages")} == {
+        "prepare.json", "train-single.json", "predict-single.json", "vote.json", "publish.json"
+    }  # fmt: skip
+    assert run.exists("submission.csv")
+    assert root.read_json(f"runs/{run_id}/scheduler.json")  # Slurm recorded its jobs
+    capsys.readouterr()
+    assert runs_main(["status", "latest", f"store.root={store}"]) == 0
+    shown = capsys.readouterr().out
+    assert shown.startswith(f"run {run_id}: done") and "Job completed successfully" in shown, shown
