@@ -35,20 +35,21 @@ RUN pip install --no-cache-dir --no-deps --no-build-isolation . \
     && groupadd --gid 10001 masksuite \
     && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /scratch --shell /usr/sbin/nologin masksuite
 
+# The code version the runs record and fingerprint (pipeline/run/state.py code_version): the package
+# version plus the commit the image was built from (make image passes it).
+# Podman/buildah reuse a cached ENV layer whatever the build-arg's value (its cache key is the
+# unexpanded line), so a commit that changes nothing copied kept the previous commit's version;
+# a RUN's cache key holds the build-args it sees, so this layer and those after it are rebuilt.
+# (It runs before WORKDIR /scratch: a RUN there would create /scratch owned by root.)
+ARG CODE_VERSION=""
+RUN echo "code version: ${CODE_VERSION:-unknown}"
+ENV MASKSUITE_CODE_VERSION=${CODE_VERSION}
 # Kubernetes pods mount a writable emptyDir on /scratch and /tmp (the root filesystem is
 # read-only there); HOME and the caches point into it.
 ENV HOME=/scratch \
     XDG_CACHE_HOME=/scratch/cache \
     TORCH_HOME=/scratch/cache/torch
 WORKDIR /scratch
-# The code version the runs record and fingerprint (pipeline/run/state.py code_version): the package
-# version plus the commit the image was built from (make image passes it).
-# Podman/buildah reuse a cached ENV layer whatever the build-arg's value (its cache key is the
-# unexpanded line), so a commit that changes nothing copied kept the previous commit's version;
-# a RUN's cache key holds the build-args it sees, so this layer and those after it are rebuilt.
-ARG CODE_VERSION=""
-RUN echo "code version: ${CODE_VERSION:-unknown}"
-ENV MASKSUITE_CODE_VERSION=${CODE_VERSION}
 # A numeric user, so that Kubernetes can check runAsNonRoot.
 USER 10001:10001
 

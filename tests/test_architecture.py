@@ -340,7 +340,8 @@ def test_every_executor_of_the_registry_has_the_whole_interface() -> None:
 
     methods = ("check", "launch", "active_run", "follow", "status", "cancel", "infer")
     assert set(EXECUTORS) == {"local", "slurm", "k8s"}
-    for name, cls in EXECUTORS.items():
+    for name, load in EXECUTORS.items():
+        cls = load()
         assert cls.name == name
         for method in methods:
             assert callable(getattr(cls, method)), (name, method)

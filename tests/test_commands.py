@@ -92,3 +92,31 @@ def test_show_config_checks_the_architecture_without_torch_once_its_names_are_ca
     repaired = show_config()
     assert "torch loaded: True exit: 0" in repaired.stdout, repaired.stderr
     assert len(json.loads(cache.read_text())) > 50  # rewritten from torchvision itself
+
+
+def test_a_machine_without_submitit_or_kubernetes_still_launches_locally(tmp_path: Path) -> None:
+    """A GPU node or an image without a back-end's library (submitit, kubernetes) runs the local
+    executor; asking for the missing back-end says which package it needs."""
+    absent = tmp_path / "absent"
+    for module in ("submitit", "kubernetes"):
+        (absent / module).mkdir(parents=True)
+        (absent / module / "__init__.py").write_text(  # what Python raises for a missing one
+            f"raise ModuleNotFoundError(\"No module named '{module}'\", name='{module}')"
+        )
+    env = {**os.environ, "PYTHONPATH": f"{absent}{os.pathsep}{REPO}"}
+
+    def launch(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "pipeline.launch", *args], cwd=REPO,
+                              env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+
+    shown = launch("--show-config")
+    assert shown.returncode == 0 and "train:" in shown.stdout, shown.stderr
+    refused = launch("--cluster", "slurm", "--dry-run")
+    assert refused.returncode == 1, refused.stderr
+    assert "error: --cluster slurm needs the Python package submitit" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    # the Kubernetes executor imports its client only to talk to a cluster: --dry-run needs none
+    manifests = launch(
+        "--cluster", "k8s", "--dry-run", "store.root=s3://runs/x", "data.root=s3://d/x"
+    )
+    assert manifests.returncode == 0 and "kind: Job" in manifests.stdout, manifests.stderr

@@ -74,6 +74,14 @@ def plain_config(cfg: DictConfig) -> dict[str, Any]:
     return cast(dict[str, Any], config)
 
 
+def raw_config(cfg: DictConfig) -> dict[str, Any]:
+    """`cfg` as plain dicts and lists, interpolations and escapes left as they are."""
+    config = OmegaConf.to_container(cfg, resolve=False)
+    if not isinstance(config, dict):  # never: a DictConfig converts to a dict
+        raise TypeError(f"expected a mapping, got {type(config).__name__}")
+    return cast(dict[str, Any], config)
+
+
 def model_specs(cfg: DictConfig) -> dict[str, DictConfig]:
     """Return the suite's models by name, each the `model` group merged with its suite entry.
 
@@ -107,7 +115,9 @@ def model_specs(cfg: DictConfig) -> dict[str, DictConfig]:
                 f"{list(RUN_WIDE_TRAIN_KEYS)} apply to the whole run (train.<key>=...), "
                 f"other valid keys: {sorted(set(cfg.train) - set(RUN_WIDE_TRAIN_KEYS))}"
             )
-        base = {**plain_config(cfg.model), "train": plain_config(cfg.train)}
+        # unresolved: a stored config's strings are escaped to stay literal (stored_config.py);
+        # resolving here would turn a stored "${oc.env:...}" back into an interpolation
+        base = {**raw_config(cfg.model), "train": raw_config(cfg.train)}
         # omegaconf types a merge as ListConfig | DictConfig; one into a DictConfig is a DictConfig
         spec = cast(DictConfig, OmegaConf.merge(base, entry, {"train": train_overrides}))
         OmegaConf.set_struct(spec, True)
