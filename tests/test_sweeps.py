@@ -109,9 +109,13 @@ def check_two_point_sweep(
     assert runs_main(["list", "--sweep", sweep_id, f"store.root={store}"]) == 0
     listed = capsys.readouterr().out.splitlines()
     rows = [line for line in listed if sweep_id in line]
-    assert [row.split()[0] for row in rows] == list(reversed(run_ids))  # newest first
-    for row, lr in zip(rows, ("0.0003", "0.001"), strict=True):
-        assert re.search(r"succeeded\s+0\.\d{4}", row) and row.endswith(f"train.lr={lr}")
+    # both runs, each with its own point (side by side, both ids may name the same second, so
+    # their order in the list is the ids' order, not the points')
+    lr_of = dict(zip(run_ids, ("0.001", "0.0003"), strict=True))
+    assert sorted(row.split()[0] for row in rows) == sorted(run_ids), rows
+    for row in rows:
+        lr = lr_of[row.split()[0]]
+        assert re.search(r"succeeded\s+0\.\d{4}", row) and row.endswith(f"train.lr={lr}"), row
     assert runs_main(["list", "--sweep", "no-such-sweep", f"store.root={store}"]) == 0
     assert "no runs of sweep no-such-sweep" in capsys.readouterr().out
     return out
