@@ -9,6 +9,7 @@ teammates on a shared file system read what a run writes when the umask lets the
 
 from __future__ import annotations
 
+import base64
 import collections
 import contextlib
 import errno
@@ -572,6 +573,61 @@ def _endpoint_from_env() -> str | None:
     return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
 
 
+#: botocore's own variables for its default integrity checksums (`when_supported` since 1.36):
+#: when one is set, it wins over the `when_required` this module picks for a custom endpoint.
+CHECKSUM_VARIABLES = {
+    "request_checksum_calculation": "AWS_REQUEST_CHECKSUM_CALCULATION",
+    "response_checksum_validation": "AWS_RESPONSE_CHECKSUM_VALIDATION",
+}
+
+
+def _checksum_settings(endpoint: str | None) -> dict[str, str]:
+    """botocore Config arguments for its integrity checksums. With a custom endpoint (an
+    S3-compatible server): `when_required` for both, unless the user set botocore's variable.
+    Servers older than boto3's default checksums (MinIO before 2025, older Ceph RGW) refuse the
+    `x-amz-checksum-*` / `x-amz-sdk-checksum-algorithm` headers and aws-chunked trailers that
+    `when_supported` sends on every upload. Without an endpoint (AWS itself): botocore's default."""
+    if not endpoint:
+        return {}
+    return {
+        arg: "when_required" for arg, var in CHECKSUM_VARIABLES.items() if not os.environ.get(var)
+    }
+
+
+def _content_md5_for_delete_objects(params: dict[str, Any], **_: Any) -> None:
+    """botocore event handler (before-call.s3.DeleteObjects): send Content-MD5 instead of the
+    CRC32 botocore puts on DeleteObjects even under `when_required` (the operation requires a
+    checksum). Servers older than the new checksums (MinIO before 2025, older Ceph RGW) require
+    Content-MD5 there and refuse the request without it; AWS accepts either."""
+    checksum = params.get("context", {}).get("checksum", {})
+    checksum.pop("request_algorithm", None)
+    checksum.pop("request_algorithm_header", None)
+    body = params.get("body")
+    if isinstance(body, bytes | bytearray):
+        digest = hashlib.md5(body, usedforsecurity=False).digest()
+        params["headers"]["Content-MD5"] = base64.b64encode(digest).decode("ascii")
+
+
+def _compatible_client(endpoint: str | None, config: botocore.config.Config) -> Any:
+    """A boto3 S3 client from the default session (boto3's credential chain) that an
+    S3-compatible server older than boto3's default checksums accepts (`_checksum_settings`);
+    when it computes request checksums only where required, DeleteObjects carries Content-MD5."""
+    config = config.merge(botocore.config.Config(**_checksum_settings(endpoint)))
+    client = boto3.session.Session().client("s3", endpoint_url=endpoint, config=config)
+    if client.meta.config.request_checksum_calculation == "when_required":
+        client.meta.events.register("before-call.s3.DeleteObjects", _content_md5_for_delete_objects)
+    return client
+
+
+def _credential_sources() -> str:
+    """The places boto3's default credential chain looks, in its order (botocore's names)."""
+    try:
+        resolver = boto3.session.Session()._session.get_component("credential_provider")
+        return ", ".join(str(p.METHOD) for p in resolver.providers)
+    except Exception:  # a botocore without these internals: the message stays useful
+        return "the environment, shared files, web identity, container and instance roles"
+
+
 def _max_attempts(value: int | None) -> int:
     """`value`, else botocore's own AWS_MAX_ATTEMPTS variable, else DEFAULT_MAX_ATTEMPTS."""
     if value is None:
@@ -606,8 +662,10 @@ _STREAM_ERRORS = (
 class S3Store(Store):
     """A store over ``s3://bucket/prefix``; one thread-safe boto3 client shared by all threads.
 
-    Endpoint, region and credentials come from the standard AWS environment variables
-    (``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL`` for S3-compatible servers).
+    Endpoint and region come from the standard AWS environment variables (``AWS_ENDPOINT_URL_S3``
+    or ``AWS_ENDPOINT_URL`` for S3-compatible servers), credentials from boto3's default chain
+    (keys, profile files, web identity, container or instance role); no key is required here.
+    With an endpoint, request checksums are sent only where required (`_checksum_settings`).
     """
 
     def __init__(
@@ -657,7 +715,7 @@ class S3Store(Store):
                 s3={"addressing_style": "path"} if endpoint else None,
             )
             try:
-                client = boto3.session.Session().client("s3", endpoint_url=endpoint, config=config)
+                client = _compatible_client(endpoint, config)
             except (botocore.exceptions.BotoCoreError, ValueError) as e:
                 raise StoreError(f"cannot create an S3 client for {self.uri}: {e}") from e
         self.client = client
@@ -682,23 +740,29 @@ class S3Store(Store):
             if code in ("403", "AccessDenied", "Forbidden"):
                 raise StoreError(
                     f"access denied to bucket {self.bucket} at endpoint {self.endpoint}; "
-                    "check the AWS credentials "
-                    "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_PROFILE)"
+                    "check the AWS credentials (keys, AWS_PROFILE or the role of this pod or "
+                    "machine) and their permissions on the bucket"
                 ) from e
             raise StoreError(
                 f"cannot use bucket {self.bucket} at endpoint {self.endpoint}: {e}"
             ) from e
         except botocore.exceptions.NoCredentialsError as e:
-            raise StoreError(
-                f"no AWS credentials found for {self.uri}; set AWS_ACCESS_KEY_ID and "
-                "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)"
-            ) from e
+            raise StoreError(self._no_credentials()) from e
         except _UNREACHABLE as e:
             raise StoreError(
                 f"cannot reach S3 endpoint {self.endpoint}: {e}; check AWS_ENDPOINT_URL"
             ) from e
         except botocore.exceptions.BotoCoreError as e:
             raise StoreError(f"cannot use {self.uri} at endpoint {self.endpoint}: {e}") from e
+
+    def _no_credentials(self) -> str:
+        """One line: boto3's default chain found no credentials, where it looked, what to set."""
+        return (
+            f"no AWS credentials found for {self.uri}: boto3's default chain tried "
+            f"{_credential_sources()}; give keys (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY), "
+            "a profile (AWS_PROFILE, AWS_SHARED_CREDENTIALS_FILE), a web identity (AWS_ROLE_ARN "
+            "and AWS_WEB_IDENTITY_TOKEN_FILE, as IRSA sets them) or an instance or pod role"
+        )
 
     def _full(self, key: str) -> str:
         return _prefix_join(self.prefix, _check_key(key))
@@ -707,6 +771,8 @@ class S3Store(Store):
         return f"s3://{self.bucket}/{_prefix_join(self.prefix, key)}"
 
     def _fail(self, action: str, target: str, e: Exception) -> StoreError:
+        if isinstance(e, botocore.exceptions.NoCredentialsError):
+            return StoreError(self._no_credentials())
         if isinstance(e, _UNREACHABLE):
             return StoreError(
                 f"cannot {action} {target} (tried {self.max_attempts} times): {e}; "
