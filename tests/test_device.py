@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -10,12 +11,14 @@ import torch
 import torchvision
 
 from pipeline.core.errors import ConfigError
+from pipeline.ml import device
 from pipeline.ml.device import (
     Runtime,
     available_cpus,
     cgroup_cpu_quota,
     compiler_for,
     cpu_has_bf16,
+    driver_version,
     gpus_given,
     pick_device,
     pick_precision,
@@ -39,25 +42,112 @@ def test_pick_device_and_precision() -> None:
         pick_device("tpu")
 
 
-def test_gpus_given_but_not_seen_are_reported(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    assert gpus_given({"CUDA_VISIBLE_DEVICES": "0,1"}) == "CUDA_VISIBLE_DEVICES=0,1"
-    assert gpus_given({"NVIDIA_VISIBLE_DEVICES": "GPU-5f1c"}) == "NVIDIA_VISIBLE_DEVICES=GPU-5f1c"
+def test_gpus_given_reads_the_schedulers_variables() -> None:
+    """Slurm's and the NVIDIA device plugin's variables count; the base image's
+    NVIDIA_VISIBLE_DEVICES=all and the CPU pods' `void` do not."""
+    given = {
+        "CUDA_VISIBLE_DEVICES": "0,1",
+        "SLURM_STEP_GPUS": "2",
+        "SLURM_JOB_GPUS": "0",
+        "SLURM_GPUS_ON_NODE": "1",
+        "NVIDIA_VISIBLE_DEVICES": "GPU-5f1c2d3e",
+    }
+    for var, value in given.items():
+        assert gpus_given({var: value}) == f"{var}={value}"
     nothing = [{}, {"CUDA_VISIBLE_DEVICES": ""}, {"CUDA_VISIBLE_DEVICES": "-1"},
+               {"SLURM_GPUS_ON_NODE": "0"}, {"NVIDIA_VISIBLE_DEVICES": "all"},
                {"NVIDIA_VISIBLE_DEVICES": "void"}, {"NVIDIA_VISIBLE_DEVICES": "none"}]  # fmt: skip
     for env in nothing:
         assert gpus_given(env) is None, env
+
+
+@pytest.fixture
+def no_gpu(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """Faked: torch sees no GPU (torch.cuda.is_available), the driver's version file and the
+    device folder (tmp_path/driver-version, tmp_path/dev: empty, no driver loaded). Returns
+    tmp_path."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(torch.version, "cuda", None)
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
-    monkeypatch.delenv("NVIDIA_VISIBLE_DEVICES", raising=False)
-    with caplog.at_level("WARNING", logger="pipeline.ml.device"):
-        assert pick_device("auto").type == "cpu"
-    assert "gave this job GPU(s) (CUDA_VISIBLE_DEVICES=3)" in caplog.text
-    assert "a CPU-only torch build" in caplog.text and "training on the CPU" in caplog.text
-    with pytest.raises(ConfigError, match="no CUDA device is visible"):
-        pick_device("cuda")
+    monkeypatch.setattr(device, "DRIVER_VERSION_FILE", tmp_path / "driver-version")
+    (tmp_path / "dev").mkdir()
+    monkeypatch.setattr(device, "DEVICE_DIR", tmp_path / "dev")
+    return tmp_path
+
+
+def driver_file(folder: Path, version: str) -> None:
+    """/proc/driver/nvidia/version as the NVIDIA open kernel module writes it."""
+    (folder / "driver-version").write_text(
+        f"NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  {version}  Release Build  "
+        "(dvs-builder@U16-I2-C03-12-4)  Thu Jul 10 18:20:56 UTC 2025\n"
+        "GCC version:  gcc version 12.2.0 (Debian 12.2.0-14+deb12u1)\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("cuda", "driver", "nodes", "cause"),
+    [
+        (None, None, False, "is a CPU-only build"),
+        ("13.0", "535.104.05", True, "the NVIDIA driver 535.104.05 is older than torch's CUDA "
+         "13.0 needs (driver >= 580): upgrade the node's driver; or `make install TORCH=v100` "
+         "(torch 2.10.0, CUDA 12.8, driver >= 525)"),
+        ("12.8", "470.82.01", True, "the NVIDIA driver 470.82.01 is older than torch's CUDA 12.8 "
+         "needs (driver >= 525): upgrade the node's driver;"),
+        ("13.0", None, False, "no NVIDIA device node (/dev/nvidia0 …) in this job or container, "
+         "no NVIDIA driver loaded"),
+        ("13.0", "580.65.06", True, "torch's CUDA 13.0 says: Found no NVIDIA driver on your "
+         "system. Please check that you;"),
+    ],
+)  # fmt: skip
+def test_a_gpu_given_but_not_seen_fails_in_one_line_naming_the_cause(
+    no_gpu: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    cuda: str | None,
+    driver: str | None,
+    nodes: bool,
+    cause: str,
+) -> None:
+    """train.device=auto in a Slurm job with a GPU GRES (CUDA_VISIBLE_DEVICES=3) where torch
+    sees none: an error, not hours of training on the CPU."""
+    monkeypatch.setattr(torch.version, "cuda", cuda)
+    if driver:
+        driver_file(no_gpu, driver)
+    if nodes:
+        (no_gpu / "dev" / "nvidia0").touch()
+
+    def init() -> None:
+        raise RuntimeError("Found no NVIDIA driver on your system. Please check that you\nhave")
+
+    monkeypatch.setattr(torch.cuda, "init", init)
+    with pytest.raises(ConfigError) as info:
+        pick_device("auto", {"CUDA_VISIBLE_DEVICES": "3"})
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(
+        f"CUDA_VISIBLE_DEVICES=3 says the scheduler gave this job a GPU, but torch "
+        f"{torch.__version__} sees none: "
+    )
+    assert cause in message
+    assert message.endswith("; set train.device=cpu to train on the CPU on purpose")
+    with pytest.raises(ConfigError, match=re.escape(cause)) as info:
+        pick_device("cuda", {})
+    assert str(info.value).startswith("train.device=cuda but torch ")
+
+
+def test_cpu_is_taken_as_is_and_auto_without_a_gpu_given_uses_the_cpu(no_gpu: Path) -> None:
+    """train.device=cpu works with any GPU given; auto falls back to the CPU only where no
+    scheduler gave a GPU (the base image's NVIDIA_VISIBLE_DEVICES=all is no GPU given)."""
+    assert pick_device("cpu", {"CUDA_VISIBLE_DEVICES": "0", "SLURM_JOB_GPUS": "0"}).type == "cpu"
+    assert pick_device("auto", {"NVIDIA_VISIBLE_DEVICES": "all"}).type == "cpu"
+    assert pick_device("auto", {}).type == "cpu"
+
+
+def test_driver_version_reads_both_kernel_module_formats(tmp_path: Path) -> None:
+    driver_file(tmp_path, "570.86.15")
+    assert driver_version(tmp_path / "driver-version") == "570.86.15"
+    (tmp_path / "proprietary").write_text(
+        "NVRM version: NVIDIA UNIX x86_64 Kernel Module  535.104.05  Sat Aug 19 01:15:15 UTC 2023\n"
+    )
+    assert driver_version(tmp_path / "proprietary") == "535.104.05"
+    assert driver_version(tmp_path / "missing") is None
 
 
 def test_input_shape_after_centre_crop() -> None:

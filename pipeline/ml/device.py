@@ -6,6 +6,7 @@ import contextlib
 import logging
 import math
 import os
+import re
 import shutil
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
@@ -137,37 +138,114 @@ def require_compiler(device: torch.device) -> None:
         )
 
 
-def pick_device(name: str) -> torch.device:
-    """`auto` → cuda when available else cpu; ConfigError for unknown names or missing CUDA."""
+def pick_device(name: str, env: Mapping[str, str] | None = None) -> torch.device:
+    """`auto` → cuda when torch sees a GPU, else cpu; ConfigError for unknown names, and for
+    `cuda` or `auto` without a GPU torch can use where the scheduler gave this job one
+    (`gpus_given`): such a job would train on the CPU for hours. `cpu` is always taken as is."""
     if name not in DEVICES:
         raise ConfigError(f"train.device={name!r} is not one of {DEVICES}")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-        if name == "cpu" and (given := gpus_given()):
-            log.warning(
-                "the scheduler gave this job GPU(s) (%s) but torch %s sees no CUDA device (%s); "
-                "training on the CPU (train.device=cuda makes this an error)",
-                given,
-                torch.__version__,
-                "a CPU-only torch build"
-                if torch.version.cuda is None
-                else "no NVIDIA driver or device visible to this process",
-            )
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device=cuda but no CUDA device is visible; use auto or cpu")
-    return torch.device(name)
+    if name == "cpu":
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    given = gpus_given(env)
+    if name == "cuda":
+        raise ConfigError(
+            f"train.device=cuda but torch {torch.__version__} sees no CUDA device: "
+            f"{no_gpu_cause()}; set train.device=cpu to train on the CPU on purpose"
+        )
+    if given:
+        raise ConfigError(
+            f"{given} says the scheduler gave this job a GPU, but torch {torch.__version__} "
+            f"sees none: {no_gpu_cause()}; set train.device=cpu to train on the CPU on purpose"
+        )
+    return torch.device("cpu")
+
+
+#: Variables by which a scheduler gives a process GPUs → the values that mean "none". Slurm sets
+#: CUDA_VISIBLE_DEVICES and the SLURM_*GPUS* ones for a job with a GPU GRES; the NVIDIA device
+#: plugin of Kubernetes sets NVIDIA_VISIBLE_DEVICES to the GPUs it allocated to the container.
+#: NVIDIA_VISIBLE_DEVICES=all is no evidence: the pytorch/pytorch base image sets it in every
+#: container, CPU pods included (ours set `void` there).
+GPU_VARIABLES: dict[str, frozenset[str]] = {
+    "CUDA_VISIBLE_DEVICES": frozenset({"", "-1", "NoDevFiles"}),
+    "SLURM_STEP_GPUS": frozenset({""}),
+    "SLURM_JOB_GPUS": frozenset({""}),
+    "SLURM_GPUS_ON_NODE": frozenset({"", "0"}),
+    "NVIDIA_VISIBLE_DEVICES": frozenset({"", "none", "void", "all"}),
+}
 
 
 def gpus_given(env: Mapping[str, str] | None = None) -> str | None:
-    """The variable by which Slurm (CUDA_VISIBLE_DEVICES) or the NVIDIA container runtime
-    (NVIDIA_VISIBLE_DEVICES) gave this process GPUs, as `NAME=value`; None when neither did."""
+    """The variable that says a scheduler gave this process GPUs, as `NAME=value` (the first of
+    `GPU_VARIABLES` with a value other than its "none"s); None when no variable says so."""
     env = os.environ if env is None else env
-    for var, none in (("CUDA_VISIBLE_DEVICES", {"", "-1", "NoDevFiles"}),
-                      ("NVIDIA_VISIBLE_DEVICES", {"", "none", "void"})):  # fmt: skip
+    for var, none in GPU_VARIABLES.items():
         value = env.get(var)
         if value is not None and value.strip() not in none:
             return f"{var}={value}"
     return None
+
+
+#: The lowest NVIDIA Linux driver branch that runs builds of a CUDA major version (CUDA minor
+#: version compatibility): NVIDIA, "CUDA Compatibility", Minor Version Compatibility, Table 1
+#: (docs.nvidia.com/deploy/cuda-compatibility/minor-version-compatibility.html). Our torch routes:
+#: the default torch 2.14.1 is CUDA 13.0 (driver >= 580), the V100 route's torch 2.10.0 and the
+#: image are CUDA 12.8 (driver >= 525).
+MIN_DRIVER = {11: 450, 12: 525, 13: 580}
+#: Where the loaded NVIDIA kernel module states its version; device nodes are /dev/nvidia<N>.
+DRIVER_VERSION_FILE = Path("/proc/driver/nvidia/version")
+DEVICE_DIR = Path("/dev")
+
+
+def driver_version(path: Path | None = None) -> str | None:
+    """The loaded NVIDIA driver's version (e.g. "535.104.05") from /proc/driver/nvidia/version;
+    None when no NVIDIA kernel module is loaded or visible."""
+    try:
+        text = (path or DRIVER_VERSION_FILE).read_text(errors="replace")
+    except OSError:
+        return None
+    found = re.search(r"NVRM version:.*?\s(\d{3,}\.\d+(?:\.\d+)?)\s", text)
+    return found.group(1) if found else None
+
+
+def no_gpu_cause() -> str:
+    """Why torch sees no GPU, most specific first: a CPU-only build; a driver older than the
+    build's CUDA needs; no NVIDIA device node; else torch's own error text."""
+    cuda = torch.version.cuda
+    if cuda is None:
+        return (
+            f"torch {torch.__version__} is a CPU-only build (install a CUDA build: "
+            "`make install`, or run the container image)"
+        )
+    driver, need = driver_version(), MIN_DRIVER.get(int(cuda.split(".")[0]))
+    if driver and need and int(driver.split(".")[0]) < need:
+        older = (
+            "; or `make install TORCH=v100` (torch 2.10.0, CUDA 12.8, driver >= 525)"
+            if int(driver.split(".")[0]) >= MIN_DRIVER[12] and need > MIN_DRIVER[12]
+            else ""
+        )
+        return (
+            f"the NVIDIA driver {driver} is older than torch's CUDA {cuda} needs (driver >= "
+            f"{need}): upgrade the node's driver{older}"
+        )
+    if not any(DEVICE_DIR.glob("nvidia[0-9]*")):
+        loaded = f"driver {driver} loaded" if driver else "no NVIDIA driver loaded"
+        return (
+            f"no NVIDIA device node (/dev/nvidia0 …) in this job or container, {loaded}: the "
+            "GPU was not mounted (no NVIDIA container runtime or runtimeClassName) or the node "
+            "has no NVIDIA driver"
+        )
+    return f"torch's CUDA {cuda} says: {torch_cuda_error()}"
+
+
+def torch_cuda_error() -> str:
+    """The first line of the error torch's CUDA initialisation raises, or a placeholder."""
+    try:
+        torch.cuda.init()
+    except Exception as e:  # whatever torch raises is the text we want
+        return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return "no error, yet no device is available"
 
 
 def cpu_has_bf16() -> bool:
