@@ -110,14 +110,20 @@ def test_retention_deletes_old_checkpoints_on_an_old_s3_server(
     assert proxy.refused == []
 
 
-def test_botocores_own_variable_still_wins(
-    old_s3: tuple[str, OldS3Proxy], monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("where", ["variable", "profile"])
+def test_the_users_own_checksum_setting_still_wins(
+    old_s3: tuple[str, OldS3Proxy], monkeypatch: pytest.MonkeyPatch, tmp_path: Path, where: str
 ) -> None:
-    """AWS_REQUEST_CHECKSUM_CALCULATION=when_supported (a user's choice for a new server)
-    turns the default checksums back on: the old server refuses the write, and the message
-    names the key."""
+    """AWS_REQUEST_CHECKSUM_CALCULATION=when_supported, or the same setting in the AWS profile
+    (a user's choice for a new server), turns the default checksums back on: the old server
+    refuses the write, and the message names the key."""
     uri, proxy = old_s3
-    monkeypatch.setenv("AWS_REQUEST_CHECKSUM_CALCULATION", "when_supported")
+    if where == "variable":
+        monkeypatch.setenv("AWS_REQUEST_CHECKSUM_CALCULATION", "when_supported")
+    else:
+        config = tmp_path / "config"
+        config.write_text("[default]\nrequest_checksum_calculation = when_supported\n")
+        monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
     store = open_store(uri, workers=1)
     with pytest.raises(StoreError, match=re.escape(store.uri_of("k.bin"))):
@@ -128,13 +134,18 @@ def test_botocores_own_variable_still_wins(
 # ------------------------------------------------------------------ boto3's credential chain
 
 
+@pytest.mark.parametrize("keys", ["absent", "empty"])
 def test_keys_in_a_shared_credentials_file_are_enough(
-    s3_root: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    s3_root: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, keys: str
 ) -> None:
-    """No AWS_ACCESS_KEY_ID in the environment: boto3 finds the keys in the file that
-    AWS_SHARED_CREDENTIALS_FILE names (as a mounted Secret or `aws configure` leaves them)."""
+    """No AWS_ACCESS_KEY_ID in the environment, or an empty one (an env file or an optional
+    Secret left blank): boto3 finds the keys in the file that AWS_SHARED_CREDENTIALS_FILE names
+    (as a mounted Secret or `aws configure` leaves them)."""
     for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        monkeypatch.delenv(var)
+        if keys == "absent":
+            monkeypatch.delenv(var)
+        else:
+            monkeypatch.setenv(var, "")
     credentials = tmp_path / "credentials"
     credentials.write_text(
         f"[default]\naws_access_key_id = {ACCESS_KEY}\naws_secret_access_key = {SECRET_KEY}\n"

@@ -23,7 +23,7 @@ import secrets
 import shutil
 import stat
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
@@ -573,24 +573,28 @@ def _endpoint_from_env() -> str | None:
     return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
 
 
-#: botocore's own variables for its default integrity checksums (`when_supported` since 1.36):
-#: when one is set, it wins over the `when_required` this module picks for a custom endpoint.
+#: botocore's own settings for its default integrity checksums (`when_supported` since 1.36) →
+#: their environment variables; set there or in the AWS profile, they win over the
+#: `when_required` this module picks for a custom endpoint.
 CHECKSUM_VARIABLES = {
     "request_checksum_calculation": "AWS_REQUEST_CHECKSUM_CALCULATION",
     "response_checksum_validation": "AWS_RESPONSE_CHECKSUM_VALIDATION",
 }
 
 
-def _checksum_settings(endpoint: str | None) -> dict[str, str]:
+def _checksum_settings(endpoint: str | None, profile: Mapping[str, Any]) -> dict[str, str]:
     """botocore Config arguments for its integrity checksums. With a custom endpoint (an
-    S3-compatible server): `when_required` for both, unless the user set botocore's variable.
-    Servers older than boto3's default checksums (MinIO before 2025, older Ceph RGW) refuse the
-    `x-amz-checksum-*` / `x-amz-sdk-checksum-algorithm` headers and aws-chunked trailers that
-    `when_supported` sends on every upload. Without an endpoint (AWS itself): botocore's default."""
+    S3-compatible server): `when_required` for both, unless the user chose otherwise (botocore's
+    variable, or the setting in the AWS `profile`). Servers older than boto3's default checksums
+    (MinIO before 2025, older Ceph RGW) refuse the `x-amz-checksum-*` /
+    `x-amz-sdk-checksum-algorithm` headers and aws-chunked trailers that `when_supported` sends
+    on every upload. Without an endpoint (AWS itself): botocore's default."""
     if not endpoint:
         return {}
     return {
-        arg: "when_required" for arg, var in CHECKSUM_VARIABLES.items() if not os.environ.get(var)
+        arg: "when_required"
+        for arg, var in CHECKSUM_VARIABLES.items()
+        if not os.environ.get(var) and arg not in profile
     }
 
 
@@ -612,8 +616,10 @@ def _compatible_client(endpoint: str | None, config: botocore.config.Config) -> 
     """A boto3 S3 client from the default session (boto3's credential chain) that an
     S3-compatible server older than boto3's default checksums accepts (`_checksum_settings`);
     when it computes request checksums only where required, DeleteObjects carries Content-MD5."""
-    config = config.merge(botocore.config.Config(**_checksum_settings(endpoint)))
-    client = boto3.session.Session().client("s3", endpoint_url=endpoint, config=config)
+    session = boto3.session.Session()
+    profile = session._session.get_scoped_config()  # the AWS profile's settings
+    config = config.merge(botocore.config.Config(**_checksum_settings(endpoint, profile)))
+    client = session.client("s3", endpoint_url=endpoint, config=config)
     if client.meta.config.request_checksum_calculation == "when_required":
         client.meta.events.register("before-call.s3.DeleteObjects", _content_md5_for_delete_objects)
     return client
