@@ -9,7 +9,6 @@ teammates on a shared file system read what a run writes when the umask lets the
 
 from __future__ import annotations
 
-import base64
 import collections
 import contextlib
 import errno
@@ -23,17 +22,17 @@ import secrets
 import shutil
 import stat
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
-import boto3
 import botocore.config
 import botocore.exceptions
 from boto3.s3.transfer import S3UploadFailedError, TransferConfig
 
 from pipeline.core.errors import StoreError, StoreKeyNotFound
+from pipeline.storage.s3_client import compatible_client, credential_sources
 
 __all__ = ["LocalStore", "S3Store", "Store", "StoreRefused", "join_key", "open_store"]
 
@@ -573,67 +572,6 @@ def _endpoint_from_env() -> str | None:
     return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
 
 
-#: botocore's own settings for its default integrity checksums (`when_supported` since 1.36) →
-#: their environment variables; set there or in the AWS profile, they win over the
-#: `when_required` this module picks for a custom endpoint.
-CHECKSUM_VARIABLES = {
-    "request_checksum_calculation": "AWS_REQUEST_CHECKSUM_CALCULATION",
-    "response_checksum_validation": "AWS_RESPONSE_CHECKSUM_VALIDATION",
-}
-
-
-def _checksum_settings(endpoint: str | None, profile: Mapping[str, Any]) -> dict[str, str]:
-    """botocore Config arguments for its integrity checksums. With a custom endpoint (an
-    S3-compatible server): `when_required` for both, unless the user chose otherwise (botocore's
-    variable, or the setting in the AWS `profile`). Servers older than boto3's default checksums
-    (MinIO before 2025, older Ceph RGW) refuse the `x-amz-checksum-*` /
-    `x-amz-sdk-checksum-algorithm` headers and aws-chunked trailers that `when_supported` sends
-    on every upload. Without an endpoint (AWS itself): botocore's default."""
-    if not endpoint:
-        return {}
-    return {
-        arg: "when_required"
-        for arg, var in CHECKSUM_VARIABLES.items()
-        if not os.environ.get(var) and arg not in profile
-    }
-
-
-def _content_md5_for_delete_objects(params: dict[str, Any], **_: Any) -> None:
-    """botocore event handler (before-call.s3.DeleteObjects): send Content-MD5 instead of the
-    CRC32 botocore puts on DeleteObjects even under `when_required` (the operation requires a
-    checksum). Servers older than the new checksums (MinIO before 2025, older Ceph RGW) require
-    Content-MD5 there and refuse the request without it; AWS accepts either."""
-    checksum = params.get("context", {}).get("checksum", {})
-    checksum.pop("request_algorithm", None)
-    checksum.pop("request_algorithm_header", None)
-    body = params.get("body")
-    if isinstance(body, bytes | bytearray):
-        digest = hashlib.md5(body, usedforsecurity=False).digest()
-        params["headers"]["Content-MD5"] = base64.b64encode(digest).decode("ascii")
-
-
-def _compatible_client(endpoint: str | None, config: botocore.config.Config) -> Any:
-    """A boto3 S3 client from the default session (boto3's credential chain) that an
-    S3-compatible server older than boto3's default checksums accepts (`_checksum_settings`);
-    when it computes request checksums only where required, DeleteObjects carries Content-MD5."""
-    session = boto3.session.Session()
-    profile = session._session.get_scoped_config()  # the AWS profile's settings
-    config = config.merge(botocore.config.Config(**_checksum_settings(endpoint, profile)))
-    client = session.client("s3", endpoint_url=endpoint, config=config)
-    if client.meta.config.request_checksum_calculation == "when_required":
-        client.meta.events.register("before-call.s3.DeleteObjects", _content_md5_for_delete_objects)
-    return client
-
-
-def _credential_sources() -> str:
-    """The places boto3's default credential chain looks, in its order (botocore's names)."""
-    try:
-        resolver = boto3.session.Session()._session.get_component("credential_provider")
-        return ", ".join(str(p.METHOD) for p in resolver.providers)
-    except Exception:  # a botocore without these internals: the message stays useful
-        return "the environment, shared files, web identity, container and instance roles"
-
-
 def _max_attempts(value: int | None) -> int:
     """`value`, else botocore's own AWS_MAX_ATTEMPTS variable, else DEFAULT_MAX_ATTEMPTS."""
     if value is None:
@@ -671,7 +609,7 @@ class S3Store(Store):
     Endpoint and region come from the standard AWS environment variables (``AWS_ENDPOINT_URL_S3``
     or ``AWS_ENDPOINT_URL`` for S3-compatible servers), credentials from boto3's default chain
     (keys, profile files, web identity, container or instance role); no key is required here.
-    With an endpoint, request checksums are sent only where required (`_checksum_settings`).
+    With an endpoint, checksums are sent only where required (`s3_client.checksum_settings`).
     """
 
     def __init__(
@@ -721,7 +659,7 @@ class S3Store(Store):
                 s3={"addressing_style": "path"} if endpoint else None,
             )
             try:
-                client = _compatible_client(endpoint, config)
+                client = compatible_client(endpoint, config)
             except (botocore.exceptions.BotoCoreError, ValueError) as e:
                 raise StoreError(f"cannot create an S3 client for {self.uri}: {e}") from e
         self.client = client
@@ -765,7 +703,7 @@ class S3Store(Store):
         """One line: boto3's default chain found no credentials, where it looked, what to set."""
         return (
             f"no AWS credentials found for {self.uri}: boto3's default chain tried "
-            f"{_credential_sources()}; give keys (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY), "
+            f"{credential_sources()}; give keys (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY), "
             "a profile (AWS_PROFILE, AWS_SHARED_CREDENTIALS_FILE), a web identity (AWS_ROLE_ARN "
             "and AWS_WEB_IDENTITY_TOKEN_FILE, as IRSA sets them) or an instance or pod role"
         )
