@@ -132,12 +132,20 @@ def test_a_gpu_given_but_not_seen_fails_in_one_line_naming_the_cause(
     assert str(info.value).startswith("train.device=cuda but torch ")
 
 
-def test_cpu_is_taken_as_is_and_auto_without_a_gpu_given_uses_the_cpu(no_gpu: Path) -> None:
+def test_cpu_is_taken_as_is_and_auto_without_a_gpu_given_uses_the_cpu(
+    no_gpu: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """train.device=cpu works with any GPU given; auto falls back to the CPU only where no
-    scheduler gave a GPU (the base image's NVIDIA_VISIBLE_DEVICES=all is no GPU given)."""
-    assert pick_device("cpu", {"CUDA_VISIBLE_DEVICES": "0", "SLURM_JOB_GPUS": "0"}).type == "cpu"
-    assert pick_device("auto", {"NVIDIA_VISIBLE_DEVICES": "all"}).type == "cpu"
-    assert pick_device("auto", {}).type == "cpu"
+    scheduler gave a GPU (the base image's NVIDIA_VISIBLE_DEVICES=all is no GPU given: a
+    warning, as a GPU pod whose device plugin left it so may be one)."""
+    env = {"CUDA_VISIBLE_DEVICES": "0", "SLURM_JOB_GPUS": "0", "NVIDIA_VISIBLE_DEVICES": "all"}
+    with caplog.at_level("WARNING", logger="pipeline.ml.device"):
+        assert pick_device("cpu", env).type == "cpu"
+        assert pick_device("auto", {"NVIDIA_VISIBLE_DEVICES": "void"}).type == "cpu"
+        assert pick_device("auto", {}).type == "cpu"
+        assert caplog.text == ""
+        assert pick_device("auto", {"NVIDIA_VISIBLE_DEVICES": "all"}).type == "cpu"
+    assert "NVIDIA_VISIBLE_DEVICES=all" in caplog.text and "train.device=cuda" in caplog.text
 
 
 def test_driver_version_reads_both_kernel_module_formats(tmp_path: Path) -> None:

@@ -148,6 +148,7 @@ def pick_device(name: str, env: Mapping[str, str] | None = None) -> torch.device
         return torch.device("cpu")
     if torch.cuda.is_available():
         return torch.device("cuda")
+    env = os.environ if env is None else env
     given = gpus_given(env)
     if name == "cuda":
         raise ConfigError(
@@ -158,6 +159,12 @@ def pick_device(name: str, env: Mapping[str, str] | None = None) -> torch.device
         raise ConfigError(
             f"{given} says the scheduler gave this job a GPU, but torch {torch.__version__} "
             f"sees none: {no_gpu_cause()}; set train.device=cpu to train on the CPU on purpose"
+        )
+    if env.get("NVIDIA_VISIBLE_DEVICES", "").strip() == "all":
+        log.warning(
+            "NVIDIA_VISIBLE_DEVICES=all (the base image sets it in every container, so it does "
+            "not say a GPU was given) and torch sees no GPU: training on the CPU "
+            "(train.device=cuda makes a missing GPU an error; cpu silences this)"
         )
     return torch.device("cpu")
 
