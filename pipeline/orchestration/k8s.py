@@ -282,15 +282,16 @@ def image_ref(cfg: DictConfig) -> str:
 PLACEHOLDER_REGISTRY = "registry.example.com/"
 
 
-def warn_placeholder_image(cfg: DictConfig) -> None:
-    """One line on stderr while `k8s.image` is still the shipped placeholder: the Jobs printed
-    or created would never start (ImagePullBackOff)."""
-    image = str(cfg.k8s.image)
-    if image.startswith(PLACEHOLDER_REGISTRY):
+def warn_placeholder_image(manifests: Sequence[dict[str, Any]]) -> None:
+    """One line on stderr when a printed Job runs the shipped placeholder image (`k8s.image` left
+    as pipeline/conf/k8s/default.yaml has it): applied, its pods would never start."""
+    images = {c["image"] for m in manifests for c in m["spec"]["template"]["spec"]["containers"]}
+    placeholder = sorted(i for i in images if i.startswith(PLACEHOLDER_REGISTRY))
+    if placeholder:
         print(
-            f"warning: k8s.image={image!r} is the placeholder of pipeline/conf/k8s/default.yaml, "
-            "which no cluster can pull: push the image to your registry and set k8s.image (or "
-            "IMAGE in your kustomize overlay, docs/kubernetes.md)",
+            f"warning: k8s.image={placeholder[0]!r} is the shipped placeholder, which no cluster "
+            "can pull: push the image to your registry and set k8s.image (or IMAGE in your "
+            "kustomize overlay; docs/kubernetes.md)",
             file=sys.stderr,
         )
 
@@ -520,7 +521,6 @@ def render_jobs(
     """
     check_cluster_paths(cfg)
     model_specs(cfg)  # a suite without models fails here, before anything is created
-    warn_placeholder_image(cfg)
     return [stage_job(cfg, stage, overrides, fingerprint) for stage in STAGES]
 
 
@@ -528,7 +528,6 @@ def infer_job(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """The Job of one `python -m pipeline.infer` batch with run `cfg.run_id` (pinned by the
     caller): `python -m jobs.infer` with the user's overrides, resources `k8s.resources.infer`."""
     check_shared_store(cfg)
-    warn_placeholder_image(cfg)
     for key in ("input", "output"):
         value = cfg.infer.get(key)
         if value and not str(value).startswith(("s3://", "/")):
@@ -599,7 +598,6 @@ def launcher_job(cfg: DictConfig, launch_args: Sequence[str]) -> dict[str, Any]:
     is in `launch_args`); any other failure fails the Job (no retry: resume by hand).
     """
     check_cluster_paths(cfg)
-    warn_placeholder_image(cfg)
     k = cfg.k8s
     name = job_name(cfg, "launch")
     labels = run_labels(cfg, "launcher", None)
@@ -643,7 +641,9 @@ class _PlainDumper(yaml.SafeDumper):
 
 
 def to_yaml(manifests: Sequence[dict[str, Any]]) -> str:
-    """Multi-document YAML, the input `kubectl apply -f -` takes."""
+    """Multi-document YAML, the input `kubectl apply -f -` takes (what --dry-run and --show-jobs
+    print); warns on stderr while the Jobs run the placeholder image (warn_placeholder_image)."""
+    warn_placeholder_image(manifests)
     return yaml.dump_all(manifests, Dumper=_PlainDumper, sort_keys=False, default_flow_style=False)
 
 
