@@ -184,6 +184,12 @@ def kustomize(folder: Path) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(done.stdout) if d]
 
 
+def secret_names(container: dict[str, Any]) -> set[str]:
+    """The Secrets a container's S3 keys come from."""
+    refs = [e["valueFrom"].get("secretKeyRef") for e in container["env"] if "valueFrom" in e]
+    return {ref["name"] for ref in refs if ref and ref["key"].startswith("AWS_")}
+
+
 def launcher_config(docs: list[dict[str, Any]]) -> tuple[DictConfig, list[str]]:
     """The config the CronJob's launcher composes: its command line as the kubelet expands it
     (ConfigMap values, its own namespace), minus `python -m pipeline.launch --cluster k8s`."""
@@ -216,9 +222,7 @@ def test_the_overlay_puts_the_users_values_on_every_object_and_job() -> None:
         assert accounts[name]["imagePullSecrets"] == [{"name": "regcred"}]
     (launcher,) = cronjob_pod(docs)["containers"]
     assert launcher["image"] == USER["image"]
-    refs = {e["valueFrom"]["secretKeyRef"]["name"] for e in launcher["env"]
-            if "secretKeyRef" in e.get("valueFrom", {})}  # fmt: skip
-    assert refs == {USER["secret"]}
+    assert secret_names(launcher) == {USER["secret"]}
 
     cfg, overrides = launcher_config(docs)
     assert cfg.k8s.namespace == USER["namespace"] and cfg.k8s.image == USER["image"]
@@ -228,9 +232,7 @@ def test_the_overlay_puts_the_users_values_on_every_object_and_job() -> None:
         pod = job["spec"]["template"]["spec"]
         (main,) = pod["containers"]
         assert main["image"] == USER["image"]
-        refs = {e["valueFrom"]["secretKeyRef"]["name"] for e in main["env"]
-                if e["name"].startswith("AWS_") and "secretKeyRef" in e.get("valueFrom", {})}  # fmt: skip
-        assert refs == {USER["secret"]}
+        assert secret_names(main) == {USER["secret"]}
         expected = dict(USER["node_selector"])
         if job["metadata"]["labels"]["masksuite/stage"] == "train":
             expected.update(USER["train_node_selector"])
@@ -265,8 +267,7 @@ def test_an_identity_component_annotates_both_service_accounts(
     server); the Secret stays optional."""
     k8s = os.path.relpath(REPO / "k8s", tmp_path)  # kustomize takes relative paths only
     (tmp_path / "kustomization.yaml").write_text(
-        f"resources: [{k8s}]\ncomponents: [{k8s}/components/{component}]\n"
-        "namespace: vision-team\n"
+        f"resources: [{k8s}]\ncomponents: [{k8s}/components/{component}]\nnamespace: vision-team\n"
     )
     docs = kustomize(tmp_path)
     accounts = [d for d in docs if d["kind"] == "ServiceAccount"
@@ -282,8 +283,7 @@ def test_an_identity_component_annotates_both_service_accounts(
     [
         (launch_main, ["--dry-run", *S3_ROOTS]),
         (launch_main, ["--show-jobs", f"run_id={RUN_ID}", *S3_ROOTS]),
-        (infer_main, ["--dry-run", f"run_id={RUN_ID}", S3_ROOTS[1],
-                      "infer.input=s3://incoming/2026-01-01"]),  # fmt: skip
+        (infer_main, ["--dry-run", f"run_id={RUN_ID}", S3_ROOTS[1], "infer.input=s3://in/x"]),
     ],
 )
 def test_printing_jobs_with_the_placeholder_image_warns_in_one_line(

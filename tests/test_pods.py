@@ -170,6 +170,11 @@ def test_a_whole_run_of_pods_from_the_image_ends_in_a_submission(
         "SUITE": "single",
         "S3_ENDPOINT": seaweed.endpoint,
         "IMAGE": image,
+        "S3_CREDENTIALS": "masksuite-s3",
+        "NODE_SELECTOR": "{}",
+        "TOLERATIONS": "[]",
+        "TRAIN_NODE_SELECTOR": "{}",
+        "TRAIN_TOLERATIONS": "[]",
     }
     if launcher == "cronjob":
         # a second model, so that the Indexed Job has two indexes
