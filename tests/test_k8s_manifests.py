@@ -25,6 +25,7 @@ from omegaconf import DictConfig
 from pipeline.commands.infer import main as infer_main
 from pipeline.commands.launch import main as launch_main
 from pipeline.core.config import load_config
+from pipeline.core.errors import ConfigError
 from pipeline.orchestration.k8s import infer_job, launcher_job, render_jobs
 from tests.kubelet import expand, quantity, resolve_env
 
@@ -149,6 +150,11 @@ def test_every_pod_requests_the_ephemeral_storage_of_its_empty_dirs(scratch: str
         volumes = sum(quantity(v["emptyDir"]["sizeLimit"]) for v in pod["volumes"])
         for part in ("requests", "limits"):
             assert quantity(main["resources"][part]["ephemeral-storage"]) >= volumes, (role, part)
+
+
+def test_a_scratch_size_that_is_no_quantity_is_refused_naming_the_key() -> None:
+    with pytest.raises(ConfigError, match=r"k8s.scratch_size='10 GB': must be a Kubernetes"):
+        load_config([*S3_ROOTS, "k8s.scratch_size=10 GB"], strict=True)
 
 
 def test_training_pods_are_guaranteed_qos() -> None:

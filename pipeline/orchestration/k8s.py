@@ -38,6 +38,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any, ClassVar, Protocol
 
 import yaml
@@ -384,8 +385,8 @@ def scaled_quantity(quantity: str, factor: int) -> str:
             f"k8s.scratch_size={quantity!r} is not a Kubernetes quantity; use a number and a "
             "unit, e.g. 10Gi or 500Mi"
         )
-    number = float(match.group(1)) * factor
-    return f"{number:g}{match.group(2)}"
+    number = (Decimal(match.group(1)) * factor).normalize()
+    return f"{number:f}{match.group(2)}"
 
 
 def with_scratch_storage(resources: dict[str, Any], scratch_size: str) -> dict[str, Any]:
