@@ -196,6 +196,20 @@ def secret_names(container: dict[str, Any]) -> set[str]:
     return {ref["name"] for ref in refs if ref and ref["key"].startswith("AWS_")}
 
 
+def test_kubectl_reads_from_k8s_only_the_plain_manifests() -> None:
+    """`kubectl apply -f k8s/` must keep working beside the kustomize base: kubectl's file reader
+    (the one `apply -f` uses; `label --local` needs no API server) takes the .yaml files of the
+    folder itself, not `k8s/Kustomization`, the components or the examples."""
+    if shutil.which("kubectl") is None:
+        pytest.skip("kubectl is not installed")
+    done = subprocess.run(["kubectl", "label", "--local", "-f", str(REPO / "k8s"), "probe=1",
+                           "-o", "name"], capture_output=True, text=True, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    expected = [f"{d['kind'].lower()}/{d['metadata']['name']}" for d in plain_documents()]
+    assert [line.split("/", 1)[0].split(".")[0] + "/" + line.split("/", 1)[1]
+            for line in done.stdout.split()] == expected  # fmt: skip
+
+
 def launcher_config(docs: list[dict[str, Any]]) -> tuple[DictConfig, list[str]]:
     """The config the CronJob's launcher composes: its command line as the kubelet expands it
     (ConfigMap values, its own namespace), minus `python -m pipeline.launch --cluster k8s`."""
