@@ -124,13 +124,15 @@ gpu-wheels: $(STAMP)
 	  $$($(BIN)/pip freeze | grep -i '^antlr4-python3-runtime==')
 	ls .whl
 
-# Deployment checks (Dockerfile, k8s/, the Jobs that --cluster k8s creates): hadolint, schema
+# Deployment checks (Dockerfile, k8s/, the kustomize overlay and components rendered by `kubectl
+# kustomize`, the Jobs that --cluster k8s creates): hadolint, schema
 # validation against Kubernetes $(K8S_VERSION) and checkov. checkov pins older boto3, packaging and
 # networkx than the suite uses, so it lives in a venv of its own ($(TOOLS)).
 TOOLS       := .venv-tools
 TOOLS_STAMP := $(TOOLS)/.installed
 K8S_VERSION ?= 1.33.0
 RENDERED    := build/k8s-rendered
+OVERLAYS    := build/k8s-overlays
 
 $(TOOLS_STAMP):
 	test -x $(TOOLS)/bin/python || $(PYTHON) -m venv $(TOOLS)
@@ -146,6 +148,12 @@ lint-deploy: $(STAMP) $(TOOLS_STAMP)
 	  store.root=s3://mask-runs/nightly data.root=s3://datasets/mask > $(RENDERED)/jobs.yaml
 	$(BIN)/python -m pipeline.infer --cluster k8s --dry-run run_id=20260101T000000Z-000000 \
 	  store.root=s3://mask-runs/nightly infer.input=s3://incoming/2026-01-01 > $(RENDERED)/infer.yaml
+	kubectl kustomize overlays/example > $(RENDERED)/overlay-example.yaml
+	# each identity component on the plain manifests, through an overlay of its own
+	rm -rf $(OVERLAYS) && for c in k8s/components/*/; do name=$$(basename $$c); \
+	  mkdir -p $(OVERLAYS)/$$name && printf 'resources: [../../../k8s]\ncomponents: [../../../%s]\n' \
+	    "$$c" > $(OVERLAYS)/$$name/kustomization.yaml && \
+	  kubectl kustomize $(OVERLAYS)/$$name > $(RENDERED)/overlay-$$name.yaml || exit 1; done
 	$(BIN)/kubernetes-validate --strict --quiet -k $(K8S_VERSION) k8s/*.yaml k8s/*/*.yaml $(RENDERED)/*.yaml
 	$(TOOLS)/bin/checkov --quiet --compact --skip-download -f Dockerfile
 	$(TOOLS)/bin/checkov --quiet --compact --skip-download -d k8s

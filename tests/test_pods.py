@@ -170,6 +170,11 @@ def test_a_whole_run_of_pods_from_the_image_ends_in_a_submission(
         "SUITE": "single",
         "S3_ENDPOINT": seaweed.endpoint,
         "IMAGE": image,
+        "S3_CREDENTIALS": "masksuite-s3",
+        "NODE_SELECTOR": "{}",
+        "TOLERATIONS": "[]",
+        "TRAIN_NODE_SELECTOR": "{}",
+        "TRAIN_TOLERATIONS": "[]",
     }
     if launcher == "cronjob":
         # a second model, so that the Indexed Job has two indexes
@@ -227,3 +232,38 @@ def test_a_whole_run_of_pods_from_the_image_ends_in_a_submission(
     assert stages == {"prepare", "vote", "publish", *per_model}
     latest = open_store(f"{s3_root}/store").read_json("latest.json")
     assert latest["run_id"] == run_id
+
+
+@pytest.mark.slow
+@pytest.mark.s3
+def test_a_training_pod_records_w_and_b_offline_under_its_scratch_volume(
+    image: str, tiny_dataset: Path, s3_root: str, seaweed: SeaweedServer
+) -> None:
+    """Tracking on (W&B offline, no key): the training pod writes W&B's files under /scratch, the
+    only writable volume, as uid 10001 with a read-only root filesystem. A working directory that
+    the runtime created root-owned made W&B's relative `tracking.dir` unwritable, and tracking
+    was switched off with a warning. The prepare pod runs first (the train pod reads its output);
+    the train pod's command is wrapped so that it lists its W&B files before the volume goes."""
+    upload_tree(tiny_dataset, f"{s3_root}/data")
+    tracked = [o for o in POD_OVERRIDES if not o.startswith("tracking.mode")]
+    overrides = [f"data.root={s3_root}/data", f"store.root={s3_root}/store", f"k8s.image={image}",
+                 f"k8s.s3.endpoint={seaweed.endpoint}", "suite=single", *tracked,
+                 "tracking.mode=offline"]  # fmt: skip
+    cfg = load_config(overrides)
+    cfg.run_id = RUN_ID
+    prepare, train, _ = render_jobs(cfg, overrides)
+    secrets = s3_secrets(seaweed)
+    ran = run_pod(prepare["spec"]["template"]["spec"], secrets=secrets)
+    assert ran.exit_code == 0, ran.log[-3000:]
+
+    pod = train["spec"]["template"]["spec"]
+    main = pod["containers"][0]
+    listing = 'python "$@" && find /scratch -name "*.wandb" -path "*offline-run-*"'
+    main["command"] = ["sh", "-c", listing, "sh", *main["command"][1:]]
+    ran = run_pod(pod, secrets=secrets, extra_env={"JOB_COMPLETION_INDEX": "0"})
+    assert ran.exit_code == 0, ran.log[-3000:]
+    assert "W&B tracking off" not in ran.log, ran.log[-3000:]
+    files = [line for line in ran.log.splitlines() if line.endswith(".wandb")]
+    assert files and all(f.startswith("/scratch/") for f in files), ran.log[-3000:]
+    run = open_store(f"{s3_root}/store").child(f"runs/{RUN_ID}")
+    assert run.list("models")  # the model was trained and stored

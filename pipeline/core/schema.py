@@ -331,7 +331,10 @@ class K8s(Section):
     train_priority_class: Name | None
     train_runtime_class: Name | None
     resources: K8sResources
-    scratch_size: Name
+    scratch_size: str = Field(
+        pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$",
+        description="a Kubernetes quantity: a number and a unit such as Gi or Mi, e.g. 10Gi",
+    )
     backoff_limit: int = Field(ge=0)
     backoff_limit_per_index: int = Field(ge=0)
     max_failed_indexes: int = Field(ge=0)

@@ -30,6 +30,7 @@ for the launcher); and a launcher running in a pod pins the stage Jobs to its ow
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import re
@@ -37,6 +38,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any, ClassVar, Protocol
 
 import yaml
@@ -199,8 +201,10 @@ def container_env(cfg: DictConfig, role: str) -> list[dict[str, Any]]:
         env.append({"name": "AWS_ENDPOINT_URL", "value": str(k.s3.endpoint)})
     secret = s3_secret(cfg, role)
     if secret:
+        # optional: a cluster that gives pods an identity (IRSA, workload identity) and has no
+        # such Secret still starts the pod, and boto3 takes its default credential chain
         for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-            ref = {"name": secret, "key": var}
+            ref = {"name": secret, "key": var, "optional": True}
             env.append({"name": var, "valueFrom": {"secretKeyRef": ref}})
     if k.wandb_secret and role in TRACKING_ROLES:
         wandb_ref = {"name": str(k.wandb_secret), "key": "WANDB_API_KEY", "optional": True}
@@ -275,6 +279,24 @@ def image_ref(cfg: DictConfig) -> str:
     return f"{image_repository(name)}@{digest}"
 
 
+#: The registry of the shipped config's and manifests' image name: no cluster can pull it.
+PLACEHOLDER_REGISTRY = "registry.example.com/"
+
+
+def warn_placeholder_image(manifests: Sequence[dict[str, Any]]) -> None:
+    """One line on stderr when a printed Job runs the shipped placeholder image (`k8s.image` left
+    as pipeline/conf/k8s/default.yaml has it): applied, its pods would never start."""
+    images = {c["image"] for m in manifests for c in m["spec"]["template"]["spec"]["containers"]}
+    placeholder = sorted(i for i in images if i.startswith(PLACEHOLDER_REGISTRY))
+    if placeholder:
+        print(
+            f"warning: k8s.image={placeholder[0]!r} is the shipped placeholder, which no cluster "
+            "can pull: push the image to your registry and set k8s.image (or IMAGE in your "
+            "kustomize overlay; docs/kubernetes.md)",
+            file=sys.stderr,
+        )
+
+
 def image_repository(image: str) -> str:
     """An image reference without its digest and tag (`host:5000/team/app:1.0` -> `host:5000/team/
     app`): a colon after the last slash starts the tag."""
@@ -284,18 +306,32 @@ def image_repository(image: str) -> str:
     return name[:colon] if colon > slash else name
 
 
+def asks_for_gpu(cfg: DictConfig, resources: Mapping[str, Any]) -> bool:
+    """Whether `resources` (requests and limits) ask for `k8s.gpu_resource`."""
+    gpu = str(cfg.k8s.gpu_resource)
+    return any(gpu in (resources.get(part) or {}) for part in ("requests", "limits"))
+
+
 def container(
     cfg: DictConfig, name: str, command: Sequence[str], resources: dict[str, Any], role: str
 ) -> dict[str, Any]:
     """One hardened container of the suite's image running `command` literally (no `$(VAR)` of
-    a user's override is expanded by Kubernetes: k8s_literal), with `role`'s environment."""
+    a user's override is expanded by Kubernetes: k8s_literal), with `role`'s environment.
+
+    Its working directory is the scratch volume's root, which exists and is writable by the
+    pod's user (fsGroup), so relative paths (tracking.dir) land there. A container not given a
+    GPU gets NVIDIA_VISIBLE_DEVICES=void: where the NVIDIA runtime is the nodes' default, the
+    base image's `all` would otherwise show it every GPU of the node."""
+    env = container_env(cfg, role)
+    if not asks_for_gpu(cfg, resources):
+        env.append({"name": "NVIDIA_VISIBLE_DEVICES", "value": "void"})
     return {
         "name": name,
         "image": image_ref(cfg),
         "imagePullPolicy": str(cfg.k8s.image_pull_policy),
         "command": [k8s_literal(str(part)) for part in command],
-        "workingDir": f"{SCRATCH_DIR}/work",
-        "env": container_env(cfg, role),
+        "workingDir": SCRATCH_DIR,
+        "env": env,
         "resources": resources,
         "securityContext": dict(CONTAINER_SECURITY),
         "volumeMounts": [
@@ -338,15 +374,42 @@ def pod_spec(
     return pod
 
 
+QUANTITY_RE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([a-zA-Z]*)$")
+
+
+def scaled_quantity(quantity: str, factor: int) -> str:
+    """A Kubernetes quantity times `factor`, in the same unit ("10Gi" x 2 -> "20Gi")."""
+    match = QUANTITY_RE.match(str(quantity).strip())
+    if not match:
+        raise ConfigError(
+            f"k8s.scratch_size={quantity!r} is not a Kubernetes quantity; use a number and a "
+            "unit, e.g. 10Gi or 500Mi"
+        )
+    number = (Decimal(match.group(1)) * factor).normalize()
+    return f"{number:f}{match.group(2)}"
+
+
+def with_scratch_storage(resources: dict[str, Any], scratch_size: str) -> dict[str, Any]:
+    """`resources` with an ephemeral-storage request and limit covering the pod's two emptyDir
+    volumes (scratch and /tmp, each `scratch_size`), unless the user set them: the scheduler
+    then places the pod on a node with that much local disk, and the kubelet evicts it, not its
+    neighbours, when it writes more."""
+    storage = scaled_quantity(scratch_size, 2)
+    for part in ("requests", "limits"):
+        resources.setdefault(part, {}).setdefault("ephemeral-storage", storage)
+    return resources
+
+
 def stage_resources(cfg: DictConfig, stage: str) -> dict[str, Any]:
-    """Requests and limits of a stage's main container (training adds its GPUs to both)."""
+    """Requests and limits of a stage's main container: `k8s.resources.<stage>`, training's GPUs
+    added to both, and the scratch volumes' ephemeral storage (with_scratch_storage)."""
     resources = _plain(cfg.k8s.resources[stage])
     if stage == "train":
         gpus = int(cfg.k8s.gpus_per_train_pod)
         if gpus > 0:
             for part in ("requests", "limits"):
                 resources.setdefault(part, {})[str(cfg.k8s.gpu_resource)] = gpus
-    return resources
+    return with_scratch_storage(resources, str(cfg.k8s.scratch_size))
 
 
 def stage_command(cfg: DictConfig, stage: str, overrides: Sequence[str]) -> list[str]:
@@ -513,11 +576,13 @@ def launch_infer_k8s(
     return 0
 
 
-#: Resources of the launcher's container: it only lists the data and follows Jobs.
+#: Resources of the launcher's container: it only lists the data and follows Jobs (its two
+#: scratch volumes of LAUNCHER_SCRATCH each are added as ephemeral storage).
 LAUNCHER_RESOURCES = {
     "requests": {"cpu": "100m", "memory": "512Mi"},
     "limits": {"cpu": "1", "memory": "2Gi"},
 }
+LAUNCHER_SCRATCH = "1Gi"
 #: Seconds the launcher may run beyond the stages' deadlines (creating and following Jobs).
 LAUNCHER_MARGIN_SECONDS = 3600
 
@@ -538,10 +603,12 @@ def launcher_job(cfg: DictConfig, launch_args: Sequence[str]) -> dict[str, Any]:
     name = job_name(cfg, "launch")
     labels = run_labels(cfg, "launcher", None)
     command = ["python", "-m", "pipeline.launch", "--cluster", "k8s", *launch_args]
-    main = container(cfg, "launcher", command, LAUNCHER_RESOURCES, role="launcher")
+    resources = with_scratch_storage(copy.deepcopy(LAUNCHER_RESOURCES), LAUNCHER_SCRATCH)
+    main = container(cfg, "launcher", command, resources, role="launcher")
     # The only pod of the suite that gets an API token: it creates and follows the Jobs.
     pod = pod_spec(cfg, main, service_account=str(k.launcher_service_account), token=True,
-                   scratch_size="1Gi", node_selector=dict(_plain(k.node_selector) or {}),
+                   scratch_size=LAUNCHER_SCRATCH,
+                   node_selector=dict(_plain(k.node_selector) or {}),
                    tolerations=list(_plain(k.tolerations) or []))  # fmt: skip
     skips = {
         **checkov_skips(cfg),
@@ -575,7 +642,9 @@ class _PlainDumper(yaml.SafeDumper):
 
 
 def to_yaml(manifests: Sequence[dict[str, Any]]) -> str:
-    """Multi-document YAML, the input `kubectl apply -f -` takes."""
+    """Multi-document YAML, the input `kubectl apply -f -` takes (what --dry-run and --show-jobs
+    print); warns on stderr while the Jobs run the placeholder image (warn_placeholder_image)."""
+    warn_placeholder_image(manifests)
     return yaml.dump_all(manifests, Dumper=_PlainDumper, sort_keys=False, default_flow_style=False)
 
 
