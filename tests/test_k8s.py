@@ -624,3 +624,59 @@ def test_driver_reports_an_api_error_clearly(capsys: pytest.CaptureFixture[str])
 
     assert launch_k8s(config(), dry_run=False, api=Forbidden(), sleep=lambda s: None) == 1
     assert "cannot create job masksuite/" in capsys.readouterr().err
+
+
+class Outage(FakeJobsApi):
+    """The API server stops answering (connection refused) when the train Job is first read,
+    for `seconds` of the launcher's clock, which its sleeps advance (`sleep`, `clock`)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+        self.now = 0.0
+        self.down_since: float | None = None
+        self.sleeps: list[float] = []
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+    def clock(self) -> float:
+        return self.now
+
+    def read_namespaced_job(self, name: str, namespace: str) -> client.V1Job:
+        if name.endswith("-train") and self.down_since is None:
+            self.down_since = self.now
+        if self.down_since is not None and self.now - self.down_since < self.seconds:
+            raise ConnectionRefusedError(111, "Connection refused")
+        return super().read_namespaced_job(name, namespace)
+
+
+def test_the_launcher_waits_out_an_api_outage_of_twenty_minutes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A control-plane upgrade: no answer for 20 simulated minutes, then the run goes on. The
+    retries back off from 1 s to 60 s apart (a few dozen calls, not one per poll)."""
+    monkeypatch.setattr("pipeline.orchestration.k8s.run_store", lambda cfg: LocalStore(tmp_path))
+    api = Outage(seconds=20 * 60)
+    assert launch_k8s(config(), api=api, sleep=api.sleep, clock=api.clock) == 0
+    assert creates(api) == ["prepare", "train", "vote"]
+    retries = api.sleeps[api.sleeps.index(1.0) :]
+    assert retries[:8] == [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0]
+    assert len([s for s in retries if s == 60.0]) == 19  # 1200 s = 63 s + 19 x 60 s, then back
+
+
+def test_the_launcher_gives_up_after_the_outage_budget_with_one_clear_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    api = Outage(seconds=float("inf"))
+    cfg = config("k8s.api_outage_seconds=900")
+    assert launch_k8s(cfg, api=api, sleep=api.sleep, clock=api.clock) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert (
+        f"cannot read job masksuite/masksuite-{RUN_ID.lower()}-train: the API server did not "
+        in err
+    )
+    assert "(k8s.api_outage_seconds=900); last error: [Errno 111] Connection refused" in err
+    assert 840 <= api.now <= 900  # gave up within the budget, not long before it
