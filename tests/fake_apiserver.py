@@ -66,6 +66,8 @@ class FakeApiServer:
         self.pod_objects: dict[str, dict[str, Any]] = {}
         #: Events (v1 Event JSON) that GET .../events answers, by involvedObject.name.
         self.events: list[dict[str, Any]] = []
+        #: Core resources ("pods", "events") whose GETs are answered 403, as where RBAC lacks them.
+        self.forbidden: set[str] = set()
         self.unauthorized = 0
         #: Jobs deleted, in order: (name, the propagationPolicy asked for, or None).
         self.deleted: list[tuple[str, str | None]] = []
@@ -264,6 +266,8 @@ class FakeApiServer:
     ) -> None:
         """GET pods/<name>, pods (labelSelector) and events (fieldSelector involvedObject.name)."""
         kind, _, name = rest.partition("/")
+        if kind in self.forbidden:
+            return self._status(handler, 403, "Forbidden")
         with self.lock:
             if kind == "pods" and name:
                 pod = self.pod_objects.get(name)

@@ -160,6 +160,23 @@ def test_an_unschedulable_gpu_pod_fails_the_run_and_its_job_is_deleted(
     assert job_name("vote") not in cluster.server.jobs  # the run stopped there
 
 
+def test_a_missing_secret_fails_the_run_even_where_events_cannot_be_read(
+    cluster: Cluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """CreateContainerConfigError (a Secret the pod names does not exist); the launcher's Role
+    lacks `events list` here: the pod is still reported, without its event."""
+    prepare = job_name("prepare")
+    stuck = pod(prepare, waiting="CreateContainerConfigError")
+    cluster.server.pod_objects[stuck["metadata"]["name"]] = stuck
+    cluster.server.forbidden.add("events")
+    assert launch(cluster, config("k8s.pending_timeout=60")) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert "is CreateContainerConfigError for 75 s (k8s.pending_timeout=60): no event " in err
+    assert "(cannot list events: Forbidden)" in err
+    assert cluster.server.deleted == [(prepare, "Foreground")]
+
+
 def test_pods_that_start_slowly_or_recover_within_the_timeout_are_left_alone(
     cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

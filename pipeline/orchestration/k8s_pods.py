@@ -81,12 +81,19 @@ def _event_time(event: Any) -> datetime:
 
 
 def newest_event(api: PodsApi, namespace: str, pod: str) -> str:
-    """The message of the newest event about `pod` ("" when there is none)."""
+    """The message of the newest event about `pod`; "no event" when there is none, and why when
+    the events cannot be listed (the pod is still reported)."""
+    from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
+
     selector = f"involvedObject.name={pod}"
-    events = api.list_namespaced_event(namespace, field_selector=selector).items or []
+    try:
+        events = api.list_namespaced_event(namespace, field_selector=selector).items or []
+    except (ApiException, OSError, HTTPError) as e:
+        return f"no event (cannot list events: {getattr(e, 'reason', e)})"
     if not events:
-        return ""
-    return str(max(events, key=_event_time).message or "").strip()
+        return "no event"
+    return str(max(events, key=_event_time).message or "no message").strip()
 
 
 class PodWatch:
@@ -126,7 +133,7 @@ class PodWatch:
             self.since = {key: self.since.get(key, now) for key in seen}
             for (pod, reason), since in sorted(self.since.items()):
                 if now - since > self.timeout:
-                    event = newest_event(self.api, self.namespace, pod) or "no event"
+                    event = newest_event(self.api, self.namespace, pod)
                     return (f"pod {self.namespace}/{pod} is {reason} for {now - since:.0f} s "
                             f"(k8s.pending_timeout={self.timeout:g}): {event}")  # fmt: skip
         except (ApiException, OSError, HTTPError) as e:
