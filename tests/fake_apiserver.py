@@ -2,9 +2,10 @@
 
 No API server can run on these machines, so this is the one simulated part of the pod tests. It
 answers, over HTTPS with a service-account bearer token (as a real API server does), the calls
-the launcher makes through the official client: create, read, list (label selector) and delete
-batch/v1 Jobs in a namespace; read a pod and list pods (label selector) from `pod_objects`; list
-events (field selector involvedObject.name) from `events`; and GET /version (VersionApi).
+the launcher makes through the official client: create (dryRun=All too), read, list (label
+selector) and delete batch/v1 Jobs in a namespace; read a pod and list pods (label selector)
+from `pod_objects`; list events (field selector involvedObject.name) from `events`; and GET
+/version (VersionApi).
 
 A created Job is stored as the API server of `version` would store it (tests/k8s_versions.py:
 defaulting and the fields a disabled feature gate drops; 422 for a Job it would refuse) and gets
@@ -69,6 +70,8 @@ class FakeApiServer:
         #: Core resources ("pods", "events") whose GETs are answered 403, as where RBAC lacks them.
         self.forbidden: set[str] = set()
         self.unauthorized = 0
+        #: Jobs created with dryRun=All (answered as stored, not stored), in order.
+        self.dry_runs: list[str] = []
         #: Jobs deleted, in order: (name, the propagationPolicy asked for, or None).
         self.deleted: list[tuple[str, str | None]] = []
         self.lock = threading.Lock()
@@ -179,6 +182,9 @@ class FakeApiServer:
                     job = admit_job(job, self.version)
                 except Invalid as e:
                     return self._status(handler, 422, f"Invalid: {e}")
+                if parse_qs(url.query).get("dryRun") == ["All"]:
+                    self.dry_runs.append(job["metadata"]["name"])
+                    return self._reply(handler, 201, job)  # checked, defaulted, not stored
                 job["metadata"]["uid"] = str(uuid.uuid4())
                 self.jobs[job["metadata"]["name"]] = job
                 thread = threading.Thread(target=self._control, args=(job,), daemon=True)

@@ -374,12 +374,18 @@ class FakeJobsApi:
         self.reads: dict[str, int] = {}
         self.calls: list[tuple[str, str]] = []
         self.preset: dict[str, client.V1JobStatus] = {}
+        self.dry_runs: list[str] = []
 
     def _stage(self, name: str) -> str:
         return name.rsplit("-", 1)[-1]
 
-    def create_namespaced_job(self, namespace: str, body: dict[str, Any]) -> client.V1Job:
+    def create_namespaced_job(
+        self, namespace: str, body: dict[str, Any], dry_run: str | None = None
+    ) -> client.V1Job:
         name = body["metadata"]["name"]
+        if dry_run:  # answered without a spec: the driver cannot tell what is kept
+            self.dry_runs.append(name)
+            return client.V1Job(metadata=client.V1ObjectMeta(name=name))
         self.calls.append(("create", name))
         assert namespace == body["metadata"]["namespace"]
         if name in self.jobs:
@@ -452,6 +458,9 @@ def test_driver_creates_the_jobs_in_order_and_waits_for_each(
     assert stages == [(op, s) for s in ("prepare", "train", "vote")
                       for op in ("create", "read", "read", "read")]  # fmt: skip
     assert sleeps == [15.0] * 6
+    # the train Job was first created as a dry run, to see whether the server keeps its
+    # backoffLimitPerIndex (tests/test_k8s_versions.py)
+    assert api.dry_runs == [f"masksuite-{RUN_ID.lower()}-train"]
     train = api.jobs[f"masksuite-{RUN_ID.lower()}-train"]
     assert train["spec"]["completions"] == len(model_specs(cfg)) == 13
 
@@ -619,7 +628,7 @@ def test_driver_retries_transient_api_errors_while_following_a_job() -> None:
 
 def test_driver_reports_an_api_error_clearly(capsys: pytest.CaptureFixture[str]) -> None:
     class Forbidden(FakeJobsApi):
-        def create_namespaced_job(self, namespace: str, body: dict[str, Any]) -> Any:
+        def create_namespaced_job(self, namespace: str, body: dict[str, Any], **kw: Any) -> Any:
             raise ApiException(status=403, reason="Forbidden")
 
     assert launch_k8s(config(), dry_run=False, api=Forbidden(), sleep=lambda s: None) == 1

@@ -61,36 +61,55 @@ def test_on_1_28_an_unset_backoff_limit_beside_the_per_index_one_is_unbounded() 
     assert admit_job(train, "1.29")["spec"]["backoffLimitPerIndex"] == 2
 
 
+def broken_model(job: dict[str, Any], index: int | None) -> PodRun:
+    """The pods of a cluster where one model (index BROKEN_INDEX of the train Job) always fails."""
+    failing = job["metadata"]["name"].endswith("-train") and index == BROKEN_INDEX
+    return PodRun(job["metadata"]["name"], 1 if failing else 0, "")
+
+
+def broken_pods(server: FakeApiServer) -> int:
+    return sum(1 for name, index, _ in server.pods
+               if name.endswith("-train") and index == BROKEN_INDEX)  # fmt: skip
+
+
 @pytest.mark.parametrize("version", sorted(GATES))
-def test_a_model_that_always_fails_is_retried_a_bounded_number_of_times(
+def test_a_model_that_always_fails_gets_its_retries_and_no_more_on_every_release(
     tmp_path: Path, version: str, caplog: pytest.LogCaptureFixture,
     capsys: pytest.CaptureFixture[str],
 ) -> None:  # fmt: skip
-    """One model of the seed suite fails in every pod. From 1.29 its index gets
-    backoff_limit_per_index + 1 pods; on 1.28 (per-index fields dropped) the Job's explicit
-    backoffLimit ends it after completions x (backoff_limit_per_index + 1) failures. Without it,
-    1.28 retries the model until the Job's deadline (here: the fake's `max_pods`)."""
+    """One model of the seed suite fails in every pod. The launcher asks the API server (a
+    dry-run create) whether it keeps backoffLimitPerIndex: from 1.29 on, the model's index gets
+    backoff_limit_per_index + 1 pods; on 1.28 (dropped) the Job gets backoff_limit_per_index
+    failed pods in all. The code as it was retried the model on 1.28 until the Job's deadline
+    (here: the fake's `max_pods`, DeadlineExceeded)."""
     cfg = config("suite=seed")
-    count, per_index = len(model_specs(cfg)), int(cfg.k8s.backoff_limit_per_index)
-
-    def run_pod(job: dict[str, Any], index: int | None) -> PodRun:
-        failing = job["metadata"]["name"].endswith("-train") and index == BROKEN_INDEX
-        return PodRun(job["metadata"]["name"], 1 if failing else 0, "")
-
-    with FakeApiServer(tmp_path / "api", run_pod, version=version, max_pods=200) as server:
+    per_index = int(cfg.k8s.backoff_limit_per_index)
+    with FakeApiServer(tmp_path / "api", broken_model, version=version, max_pods=200) as server:
         api = client.BatchV1Api(server.api_client())
         assert client.VersionApi(api.api_client).get_code().minor == version.split(".")[1]
         with caplog.at_level(logging.WARNING, logger="pipeline.orchestration.k8s"):
             assert launch_k8s(cfg, api=api, sleep=lambda s: server.threads[-1].join(1)) == 1
-    broken = [p for name, index, p in server.pods
-              if name.endswith("-train") and index == BROKEN_INDEX]  # fmt: skip
     err = capsys.readouterr().err
-    assert "DeadlineExceeded" not in err, f"{len(broken)} pods of the broken model"
+    assert "DeadlineExceeded" not in err, f"{broken_pods(server)} pods of the broken model"
+    assert broken_pods(server) == per_index + 1
+    assert server.dry_runs == [f"masksuite-{RUN_ID.lower()}-train"]
     if GATES[version]["JobBackoffLimitPerIndex"]:
-        assert len(broken) == per_index + 1
         assert f"train failed at index {BROKEN_INDEX}" in err
-        assert "dropped backoffLimitPerIndex" not in caplog.text
+        assert "drops backoffLimitPerIndex" not in caplog.text
     else:
-        assert len(broken) == count * (per_index + 1) + 1
         assert "train failed: job masksuite/" in err and "BackoffLimitExceeded" in err
-        assert "dropped backoffLimitPerIndex" in caplog.text
+        assert "drops backoffLimitPerIndex (Kubernetes older than 1.29" in caplog.text
+
+
+def test_the_train_job_applied_as_rendered_on_1_28_is_bounded_too(tmp_path: Path) -> None:
+    """`--show-jobs | kubectl apply -f -` (no launcher to ask the server): the rendered Job's own
+    backoffLimit bounds the broken model's pods by every failure the per-index limits allow."""
+    cfg = config("suite=seed")
+    count, per_index = len(model_specs(cfg)), int(cfg.k8s.backoff_limit_per_index)
+    with FakeApiServer(tmp_path / "api", broken_model, version="1.28", max_pods=200) as server:
+        api = client.BatchV1Api(server.api_client())
+        api.create_namespaced_job("masksuite", render_jobs(cfg)[1])
+        server.threads[-1].join(timeout=60)
+        status = api.read_namespaced_job(f"masksuite-{RUN_ID.lower()}-train", "masksuite").status
+    assert status.conditions[0].reason == "BackoffLimitExceeded"
+    assert broken_pods(server) == count * (per_index + 1) + 1

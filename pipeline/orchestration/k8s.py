@@ -420,8 +420,10 @@ def stage_job(
             maxFailedIndexes=int(k.max_failed_indexes),
             # Kubernetes 1.28 drops backoffLimitPerIndex (alpha, gate off) after defaulting an
             # unset backoffLimit to 2^31-1 for it: a model that always fails would be retried
-            # until the deadline. This bound is every failure the per-index limits allow in all,
-            # so from 1.29 on it never ends the Job before they do (docs/kubernetes.md).
+            # until the deadline. The launcher asks the server and tightens this there
+            # (fit_to_server); for the Job applied as rendered, this bound is every failure the
+            # per-index limits allow in all, so from 1.29 on it never ends the Job before they
+            # do (docs/kubernetes.md#kubernetes-versions).
             backoffLimit=count * (per_index + 1),
         )
     else:
@@ -608,7 +610,7 @@ class JobsApi(Protocol):
     `kubernetes.client.exceptions.ApiException` (status 404, 409, ...).
     """
 
-    def create_namespaced_job(self, namespace: str, body: dict[str, Any]) -> Any: ...
+    def create_namespaced_job(self, namespace: str, body: dict[str, Any], **kwargs: Any) -> Any: ...
 
     def read_namespaced_job(self, name: str, namespace: str) -> Any: ...
 
@@ -765,19 +767,36 @@ def _api_status(e: Exception) -> int | None:
     return getattr(e, "status", None)
 
 
-def dropped_per_index(manifest: dict[str, Any], stored: Any) -> None:
-    """Warn when the API server dropped `backoffLimitPerIndex` from the Job it stored (Kubernetes
-    1.28, or a later release with the JobBackoffLimitPerIndex gate off): the Job's explicit
-    `backoffLimit` (stage_job) then bounds its retries in all, and one failed model fails them
-    all."""
-    asked = manifest["spec"].get("backoffLimitPerIndex")
-    spec = getattr(stored, "spec", None)
-    if asked is None or spec is None or getattr(spec, "backoff_limit_per_index", None) is not None:
-        return
-    log.warning("the API server dropped backoffLimitPerIndex from job %s (Kubernetes older than "
-                "1.29, or its JobBackoffLimitPerIndex gate off): the job fails after %s failed "
-                "pods in all, and a failed model stops the others", manifest["metadata"]["name"],
-                manifest["spec"].get("backoffLimit"))  # fmt: skip
+def fit_to_server(api: JobsApi, manifest: dict[str, Any], patience: Patience) -> dict[str, Any]:
+    """The training Job as this API server keeps it. A dry-run create (`dryRun=All`: defaulted,
+    validated, nothing stored) shows whether it keeps `backoffLimitPerIndex`; where it drops it
+    (Kubernetes 1.28, or a later release with the JobBackoffLimitPerIndex gate off) the Job gets
+    `backoff_limit_per_index` failed pods in all instead (`backoffLimit`), and a warning says so:
+    the bound stage_job sets for that case (every failure the per-index limits allow) could keep
+    a model that always fails on a GPU for most of the deadline. Other Jobs, a Job that exists
+    already (409) and an API error (the real create reports it) leave the manifest as it is."""
+    from kubernetes.client.exceptions import ApiException
+
+    spec = manifest["spec"]
+    if spec.get("backoffLimitPerIndex") is None:
+        return manifest
+    name, ns = manifest["metadata"]["name"], manifest["metadata"]["namespace"]
+    try:
+        stored = call_api(lambda: api.create_namespaced_job(ns, manifest, dry_run="All"),
+                          f"dry-run create job {ns}/{name}", patience)  # fmt: skip
+    except ApiException:
+        return manifest
+    stored_spec = getattr(stored, "spec", None)
+    if stored_spec is None or getattr(stored_spec, "backoff_limit_per_index", None) is not None:
+        return manifest
+    fitted = {**manifest, "spec": dict(spec)}
+    fitted["spec"]["backoffLimit"] = fitted["spec"].pop("backoffLimitPerIndex")
+    fitted["spec"].pop("maxFailedIndexes", None)
+    tries = fitted["spec"]["backoffLimit"] + 1
+    log.warning("this API server drops backoffLimitPerIndex (Kubernetes older than 1.29, or its "
+                "JobBackoffLimitPerIndex gate off): job %s fails after %d failed pods in all, and "
+                "a failed model stops the others", name, tries)  # fmt: skip
+    return fitted
 
 
 def create_job(
@@ -802,14 +821,13 @@ def create_job(
 
     def create() -> bool:
         try:
-            stored = call_api(lambda: api.create_namespaced_job(ns, manifest),
-                              f"create job {ns}/{name}", patience)  # fmt: skip
+            call_api(lambda: api.create_namespaced_job(ns, manifest), f"create job {ns}/{name}",
+                     patience)  # fmt: skip
         except ApiException as e:
             if _api_status(e) != 409:
                 raise StageFailed(f"cannot create job {ns}/{name}: {e.status} {e.reason}") from e
             return False
         log.info("created job %s/%s", ns, name)
-        dropped_per_index(manifest, stored)
         return True
 
     if create():
@@ -906,11 +924,13 @@ def run_jobs(
     pods: PodsApi | None = None,
     pending_timeout: float = 600.0,
 ) -> None:
-    """Create each Job in order and wait for it; the first failure raises StageFailed. The API
-    server is waited for as `patience` says (default: k8s_retry.Patience with `sleep`); `pods`
-    and `pending_timeout` as in wait_for_job."""
+    """Create each Job in order (the training Job fitted to the API server: fit_to_server) and
+    wait for it; the first failure raises StageFailed. The API server is waited for as
+    `patience` says (default: k8s_retry.Patience with `sleep`); `pods` and `pending_timeout` as
+    in wait_for_job."""
     patience = patience or Patience(sleep=sleep)
-    for manifest in manifests:
+    for rendered in manifests:
+        manifest = fit_to_server(api, rendered, patience)
         if create_job(api, manifest, poll_seconds=poll_seconds, patience=patience):
             wait_for_job(api, manifest, poll_seconds=poll_seconds, models=models,
                          patience=patience, pods=pods, pending_timeout=pending_timeout)  # fmt: skip
