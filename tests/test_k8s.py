@@ -119,7 +119,10 @@ def test_training_job_is_indexed_with_one_gpu_per_model_and_ignores_disruptions(
     spec = train["spec"]
     assert spec["completionMode"] == "Indexed"
     assert spec["completions"] == spec["parallelism"] == len(model_specs(cfg)) == 13
-    assert spec["backoffLimitPerIndex"] == 3 and "backoffLimit" not in spec
+    assert spec["backoffLimitPerIndex"] == 3
+    # bounds the retries in all where the per-index field is dropped (Kubernetes 1.28), and is
+    # never reached first where it is kept (tests/test_k8s_versions.py)
+    assert spec["backoffLimit"] == 13 * (3 + 1)
     assert spec["podFailurePolicy"]["rules"] == [
         {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
     ]
@@ -372,12 +375,18 @@ class FakeJobsApi:
         self.reads: dict[str, int] = {}
         self.calls: list[tuple[str, str]] = []
         self.preset: dict[str, client.V1JobStatus] = {}
+        self.dry_runs: list[str] = []
 
     def _stage(self, name: str) -> str:
         return name.rsplit("-", 1)[-1]
 
-    def create_namespaced_job(self, namespace: str, body: dict[str, Any]) -> client.V1Job:
+    def create_namespaced_job(
+        self, namespace: str, body: dict[str, Any], dry_run: str | None = None
+    ) -> client.V1Job:
         name = body["metadata"]["name"]
+        if dry_run:  # answered without a spec: the driver cannot tell what is kept
+            self.dry_runs.append(name)
+            return client.V1Job(metadata=client.V1ObjectMeta(name=name))
         self.calls.append(("create", name))
         assert namespace == body["metadata"]["namespace"]
         if name in self.jobs:
@@ -450,6 +459,9 @@ def test_driver_creates_the_jobs_in_order_and_waits_for_each(
     assert stages == [(op, s) for s in ("prepare", "train", "vote")
                       for op in ("create", "read", "read", "read")]  # fmt: skip
     assert sleeps == [15.0] * 6
+    # the train Job was first created as a dry run, to see whether the server keeps its
+    # backoffLimitPerIndex (tests/test_k8s_versions.py)
+    assert api.dry_runs == [f"masksuite-{RUN_ID.lower()}-train"]
     train = api.jobs[f"masksuite-{RUN_ID.lower()}-train"]
     assert train["spec"]["completions"] == len(model_specs(cfg)) == 13
 
@@ -617,8 +629,64 @@ def test_driver_retries_transient_api_errors_while_following_a_job() -> None:
 
 def test_driver_reports_an_api_error_clearly(capsys: pytest.CaptureFixture[str]) -> None:
     class Forbidden(FakeJobsApi):
-        def create_namespaced_job(self, namespace: str, body: dict[str, Any]) -> Any:
+        def create_namespaced_job(self, namespace: str, body: dict[str, Any], **kw: Any) -> Any:
             raise ApiException(status=403, reason="Forbidden")
 
     assert launch_k8s(config(), dry_run=False, api=Forbidden(), sleep=lambda s: None) == 1
     assert "cannot create job masksuite/" in capsys.readouterr().err
+
+
+class Outage(FakeJobsApi):
+    """The API server stops answering (connection refused) when the train Job is first read,
+    for `seconds` of the launcher's clock, which its sleeps advance (`sleep`, `clock`)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+        self.now = 0.0
+        self.down_since: float | None = None
+        self.sleeps: list[float] = []
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+    def clock(self) -> float:
+        return self.now
+
+    def read_namespaced_job(self, name: str, namespace: str) -> client.V1Job:
+        if name.endswith("-train") and self.down_since is None:
+            self.down_since = self.now
+        if self.down_since is not None and self.now - self.down_since < self.seconds:
+            raise ConnectionRefusedError(111, "Connection refused")
+        return super().read_namespaced_job(name, namespace)
+
+
+def test_the_launcher_waits_out_an_api_outage_of_twenty_minutes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A control-plane upgrade: no answer for 20 simulated minutes, then the run goes on. The
+    retries back off from 1 s to 60 s apart (a few dozen calls, not one per poll)."""
+    monkeypatch.setattr("pipeline.orchestration.k8s.run_store", lambda cfg: LocalStore(tmp_path))
+    api = Outage(seconds=20 * 60)
+    assert launch_k8s(config(), api=api, sleep=api.sleep, clock=api.clock) == 0
+    assert creates(api) == ["prepare", "train", "vote"]
+    retries = api.sleeps[api.sleeps.index(1.0) :]
+    assert retries[:8] == [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0]
+    assert len([s for s in retries if s == 60.0]) == 19  # 1200 s = 63 s + 19 x 60 s, then back
+
+
+def test_the_launcher_gives_up_after_the_outage_budget_with_one_clear_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    api = Outage(seconds=float("inf"))
+    cfg = config("k8s.api_outage_seconds=900")
+    assert launch_k8s(cfg, api=api, sleep=api.sleep, clock=api.clock) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert (
+        f"cannot read job masksuite/masksuite-{RUN_ID.lower()}-train: the API server did not "
+        in err
+    )
+    assert "(k8s.api_outage_seconds=900); last error: [Errno 111] Connection refused" in err
+    assert 840 <= api.now <= 900  # gave up within the budget, not long before it

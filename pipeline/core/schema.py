@@ -342,6 +342,8 @@ class K8s(Section):
     active_deadline_seconds: K8sDeadlines
     ttl_seconds_after_finished: int = Field(ge=0)
     poll_seconds: float = Field(ge=0.0)
+    pending_timeout: float = Field(gt=0.0)
+    api_outage_seconds: float = Field(ge=60.0)
 
 
 # -------------------------------------------------------------------------- the whole config

@@ -49,6 +49,8 @@ from pipeline.core.errors import ConfigError, PipelineError, StageFailed
 from pipeline.orchestration.checks import K8S_ROLES
 from pipeline.orchestration.executor import LaunchRequest, pinned_infer_config
 from pipeline.orchestration.graph import KINDS, stage_graph
+from pipeline.orchestration.k8s_pods import PodsApi, PodWatch, pods_api
+from pipeline.orchestration.k8s_retry import Patience, call_api
 from pipeline.orchestration.status import (
     QueueEntry,
     RunStatus,
@@ -472,12 +474,20 @@ def stage_job(
     }
     if stage == "train":
         count = len(model_specs(cfg))
+        per_index = int(k.backoff_limit_per_index)
         spec.update(
             completionMode="Indexed",
             completions=count,
             parallelism=int(k.train_parallelism or count),
-            backoffLimitPerIndex=int(k.backoff_limit_per_index),
+            backoffLimitPerIndex=per_index,
             maxFailedIndexes=int(k.max_failed_indexes),
+            # Kubernetes 1.28 drops backoffLimitPerIndex (alpha, gate off) after defaulting an
+            # unset backoffLimit to 2^31-1 for it: a model that always fails would be retried
+            # until the deadline. The launcher asks the server and tightens this there
+            # (fit_to_server); for the Job applied as rendered, this bound is every failure the
+            # per-index limits allow in all, so from 1.29 on it never ends the Job before they
+            # do (docs/kubernetes.md#kubernetes-versions).
+            backoffLimit=count * (per_index + 1),
         )
     else:
         spec.update(completions=1, parallelism=1, backoffLimit=int(k.backoff_limit))
@@ -669,7 +679,7 @@ class JobsApi(Protocol):
     `kubernetes.client.exceptions.ApiException` (status 404, 409, ...).
     """
 
-    def create_namespaced_job(self, namespace: str, body: dict[str, Any]) -> Any: ...
+    def create_namespaced_job(self, namespace: str, body: dict[str, Any], **kwargs: Any) -> Any: ...
 
     def read_namespaced_job(self, name: str, namespace: str) -> Any: ...
 
@@ -694,24 +704,32 @@ def kube_jobs_api() -> JobsApi:
     return client.BatchV1Api()
 
 
-def own_image_digest(api: Any, image: str, environ: Mapping[str, str]) -> str | None:
-    """The digest of the image the launcher's own pod runs, when that is `image` (same
-    repository), read from its pod's status (`containerStatuses[].imageID`); None when the
-    launcher runs outside a pod (no $MASKSUITE_POD_NAME), runs another image, or its pod cannot
-    be read (the stage Jobs then use `image` as configured, and a warning says so)."""
-    from kubernetes import client
+def read_own_pod(api: Any, environ: Mapping[str, str]) -> Any | None:
+    """The launcher's own pod (named by $MASKSUITE_POD_NAME / $MASKSUITE_POD_NAMESPACE, which its
+    pod spec sets from the downward API); None outside a pod, with another Jobs API than the
+    official client's, or when the pod cannot be read (a warning says what is then not done)."""
     from kubernetes.client.exceptions import ApiException
     from urllib3.exceptions import HTTPError
 
     name, ns = environ.get(POD_NAME_ENV), environ.get(POD_NAMESPACE_ENV)
-    api_client = getattr(api, "api_client", None)
-    if not name or not ns or api_client is None:
+    pods = pods_api(api)
+    if not name or not ns or pods is None:
         return None
     try:
-        pod = client.CoreV1Api(api_client).read_namespaced_pod(name, ns)
+        return pods.read_namespaced_pod(name, ns)
     except (ApiException, OSError, HTTPError) as e:
-        log.warning("cannot read the launcher's pod %s/%s to pin the image (%s): the stage Jobs "
-                    "run %s as configured", ns, name, getattr(e, "reason", e), image)  # fmt: skip
+        log.warning("cannot read the launcher's pod %s/%s (%s): the stage Jobs run k8s.image as "
+                    "configured and have no owner reference", ns, name,
+                    getattr(e, "reason", e))  # fmt: skip
+        return None
+
+
+def own_image_digest(pod: Any, image: str) -> str | None:
+    """The digest of the image the launcher's own `pod` runs, when that is `image` (same
+    repository), read from its status (`containerStatuses[].imageID`); None when the launcher
+    runs outside a pod (`pod` None) or runs another image (the stage Jobs then use `image` as
+    configured, and a warning says so)."""
+    if pod is None:
         return None
     statuses = getattr(pod.status, "container_statuses", None) or []
     ours = [c for c in statuses if c.name == "launcher"] or statuses[:1]
@@ -739,15 +757,29 @@ def normal_repository(repository: str) -> str:
     return repository
 
 
-def pin_image(cfg: DictConfig, api: Any, environ: Mapping[str, str]) -> None:
-    """Pin the run's Jobs to the launcher's own image (`k8s.image_digest`) when it is not pinned
-    yet: a tag moved during the run (a push of a new build) then changes no stage's code."""
+def pin_image(cfg: DictConfig, pod: Any) -> None:
+    """Pin the run's Jobs to the launcher's own image (`k8s.image_digest`, from its `pod`) when
+    it is not pinned yet: a tag moved during the run (a push of a new build) then changes no
+    stage's code."""
     if cfg.k8s.get("image_digest") or "@" in str(cfg.k8s.image):
         return
-    digest = own_image_digest(api, str(cfg.k8s.image), environ)
+    digest = own_image_digest(pod, str(cfg.k8s.image))
     if digest:
         cfg.k8s.image_digest = digest
         log.info("stage Jobs pinned to the launcher's image %s", image_ref(cfg))
+
+
+def launcher_owner(pod: Any) -> dict[str, Any] | None:
+    """The owner reference of the stage Jobs: the Job that runs the launcher's `pod` (its
+    ownerReference of kind Job), so that deleting the launcher Job with foreground or background
+    propagation deletes the run's Jobs too. Neither controller (the Job controller owns its pods,
+    not these Jobs) nor blocking (the launcher may need no `update` of its own Job to create
+    them). None outside a pod, or for a pod no Job owns."""
+    for ref in getattr(getattr(pod, "metadata", None), "owner_references", None) or []:
+        if ref.kind == "Job" and ref.api_version == "batch/v1":
+            return {"apiVersion": "batch/v1", "kind": "Job", "name": ref.name, "uid": ref.uid,
+                    "controller": False, "blockOwnerDeletion": False}  # fmt: skip
+    return None
 
 
 def job_state(job: Any) -> tuple[str, str]:
@@ -804,29 +836,72 @@ def _api_status(e: Exception) -> int | None:
     return getattr(e, "status", None)
 
 
+def fit_to_server(api: JobsApi, manifest: dict[str, Any], patience: Patience) -> dict[str, Any]:
+    """The training Job as this API server keeps it. A dry-run create (`dryRun=All`: defaulted,
+    validated, nothing stored) shows whether it keeps `backoffLimitPerIndex`; where it drops it
+    (Kubernetes 1.28, or a later release with the JobBackoffLimitPerIndex gate off) the Job gets
+    `backoff_limit_per_index` failed pods in all instead (`backoffLimit`), and a warning says so:
+    the bound stage_job sets for that case (every failure the per-index limits allow) could keep
+    a model that always fails on a GPU for most of the deadline. Other Jobs, a Job that exists
+    already (409) and an API error (the real create reports it) leave the manifest as it is."""
+    from kubernetes.client.exceptions import ApiException
+
+    spec = manifest["spec"]
+    if spec.get("backoffLimitPerIndex") is None:
+        return manifest
+    name, ns = manifest["metadata"]["name"], manifest["metadata"]["namespace"]
+    try:
+        stored = call_api(lambda: api.create_namespaced_job(ns, manifest, dry_run="All"),
+                          f"dry-run create job {ns}/{name}", patience)  # fmt: skip
+    except ApiException:
+        return manifest
+    stored_spec = getattr(stored, "spec", None)
+    if stored_spec is None or getattr(stored_spec, "backoff_limit_per_index", None) is not None:
+        return manifest
+    fitted = {**manifest, "spec": dict(spec)}
+    fitted["spec"]["backoffLimit"] = fitted["spec"].pop("backoffLimitPerIndex")
+    fitted["spec"].pop("maxFailedIndexes", None)
+    tries = fitted["spec"]["backoffLimit"] + 1
+    log.warning("this API server drops backoffLimitPerIndex (Kubernetes older than 1.29, or its "
+                "JobBackoffLimitPerIndex gate off): job %s fails after %d failed pods in all, and "
+                "a failed model stops the others", name, tries)  # fmt: skip
+    return fitted
+
+
 def create_job(
     api: JobsApi,
     manifest: dict[str, Any],
     *,
     poll_seconds: float,
     sleep: Callable[[float], None] = time.sleep,
+    patience: Patience | None = None,
 ) -> bool:
     """Create a Job. Returns False when a Job of that name already completed (nothing to do).
 
     An existing Job still running is waited on as if just created; a failed one (from an earlier
-    attempt of the run, e.g. before `--resume`) is deleted and created anew.
+    attempt of the run, e.g. before `--resume`) is deleted and created anew. An API server that
+    does not answer is waited for (`patience`, by default k8s_retry.Patience with `sleep`): a
+    create whose answer was lost finds its Job (409) and follows it.
     """
     from kubernetes.client.exceptions import ApiException
 
+    patience = patience or Patience(sleep=sleep)
     name, ns = manifest["metadata"]["name"], manifest["metadata"]["namespace"]
-    try:
-        api.create_namespaced_job(ns, manifest)
+
+    def create() -> bool:
+        try:
+            call_api(lambda: api.create_namespaced_job(ns, manifest), f"create job {ns}/{name}",
+                     patience)  # fmt: skip
+        except ApiException as e:
+            if _api_status(e) != 409:
+                raise StageFailed(f"cannot create job {ns}/{name}: {e.status} {e.reason}") from e
+            return False
         log.info("created job %s/%s", ns, name)
         return True
-    except ApiException as e:
-        if _api_status(e) != 409:
-            raise StageFailed(f"cannot create job {ns}/{name}: {e.status} {e.reason}") from e
-    state, _ = job_state(read_job(api, name, ns, poll_seconds=poll_seconds, sleep=sleep))
+
+    if create():
+        return True
+    state, _ = job_state(read_job(api, name, ns, patience=patience))
     if state == "complete":
         log.info("job %s/%s already completed", ns, name)
         return False
@@ -834,55 +909,32 @@ def create_job(
         log.info("job %s/%s already exists: following it", ns, name)
         return True
     log.info("job %s/%s failed before: deleting it and starting it again", ns, name)
-    api.delete_namespaced_job(name, ns, propagation_policy="Foreground")
+    delete_jobs(api, ns, [name])
     for _ in range(120):
         try:
-            read_job(api, name, ns, poll_seconds=poll_seconds, sleep=sleep)
+            read_job(api, name, ns, patience=patience)
         except JobGone:
             break
-        sleep(poll_seconds)
+        patience.sleep(poll_seconds)
     else:
         raise StageFailed(f"job {ns}/{name} was not deleted in time; delete it and retry")
-    try:
-        api.create_namespaced_job(ns, manifest)
-    except ApiException as e:
-        raise StageFailed(f"cannot create job {ns}/{name}: {e.status} {e.reason}") from e
+    if not create():
+        raise StageFailed(f"cannot create job {ns}/{name}: it exists again (409)")
     return True
 
 
-#: API answers worth retrying while following a Job (throttled, server or gateway trouble).
-TRANSIENT_STATUS = (429, 500, 502, 503, 504)
-
-
-def read_job(
-    api: JobsApi,
-    name: str,
-    ns: str,
-    *,
-    poll_seconds: float,
-    sleep: Callable[[float], None] = time.sleep,
-    attempts: int = 10,
-) -> Any:
-    """Read a Job, retrying transient API errors (`attempts` in a row at most). A Job that
-    disappears (deleted by hand, or by its TTL) raises StageFailed."""
+def read_job(api: JobsApi, name: str, ns: str, *, patience: Patience) -> Any:
+    """Read a Job, waiting out an API outage (`patience`; ApiUnreachable after its budget). A Job
+    that disappears (deleted by hand, or by its TTL) raises JobGone."""
     from kubernetes.client.exceptions import ApiException
-    from urllib3.exceptions import HTTPError
 
-    for attempt in range(1, attempts + 1):
-        try:
-            return api.read_namespaced_job(name, ns)
-        except ApiException as e:
-            if _api_status(e) == 404:
-                raise JobGone(f"job {ns}/{name} disappeared while it was followed") from e
-            if _api_status(e) not in TRANSIENT_STATUS or attempt == attempts:
-                raise StageFailed(f"cannot read job {ns}/{name}: {e.status} {e.reason}") from e
-        except (OSError, HTTPError) as e:  # connection refused or reset, DNS, timeouts
-            if attempt == attempts:
-                raise StageFailed(f"cannot reach the API server for job {ns}/{name}: {e}") from e
-        log.warning("reading job %s/%s failed (attempt %d of %d); retrying", ns, name,
-                    attempt, attempts)  # fmt: skip
-        sleep(poll_seconds)
-    raise AssertionError("unreachable")
+    try:
+        return call_api(lambda: api.read_namespaced_job(name, ns), f"read job {ns}/{name}",
+                        patience)  # fmt: skip
+    except ApiException as e:
+        if _api_status(e) == 404:
+            raise JobGone(f"job {ns}/{name} disappeared while it was followed") from e
+        raise StageFailed(f"cannot read job {ns}/{name}: {e.status} {e.reason}") from e
 
 
 def wait_for_job(
@@ -891,17 +943,22 @@ def wait_for_job(
     *,
     poll_seconds: float,
     models: Sequence[str] = (),
-    sleep: Callable[[float], None] = time.sleep,
+    patience: Patience,
+    pods: PodsApi | None = None,
+    pending_timeout: float = 600.0,
 ) -> None:
     """Poll a Job until it completes; raise StageFailed when it fails.
 
     For the Indexed training Job the message names each failed index and its model (`models` in
-    index order) and how to read that pod's log.
+    index order) and how to read that pod's log. With `pods` (a CoreV1Api), a pod of the Job stuck
+    for `pending_timeout` seconds of `patience.clock` (k8s_pods.PodWatch) fails the run at once:
+    the Job is deleted (foreground) and the line names the pod, its reason and its newest event.
     """
     name, ns = manifest["metadata"]["name"], manifest["metadata"]["namespace"]
     stage = manifest["metadata"]["labels"][STAGE_LABEL]
+    watch = PodWatch(pods, ns, name, timeout=pending_timeout, clock=patience.clock)
     while True:
-        job = read_job(api, name, ns, poll_seconds=poll_seconds, sleep=sleep)
+        job = read_job(api, name, ns, patience=patience)
         state, why = job_state(job)
         if state == "complete":
             log.info("job %s/%s completed", ns, name)
@@ -918,7 +975,11 @@ def wait_for_job(
                 raise StageFailed(f"{stage} failed at {which}: {where}, {why}; logs: {logs}")
             logs = f"kubectl logs -n {ns} -l job-name={name}"
             raise StageFailed(f"{stage} failed: {where}, {why}; logs: {logs}")
-        sleep(poll_seconds)
+        stuck = watch.stuck()
+        if stuck:
+            delete_jobs(api, ns, [name])
+            raise StageFailed(f"{stage} cannot start: {stuck}; job {ns}/{name} deleted")
+        patience.sleep(poll_seconds)
 
 
 def run_jobs(
@@ -928,11 +989,20 @@ def run_jobs(
     models: Sequence[str],
     poll_seconds: float,
     sleep: Callable[[float], None] = time.sleep,
+    patience: Patience | None = None,
+    pods: PodsApi | None = None,
+    pending_timeout: float = 600.0,
 ) -> None:
-    """Create each Job in order and wait for it; the first failure raises StageFailed."""
-    for manifest in manifests:
-        if create_job(api, manifest, poll_seconds=poll_seconds, sleep=sleep):
-            wait_for_job(api, manifest, poll_seconds=poll_seconds, models=models, sleep=sleep)
+    """Create each Job in order (the training Job fitted to the API server: fit_to_server) and
+    wait for it; the first failure raises StageFailed. The API server is waited for as
+    `patience` says (default: k8s_retry.Patience with `sleep`); `pods` and `pending_timeout` as
+    in wait_for_job."""
+    patience = patience or Patience(sleep=sleep)
+    for rendered in manifests:
+        manifest = fit_to_server(api, rendered, patience)
+        if create_job(api, manifest, poll_seconds=poll_seconds, patience=patience):
+            wait_for_job(api, manifest, poll_seconds=poll_seconds, models=models,
+                         patience=patience, pods=pods, pending_timeout=pending_timeout)  # fmt: skip
 
 
 def launch_k8s(
@@ -945,6 +1015,7 @@ def launch_k8s(
     fingerprint: str | None = None,
     api: JobsApi | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
 ) -> int:
     """Run `cfg.run_id` on the cluster: create its Jobs in order and wait; returns an exit status.
 
@@ -952,8 +1023,10 @@ def launch_k8s(
     launcher's own arguments, go in its command), for `kubectl apply -f -`; `show_jobs` prints the
     three stage Jobs the launcher would create. `overrides` are the user's Hydra overrides (passed
     to every pod); `fingerprint` (the run's data fingerprint) labels the Jobs (see `active_run`).
-    `api` defaults to the official client (kube_jobs_api). PipelineErrors are
-    printed as one `error:` line (status 1).
+    `api` defaults to the official client (kube_jobs_api); its pods are watched when it is the
+    official client (k8s_pods). `sleep` and `clock` time the polls, the API outage budget
+    (`k8s.api_outage_seconds`) and `k8s.pending_timeout`. PipelineErrors are printed as one
+    `error:` line (status 1).
     """
     try:
         if dry_run:
@@ -963,17 +1036,24 @@ def launch_k8s(
             sys.stdout.write(to_yaml(render_jobs(cfg, overrides)))
             return 0
         api = api or kube_jobs_api()
-        pin_image(cfg, api, os.environ)
+        own_pod = read_own_pod(api, os.environ)
+        pin_image(cfg, own_pod)
         manifests = render_jobs(cfg, overrides, fingerprint)
+        owner = launcher_owner(own_pod)
+        for manifest in manifests if owner else ():
+            manifest["metadata"]["ownerReferences"] = [owner]
         models = list(model_specs(cfg))
         log.info("run %s: %d model(s), jobs in namespace %s", cfg.run_id, len(models),
                  cfg.k8s.namespace)  # fmt: skip
+        patience = Patience(budget=float(cfg.k8s.api_outage_seconds), sleep=sleep, clock=clock)
         run_jobs(
             api,
             manifests,
             models=models,
             poll_seconds=float(cfg.k8s.poll_seconds),
-            sleep=sleep,
+            patience=patience,
+            pods=pods_api(api),
+            pending_timeout=float(cfg.k8s.pending_timeout),
         )
         print(f"run {cfg.run_id} finished on Kubernetes (namespace {cfg.k8s.namespace})")
         run = run_store(cfg)
