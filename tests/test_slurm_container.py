@@ -13,13 +13,16 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 from pipeline.core.config import load_config
 from pipeline.orchestration.slurm import follow, sbatch_parameters
+from pipeline.orchestration.slurm_requeue import REQUEUE_FILE_VAR
 from pipeline.run.state import run_store
 from tests.kubelet import IMAGE, podman_env
 from tests.test_slurm import (
@@ -107,3 +110,105 @@ def test_a_job_in_a_container_without_slurm_is_requeued_from_the_host_and_resume
     metrics = run.read_json("models/single/metrics.json")
     assert [h["epoch"] for h in metrics["history"]] == list(range(1, epochs + 1))
     check_submission(run, tiny_dataset)
+
+
+def batch_script(tmp_path: Path, step: str, max_requeues: int = 2) -> Path:
+    """A batch script with the requeue lines sbatch_parameters writes, then `srun bash STEP`
+    (submitit's command line), with stand-ins for srun (runs its command) and scontrol (writes
+    its arguments to tmp_path/scontrol.calls) first on PATH."""
+    from pipeline.orchestration.slurm_requeue import host_requeue_lines
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "srun").write_text('#!/bin/bash\nexec "$@"\n')
+    (bin_dir / "scontrol").write_text(f'#!/bin/bash\necho "$@" >> {tmp_path}/scontrol.calls\n')
+    for tool in ("srun", "scontrol"):
+        (bin_dir / tool).chmod(0o755)
+    (tmp_path / "step.sh").write_text(step)
+    lines = host_requeue_lines(tmp_path, "USR2", max_requeues)
+    script = tmp_path / "batch.sh"
+    script.write_text("\n".join(["#!/bin/bash", *lines, f"srun bash {tmp_path}/step.sh", ""]))
+    return script
+
+
+def run_batch(tmp_path: Path, script: Path, restarts: int, *, signal_it: bool) -> tuple[int, str]:
+    """Run `script` as Slurm would (job 42, restarted `restarts` times); with `signal_it`, send
+    USR2 to the batch shell once the step has started (it touches tmp_path/started)."""
+    env = {**os.environ, "PATH": f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}",
+           "SLURM_JOB_ID": "42", "SLURM_RESTART_COUNT": str(restarts)}  # fmt: skip
+    proc = subprocess.Popen(["bash", str(script)], env=env, stderr=subprocess.PIPE, text=True)
+    if signal_it:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "started").exists():  # a barrier: the step is running
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGUSR2)
+    _, err = proc.communicate(timeout=60)
+    return proc.returncode, err
+
+
+#: A job step as submitit's handler behaves with the requeue file set: on USR2 it asks for the
+#: requeue and exits (255, submitit's status); without a signal it ends with status 3.
+STEP = f"""trap 'echo asked > "${REQUEUE_FILE_VAR}"; exit 255' USR2
+touch "$(dirname "$0")/started"
+[ -n "$SIGNAL_EXPECTED" ] || exit 3
+while :; do sleep 0.05; done
+"""
+
+
+@pytest.mark.parametrize(("restarts", "requeued"), [(0, True), (1, True), (2, False)])
+def test_the_batch_shell_forwards_the_signal_and_requeues_while_requeues_are_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, restarts: int, requeued: bool
+) -> None:
+    """The shell part of slurm_requeue.py with stand-ins for srun and scontrol (the real ones:
+    the slow tests above and in tests/test_slurm.py)."""
+    monkeypatch.setenv("SIGNAL_EXPECTED", "1")
+    script = batch_script(tmp_path, STEP, max_requeues=2)
+    code, err = run_batch(tmp_path, script, restarts, signal_it=True)
+    calls = tmp_path / "scontrol.calls"
+    if requeued:
+        assert code == 0 and calls.read_text() == "requeue 42\n", (code, err)
+        assert "masksuite: requeueing job 42 from its batch script" in err
+    else:
+        assert code == 1 and not calls.exists(), (code, err)
+        assert "job 42 not requeued: requeued 2 time(s) already (slurm.max_requeues=2)" in err
+
+
+def test_a_step_that_ends_by_itself_is_not_requeued_and_keeps_its_status(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SIGNAL_EXPECTED", raising=False)
+    (tmp_path / "requeue-42").write_text("a request left by an earlier start\n")
+    code, err = run_batch(tmp_path, batch_script(tmp_path, STEP), 0, signal_it=False)
+    assert code == 3 and not (tmp_path / "scontrol.calls").exists(), (code, err)
+
+
+def test_a_stage_job_asks_its_batch_script_for_the_requeue_and_exits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """StageJob.checkpoint (submitit's USR2 handler calls it) in a job of such a batch script:
+    the stage stays "requeued", the request file is written, and the process ends before
+    submitit could run `scontrol requeue` itself."""
+    from omegaconf import OmegaConf
+
+    import pipeline.orchestration.graph
+    from pipeline.orchestration.slurm import REQUEUE_EXIT_STATUS, StageJob
+    from pipeline.run.state import read_stage_state, write_manifest
+
+    request = tmp_path / "requeue-7"
+    monkeypatch.setenv(REQUEUE_FILE_VAR, str(request))
+    args = [f"store.root={tmp_path / 'store'}", "run_id=20260101T000000Z-000000",
+            "tracking.mode=disabled"]  # fmt: skip
+    cfg = load_config(args)
+    write_manifest(cfg)
+    job = StageJob(OmegaConf.to_container(cfg, resolve=True), "model", "single")
+
+    def signalled(cfg: object, name: str) -> None:
+        job.checkpoint()  # what submitit's handler calls first
+
+    monkeypatch.setattr(pipeline.orchestration.graph, "train_model", signalled)
+    with pytest.raises(SystemExit) as exited:
+        job()
+    assert exited.value.code == REQUEUE_EXIT_STATUS
+    assert "preempted or reached its time limit" in request.read_text()
+    assert read_stage_state(run_store(cfg), "train-single")["state"] == "requeued"
