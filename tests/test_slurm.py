@@ -274,8 +274,11 @@ def test_failed_model_blocks_the_vote_then_resume_redoes_only_what_is_missing(
 def test_cancel_stops_every_queued_job_of_the_run(
     slurm_cluster: None, tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """Every job is still queued when cancelled, however fast this machine: held with --begin
+    (without it, prepare could finish before the cancel and show "done")."""
     store = str(tmp_path / "store")
-    code, out, err = launch(capsys, *overrides(tiny_dataset, store, tmp_path))
+    args = overrides(tiny_dataset, store, tmp_path, "++slurm.extra={begin: now+3600}")
+    code, out, err = launch(capsys, *args)
     assert code == 0, out + err
     run_id, jobs = run_id_of(out), submitted_jobs(out)
 
