@@ -4,11 +4,14 @@ Three kinds of jobs, resources from the `slurm` config group (pipeline/conf/slur
 
     prepare ──afterok──▶ model array: one task per model (train, then predict) ──afterok──▶ vote
 
-Preemption and time limits: every job is a submitit `Checkpointable`. Slurm sends USR2
-`slurm.signal_delay_s` before the time limit (and a preempting scheduler signals the job); the
-handler records the stage as requeued and requeues the job, which starts over and skips what is
-done — training resumes from `models/<name>/last.json` (and its `last-<hex>.safetensors`),
-written to the store after every epoch.
+Preemption and time limits: every job is a submitit `Checkpointable`. Slurm sends USR2 to the
+batch shell `slurm.signal_delay_s` before the time limit, which forwards it to the job step (a
+preempting scheduler or an admin signals the step directly); the handler records the stage as
+requeued and asks the batch shell, on the host, to requeue the job (slurm_requeue.py: no Slurm
+client is needed inside a container). The job starts over and skips what is done — training
+resumes from `models/<name>/last.json` (and its `last-<hex>.safetensors`), written to the store
+after every epoch. Static AWS keys reach the jobs in a 0600 file, never in their environment
+(slurm_credentials.py).
 A stage that raises records why (`jobs/<stage>.json`) and fails its job; Slurm then cancels the
 jobs that depended on it (`--kill-on-invalid-dep=yes`), so a failed model means no vote.
 
@@ -43,6 +46,12 @@ from pipeline.core.stored_config import stored_config
 from pipeline.orchestration.checks import CONTAINER_RUNTIMES, check_config
 from pipeline.orchestration.executor import LaunchRequest, pinned_infer_config
 from pipeline.orchestration.graph import KINDS, Stage, job_groups, run_stages, suite_graph
+from pipeline.orchestration.slurm_credentials import credentials_in_a_file
+from pipeline.orchestration.slurm_requeue import (
+    host_requeue_lines,
+    requeue_requested,
+    warning_signal_parameter,
+)
 from pipeline.orchestration.status import (
     QueueEntry,
     RunStatus,
@@ -62,6 +71,9 @@ from pipeline.storage.run_layout import FINGERPRINT_KEY
 from pipeline.storage.store import Store
 
 log = logging.getLogger(__name__)
+
+#: How a job that asked its batch script for a requeue ends (as submitit's own requeue: -1).
+REQUEUE_EXIT_STATUS = 255
 
 
 # --------------------------------------------------------------------------------------------
@@ -109,7 +121,8 @@ class StageJob(Checkpointable):
         return f"{self.kind} done: run_id={cfg.run_id}"
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
-        """Called on Slurm's warning signal: record the stage as requeued and resubmit this job.
+        """Called on Slurm's warning signal: record the stage as requeued and have this job
+        requeued (by its batch script on the host, see exit_for_host_requeue).
 
         The training state is already in the store (last.json after every epoch), so nothing else
         needs saving; the requeued job skips done stages and resumes training from last.json.
@@ -122,7 +135,18 @@ class StageJob(Checkpointable):
             except PipelineError as e:
                 log.warning("could not record the requeue of %s: %s", self.current, e)
         self.requeuing = True
+        exit_for_host_requeue(f"{self.kind} job")
         return super().checkpoint(*args, **kwargs)
+
+
+def exit_for_host_requeue(what: str) -> None:
+    """In a job whose batch script requeues it from the host (slurm_requeue.py): ask it to,
+    and end this process, so that submitit never runs its own `scontrol requeue` (which a
+    container image lacks). Elsewhere (a job submitted by other means) return: submitit
+    requeues it as before."""
+    if requeue_requested(f"{what}: preempted or reached its time limit"):
+        log.warning("%s: asked the batch script to requeue this job; exiting", what)
+        raise SystemExit(REQUEUE_EXIT_STATUS)
 
 
 def warning_signal() -> signal.Signals:
@@ -145,6 +169,11 @@ class InferJob(Checkpointable):
         summary = format_summary(infer(job_config(self.config)))
         signal.signal(warning_signal(), signal.SIG_IGN)  # done: as StageJob, never requeued now
         return summary
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
+        """Called on Slurm's warning signal: have this job requeued (see StageJob.checkpoint)."""
+        exit_for_host_requeue("infer job")
+        return super().checkpoint(*args, **kwargs)
 
 
 def submit_infer(cfg: DictConfig) -> str:
@@ -195,10 +224,18 @@ def job_where() -> dict[str, str]:
 # submission
 
 
-def sbatch_parameters(scfg: DictConfig, kind: str) -> dict[str, Any]:
-    """submitit SlurmExecutor parameters of one kind of job from the `slurm` config group."""
+def sbatch_parameters(scfg: DictConfig, kind: str, folder: Path) -> dict[str, Any]:
+    """submitit SlurmExecutor parameters of one kind of job, whose files go to `folder`, from
+    the `slurm` config group."""
     stage = scfg.stages[kind]
-    extra = {"requeue": True, **dict(scfg.extra), **dict(stage.get("extra") or {})}
+    usr_sig = submitit.JobEnvironment.USR_SIG
+    extra = {
+        "requeue": True,
+        # the warning signal to the batch shell, which requeues from the host (slurm_requeue.py)
+        "signal": warning_signal_parameter(usr_sig, int(scfg.signal_delay_s)),
+        **dict(scfg.extra),
+        **dict(stage.get("extra") or {}),
+    }
     params: dict[str, Any] = {
         "job_name": f"masksuite-{kind}",
         "cpus_per_task": int(stage.cpus),
@@ -229,6 +266,7 @@ def sbatch_parameters(scfg: DictConfig, kind: str) -> dict[str, Any]:
     # step (submitit runs the stage with srun) would get one CPU. Pass it on explicitly.
     params["setup"] = [
         'export SRUN_CPUS_PER_TASK="${SLURM_CPUS_PER_TASK:-1}"',
+        *host_requeue_lines(folder, usr_sig, int(scfg.max_requeues)),
         *(str(line) for line in scfg.setup or []),
     ]
     container = scfg.container
@@ -269,7 +307,7 @@ def submit(
     after: str | None,
 ) -> list[submitit.Job[Any]]:
     """Submit `jobs` of one kind (several: one array) to start after job `after` succeeded."""
-    params = sbatch_parameters(scfg, kind)
+    params = sbatch_parameters(scfg, kind, Path(executor.folder))
     if after:
         params["dependency"] = f"afterok:{after}"
         params["additional_parameters"] = {
@@ -280,9 +318,10 @@ def submit(
         params["array_parallelism"] = int(scfg.array_parallelism)
     executor.update_parameters(**params)
     try:
-        if len(jobs) == 1:
-            return [executor.submit(jobs[0])]
-        return executor.submit_array(jobs)
+        with credentials_in_a_file(Path(executor.folder)):  # no AWS keys in the jobs' environment
+            if len(jobs) == 1:
+                return [executor.submit(jobs[0])]
+            return executor.submit_array(jobs)
     except (FailedJobError, FailedSubmissionError, OSError) as e:
         raise StageFailed(f"sbatch refused the {kind} job: {one_line(e)}") from e
 
