@@ -37,6 +37,8 @@ from urllib.parse import parse_qs, urlparse
 from tests.k8s_versions import Invalid, admit_job, index_failed, job_fails
 from tests.kubelet import PodRun
 
+#: The annotation (and, from 1.28, label) of an Indexed Job's pod naming its index.
+COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 #: Runs one pod of a Job: (job manifest, completion index or None) -> outcome.
 PodRunner = Callable[[dict[str, Any], int | None], PodRun]
 
@@ -69,6 +71,9 @@ class FakeApiServer:
         self.events: list[dict[str, Any]] = []
         #: Core resources ("pods", "events") whose GETs are answered 403, as where RBAC lacks them.
         self.forbidden: set[str] = set()
+        #: Core resources ("pods", "events") answered 503 Service Unavailable this many more
+        #: times: a control plane that is being upgraded.
+        self.unavailable: dict[str, int] = {}
         self.unauthorized = 0
         #: Jobs created with dryRun=All (answered as stored, not stored), in order.
         self.dry_runs: list[str] = []
@@ -212,6 +217,25 @@ class FakeApiServer:
     # The Job controller
     # ----------------------------------------------------------------------------------------
 
+    def _record_pod(self, job: dict[str, Any], index: int | None, outcome: PodRun) -> None:
+        """The ended pod as the API server lists it: the Job's pod labels, the `job-name` label
+        and (Indexed Jobs) the completion-index annotation and label, its phase. Caller holds
+        the lock; a pod object a test set keeps its name."""
+        name = f"{job['metadata']['name']}-{'x' if index is None else index}-{len(self.pods)}"
+        labels = {**job["spec"]["template"]["metadata"].get("labels", {}),
+                  "job-name": job["metadata"]["name"]}  # fmt: skip
+        annotations = {}
+        if index is not None:
+            labels[COMPLETION_INDEX] = annotations[COMPLETION_INDEX] = str(index)
+        phase = "Succeeded" if outcome.exit_code == 0 else "Failed"
+        self.pod_objects.setdefault(name, {
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": self.namespace, "labels": labels,
+                         "annotations": annotations},
+            "spec": {"containers": [{"name": "main", "image": "x"}]},
+            "status": {"phase": phase},
+        })  # fmt: skip
+
     def _control(self, job: dict[str, Any]) -> None:
         spec = job["spec"]
         indexed = spec["completionMode"] == "Indexed"
@@ -229,6 +253,7 @@ class FakeApiServer:
                 outcome = self.run_pod(job, index)
                 with self.lock:
                     self.pods.append((job["metadata"]["name"], index, outcome))
+                    self._record_pod(job, index, outcome)
                 if outcome.exit_code == 0:
                     break
                 failures[key] = failures.get(key, 0) + 1
@@ -274,6 +299,12 @@ class FakeApiServer:
         kind, _, name = rest.partition("/")
         if kind in self.forbidden:
             return self._status(handler, 403, "Forbidden")
+        with self.lock:
+            down = self.unavailable.get(kind, 0) > 0
+            if down:
+                self.unavailable[kind] -= 1
+        if down:
+            return self._status(handler, 503, "ServiceUnavailable")
         with self.lock:
             if kind == "pods" and name:
                 pod = self.pod_objects.get(name)

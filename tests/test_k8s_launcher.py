@@ -210,7 +210,8 @@ def test_stage_jobs_are_owned_by_the_launcher_job_so_deleting_it_deletes_them(
 ) -> None:
     """The launcher runs in the pod of a launcher Job (the CronJob's, or the one `--dry-run`
     prints): its stage Jobs name that Job as their owner, so `kubectl delete job <launcher>`
-    (background or foreground propagation) removes the run's Jobs too."""
+    (background or foreground propagation) removes the run's Jobs too. The API server does not
+    answer the launcher's first two reads of its own pod (503): it waits, and still finds it."""
     cfg = config()
     created = cluster.api.create_namespaced_job(NS, launcher_job(cfg, [f"run_id={RUN_ID}"]))
     owner = created.metadata
@@ -220,18 +221,22 @@ def test_stage_jobs_are_owned_by_the_launcher_job_so_deleting_it_deletes_them(
     # the Job controller's reference to its pod
     me["metadata"]["ownerReferences"] = [{**ref, "controller": True, "blockOwnerDeletion": True}]
     cluster.server.pod_objects["launcher-pod-1"] = me
+    cluster.server.unavailable["pods"] = 2
     monkeypatch.setenv("MASKSUITE_POD_NAME", "launcher-pod-1")
     monkeypatch.setenv("MASKSUITE_POD_NAMESPACE", NS)
     prepare = job_name("prepare")
     seen: list[dict[str, Any]] = []
 
     def delete_the_launcher(now: float) -> None:
-        if not seen:
+        if seen:  # the launcher polls again: its owner's deletion took the prepare Job along
+            assert prepare not in cluster.server.jobs, "the prepare Job outlived its owner"
+        elif prepare in cluster.server.jobs:  # not while the API server is down
             seen.append(cluster.server.jobs[prepare]["metadata"])
             cluster.api.delete_namespaced_job(owner.name, NS, propagation_policy="Background")
 
     cluster.on_sleep = delete_the_launcher
     assert launch(cluster, cfg) == 1
+    assert cluster.server.unavailable["pods"] == 0
     # neither controller nor blocking: the launcher needs no update of its own Job
     assert seen[0]["ownerReferences"] == [{**ref, "controller": False, "blockOwnerDeletion": False}]
     assert cluster.server.deleted == [(owner.name, "Background"), (prepare, "Background")]

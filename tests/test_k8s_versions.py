@@ -93,11 +93,14 @@ def test_a_model_that_always_fails_gets_its_retries_and_no_more_on_every_release
     assert "DeadlineExceeded" not in err, f"{broken_pods(server)} pods of the broken model"
     assert broken_pods(server) == per_index + 1
     assert server.dry_runs == [f"masksuite-{RUN_ID.lower()}-train"]
+    broken = list(model_specs(cfg))[BROKEN_INDEX]
     if GATES[version]["JobBackoffLimitPerIndex"]:
-        assert f"train failed at index {BROKEN_INDEX}" in err
+        assert f"train failed at index {BROKEN_INDEX} (model {broken!r})" in err
         assert "drops backoffLimitPerIndex" not in caplog.text
     else:
-        assert "train failed: job masksuite/" in err and "BackoffLimitExceeded" in err
+        # the Job names no failed index there: the launcher reads it from the failed pods
+        assert f"train failed at index {BROKEN_INDEX} (model {broken!r})" in err
+        assert "BackoffLimitExceeded" in err
         assert "drops backoffLimitPerIndex (Kubernetes older than 1.29" in caplog.text
 
 

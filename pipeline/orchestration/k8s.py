@@ -49,7 +49,7 @@ from pipeline.core.errors import ConfigError, PipelineError, StageFailed
 from pipeline.orchestration.checks import K8S_ROLES
 from pipeline.orchestration.executor import LaunchRequest, pinned_infer_config
 from pipeline.orchestration.graph import KINDS, stage_graph
-from pipeline.orchestration.k8s_pods import PodsApi, PodWatch, pods_api
+from pipeline.orchestration.k8s_pods import PodsApi, PodWatch, failed_pod_indexes, pods_api
 from pipeline.orchestration.k8s_retry import Patience, call_api
 from pipeline.orchestration.status import (
     QueueEntry,
@@ -704,10 +704,11 @@ def kube_jobs_api() -> JobsApi:
     return client.BatchV1Api()
 
 
-def read_own_pod(api: Any, environ: Mapping[str, str]) -> Any | None:
+def read_own_pod(api: Any, environ: Mapping[str, str], patience: Patience) -> Any | None:
     """The launcher's own pod (named by $MASKSUITE_POD_NAME / $MASKSUITE_POD_NAMESPACE, which its
     pod spec sets from the downward API); None outside a pod, with another Jobs API than the
-    official client's, or when the pod cannot be read (a warning says what is then not done)."""
+    official client's, or when the pod cannot be read (a warning says what is then not done).
+    An API server that does not answer is waited for as `patience` says (k8s_retry.call_api)."""
     from kubernetes.client.exceptions import ApiException
     from urllib3.exceptions import HTTPError
 
@@ -716,7 +717,8 @@ def read_own_pod(api: Any, environ: Mapping[str, str]) -> Any | None:
     if not name or not ns or pods is None:
         return None
     try:
-        return pods.read_namespaced_pod(name, ns)
+        return call_api(lambda: pods.read_namespaced_pod(name, ns),
+                        f"read the launcher's pod {ns}/{name}", patience)  # fmt: skip
     except (ApiException, OSError, HTTPError) as e:
         log.warning("cannot read the launcher's pod %s/%s (%s): the stage Jobs run k8s.image as "
                     "configured and have no owner reference", ns, name,
@@ -965,7 +967,8 @@ def wait_for_job(
             return
         if state == "failed":
             where = f"job {ns}/{name}"
-            failed = failed_indexes(job)
+            # a server without backoffLimitPerIndex (1.28) names no failed index: its pods do
+            failed = failed_indexes(job) or failed_pod_indexes(pods, ns, name)
             if failed:
                 which = ", ".join(
                     f"index {i} (model {models[i] if i < len(models) else '?'!r})" for i in failed
@@ -1036,7 +1039,8 @@ def launch_k8s(
             sys.stdout.write(to_yaml(render_jobs(cfg, overrides)))
             return 0
         api = api or kube_jobs_api()
-        own_pod = read_own_pod(api, os.environ)
+        patience = Patience(budget=float(cfg.k8s.api_outage_seconds), sleep=sleep, clock=clock)
+        own_pod = read_own_pod(api, os.environ, patience)
         pin_image(cfg, own_pod)
         manifests = render_jobs(cfg, overrides, fingerprint)
         owner = launcher_owner(own_pod)
@@ -1045,7 +1049,6 @@ def launch_k8s(
         models = list(model_specs(cfg))
         log.info("run %s: %d model(s), jobs in namespace %s", cfg.run_id, len(models),
                  cfg.k8s.namespace)  # fmt: skip
-        patience = Patience(budget=float(cfg.k8s.api_outage_seconds), sleep=sleep, clock=clock)
         run_jobs(
             api,
             manifests,

@@ -143,3 +143,36 @@ class PodWatch:
                             "followed", self.namespace, self.job, why)  # fmt: skip
                 self.warned = True
         return None
+
+
+#: The annotation of an Indexed Job's pod that names its completion index (since 1.21; 1.28 adds
+#: a label of the same name).
+COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
+
+
+def failed_pod_indexes(api: PodsApi | None, namespace: str, job: str) -> list[int]:
+    """The completion indexes of the Job's failed pods, in order: where the Job itself names no
+    failed index (a server without backoffLimitPerIndex, e.g. Kubernetes 1.28), they say which
+    models failed. Empty when the pods cannot be listed (or were deleted with the Job)."""
+    from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
+
+    if api is None:
+        return []
+    try:
+        pods = api.list_namespaced_pod(namespace, label_selector=f"job-name={job}").items or []
+    except (ApiException, OSError, HTTPError) as e:
+        log.warning("cannot list the pods of job %s/%s (%s) to name its failed models",
+                    namespace, job, getattr(e, "reason", e))  # fmt: skip
+        return []
+    indexes = set()
+    for pod in pods:
+        if getattr(pod.status, "phase", None) != "Failed":
+            continue
+        meta = pod.metadata
+        value = (meta.annotations or {}).get(COMPLETION_INDEX) or (meta.labels or {}).get(
+            COMPLETION_INDEX
+        )
+        if value is not None and str(value).isdigit():
+            indexes.add(int(value))
+    return sorted(indexes)
